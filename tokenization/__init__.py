@@ -1,0 +1,1 @@
+"""Byte-level BPE tokenizers trained with `tokenizers`, returned as stock `PreTrainedTokenizerFast`."""

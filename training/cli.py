@@ -1,0 +1,47 @@
+"""The `scratchformer` command: one entry point, one module per subcommand.
+
+Each subcommand module exposes `main(argv: list[str] | None) -> int` and owns its own parser, so
+`scratchformer pretrain --help` is exactly that module's help. Modules are imported only when their
+subcommand runs, which keeps `scratchformer --help` instant (no torch import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module under scratchformer.training, one-line description)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "the whole story on the embedded corpus: tokenizer, pretrain, reload, generate, fine-tune"),
+    "tokenizer": ("tokenizer_cli", "train a byte-level BPE tokenizer on your text"),
+    "pretrain": ("pretrain", "pretrain a model with accelerate (one CPU or many GPUs), resumable"),
+    "finetune": ("finetune", "fine-tune a checkpoint with transformers.Trainer"),
+    "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
+    "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),
+    "inspect": ("inspect", "pictures: attention maps, embedding neighbours, positions, training curves"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: scratchformer <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+    lines += ["", "Run `scratchformer <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"scratchformer: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"scratchformer.training.{SUBCOMMANDS[name][0]}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
