@@ -1,0 +1,812 @@
+"""A transformer written from scratch, in Hugging Face's clothes.
+
+Dimension key (shape suffixes on every activation):
+    B  batch          L  query length        M  key/value length (cache + new tokens)
+    C  model width    H  query heads         G  key/value heads (grouped-query attention)
+    K  head width     F  feed-forward width  V  vocabulary         P  positions
+
+The file reads bottom-up, as the model is built: norms, positional encodings, attention, MLP,
+block, then the pretrained-model plumbing, the model, and the task heads. Every concept choice
+comes from `ScratchformerConfig`; the three presets reproduce the 2017 paper, GPT-2 and Llama.
+
+This file is the remote-code payload copied next to every checkpoint: it imports only torch,
+transformers and its sibling configuration file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple, logging
+
+from .configuration_scratchformer import ScratchformerConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Norms
+# ----------------------------------------------------------------------------------------------
+
+
+class ScratchformerLayerNorm(nn.Module):
+    """LayerNorm (Ba et al. 2016): y = (x - mean) / sqrt(var + eps) * weight + bias, over the channels.
+
+    Written with F.layer_norm, which computes exactly that formula in one fused kernel."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.eps = eps
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x_BLC, x_BLC.shape[-1:], self.weight, self.bias, self.eps)
+
+
+class ScratchformerRMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight. No centring, no bias:
+    cheaper than LayerNorm and, in practice, as good. Computed in float32 because squaring bf16
+    activations loses the small ones; the result is cast back before the weight, as in Llama."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        dtype = x_BLC.dtype
+        x_BLC = x_BLC.float()
+        x_BLC = x_BLC * torch.rsqrt(x_BLC.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x_BLC.to(dtype)
+
+
+def make_norm(config: ScratchformerConfig) -> nn.Module:
+    if config.norm_type == "layernorm":
+        return ScratchformerLayerNorm(config.hidden_size, config.norm_eps)
+    return ScratchformerRMSNorm(config.hidden_size, config.norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positional encodings
+# ----------------------------------------------------------------------------------------------
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The paper's encoding (section 3.5): PE(pos, 2i) = sin(pos / 10000^(2i/d)),
+    PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). Each channel pair is a clock at its own frequency, so
+    PE(pos + k) is a fixed rotation of PE(pos): relative offsets are linear functions of the table."""
+    pos_P1 = torch.arange(num_positions, dtype=torch.float32)[:, None]
+    inv_freq_D = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angle_PD = pos_P1 * inv_freq_D
+    table_PC = torch.empty(num_positions, dim)
+    table_PC[:, 0::2] = angle_PD.sin()
+    table_PC[:, 1::2] = angle_PD.cos()
+    return table_PC
+
+
+class ScratchformerSinusoidalEmbedding(nn.Module):
+    """A fixed (not learned) table of sinusoids, added to the token embeddings."""
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        # Non-persistent: it is a function of the config, not a weight. It is rebuilt in
+        # `_init_weights`, because from_pretrained builds modules on the meta device and would
+        # otherwise leave uninitialised memory here.
+        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, position_ids_BL: torch.Tensor) -> torch.Tensor:
+        return self.table[position_ids_BL]
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """Rotary frequencies theta^(-2i/K) for the K/2 channel pairs (Su et al. 2021)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+class ScratchformerRotaryEmbedding(nn.Module):
+    """Rotary position embedding: instead of adding a position vector, rotate each (query, key)
+    channel pair by an angle proportional to the position. The dot product of a query at position
+    m and a key at position n then depends on m - n only, which is what attention should see."""
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__()
+        self.theta = config.rope_theta
+        self.register_buffer("inv_freq", rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x_BLC: torch.Tensor, position_ids_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Angles in float32: position * frequency loses whole radians in bf16 at long contexts.
+        freqs_BLD = position_ids_BL[..., None].float() * self.inv_freq.float()
+        # Llama's layout: the first half of the head's channels pairs with the second half.
+        angle_BLK = torch.cat((freqs_BLD, freqs_BLD), dim=-1)
+        return angle_BLK.cos().to(x_BLC.dtype), angle_BLK.sin().to(x_BLC.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1): a 90 degree turn of every channel pair (i, i + K/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    q_BHLK: torch.Tensor, k_BGLK: torch.Tensor, cos_BLK: torch.Tensor, sin_BLK: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos_B1LK, sin_B1LK = cos_BLK[:, None], sin_BLK[:, None]
+    q_BHLK = q_BHLK * cos_B1LK + rotate_half(q_BHLK) * sin_B1LK
+    k_BGLK = k_BGLK * cos_B1LK + rotate_half(k_BGLK) * sin_B1LK
+    return q_BHLK, k_BGLK
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------
+
+
+def repeat_kv(x_BGMK: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query attention: each of the G key/value heads serves H/G query heads."""
+    if groups == 1:
+        return x_BGMK
+    B, G, M, K = x_BGMK.shape
+    return x_BGMK[:, :, None].expand(B, G, groups, M, K).reshape(B, G * groups, M, K)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    q_BHLK: torch.Tensor,
+    k_BGMK: torch.Tensor,
+    v_BGMK: torch.Tensor,
+    mask_B1LM: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(K) + mask) V, written out: the reference every fused kernel must match.
+
+    The 1/sqrt(K) (`scaling`) is the paper's: dot products of K-dimensional vectors with unit-variance
+    entries have variance K, and without the scaling large logits push softmax into saturation where
+    its gradient vanishes. The mask is additive (0 where allowed, the dtype's minimum where not) so
+    that masked scores vanish after the exponential without a branch."""
+    k_BHMK = repeat_kv(k_BGMK, module.num_key_value_groups)
+    v_BHMK = repeat_kv(v_BGMK, module.num_key_value_groups)
+    scores_BHLM = torch.matmul(q_BHLK, k_BHMK.transpose(2, 3)) * scaling
+    if mask_B1LM is not None:
+        scores_BHLM = scores_BHLM + mask_B1LM[:, :, :, : k_BHMK.shape[-2]]
+    # Softmax in float32: bf16 sums of many small probabilities round badly.
+    probs_BHLM = F.softmax(scores_BHLM, dim=-1, dtype=torch.float32).to(q_BHLK.dtype)
+    probs_BHLM = F.dropout(probs_BHLM, p=dropout, training=module.training)
+    out_BHLK = torch.matmul(probs_BHLM, v_BHMK)
+    # Fused kernels return (B, L, H, K); so does the reference, so callers need not care which ran.
+    return out_BHLK.transpose(1, 2).contiguous(), probs_BHLM
+
+
+class ScratchformerAttention(nn.Module):
+    """Multi-head self-attention with optional grouped key/value heads and rotary positions."""
+
+    def __init__(self, config: ScratchformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.H, self.G, self.K = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.num_key_value_groups = self.H // self.G
+        self.scaling = self.K**-0.5
+        self.attention_dropout = config.attention_dropout
+        # Read by transformers' sdpa/flash kernels: a decoder's causal mask may be left to the kernel.
+        self.is_causal = config.is_causal
+        C, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(C, self.H * self.K, bias=bias)
+        self.k_proj = nn.Linear(C, self.G * self.K, bias=bias)
+        self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
+        self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
+        self.o_proj.is_residual_projection = True
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        mask_B1LM: torch.Tensor | None,
+        rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, L, _ = x_BLC.shape
+        q_BHLK = self.q_proj(x_BLC).view(B, L, self.H, self.K).transpose(1, 2)
+        k_BGLK = self.k_proj(x_BLC).view(B, L, self.G, self.K).transpose(1, 2)
+        v_BGLK = self.v_proj(x_BLC).view(B, L, self.G, self.K).transpose(1, 2)
+        if rotary_BLK is not None:
+            q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
+        if past_key_values is not None:
+            # The cache appends this step's keys/values and returns all M of them.
+            k_BGMK, v_BGMK = past_key_values.update(k_BGLK, v_BGLK, self.layer_idx)
+        else:
+            k_BGMK, v_BGMK = k_BGLK, v_BGLK
+
+        # One seam for every implementation; the hand-written eager path is the fallback and the
+        # only one that materialises the attention matrix, so maps always come from it.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        out_BLHK, probs_BHLM = attention(
+            self,
+            q_BHLK,
+            k_BGMK,
+            v_BGMK,
+            mask_B1LM,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        out_BLC = out_BLHK.reshape(B, L, self.H * self.K)
+        return self.o_proj(out_BLC), probs_BHLM
+
+
+# ----------------------------------------------------------------------------------------------
+# MLP
+# ----------------------------------------------------------------------------------------------
+
+
+class ScratchformerMLP(nn.Module):
+    """The position-wise feed-forward network: C -> F -> C, applied to every token alone.
+
+    relu (the paper) and gelu (GPT-2, tanh form) are two matrices: down(act(up(x))).
+    swiglu (Shazeer 2020, Llama) adds a gate: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__()
+        C, F_, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gated = config.mlp_type == "swiglu"
+        if self.gated:
+            self.gate_proj = nn.Linear(C, F_, bias=bias)
+        self.up_proj = nn.Linear(C, F_, bias=bias)
+        self.down_proj = nn.Linear(F_, C, bias=bias)
+        self.down_proj.is_residual_projection = True
+        self.act = {
+            "relu": nn.ReLU(),
+            "gelu": nn.GELU(approximate="tanh"),
+            "swiglu": nn.SiLU(),
+        }[config.mlp_type]
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            h_BLF = self.act(self.gate_proj(x_BLC)) * self.up_proj(x_BLC)
+        else:
+            h_BLF = self.act(self.up_proj(x_BLC))
+        return self.down_proj(h_BLF)
+
+
+# ----------------------------------------------------------------------------------------------
+# Block
+# ----------------------------------------------------------------------------------------------
+
+
+class ScratchformerBlock(GradientCheckpointingLayer):
+    """Attention then MLP, each wrapped in a residual connection and a norm.
+
+    post-norm (the paper): x = norm(x + sublayer(x)). pre-norm (GPT-2, Llama):
+    x = x + sublayer(norm(x)); the residual stream is never normalised, so gradients reach early
+    layers unattenuated and deep stacks train without warm-up tricks."""
+
+    def __init__(self, config: ScratchformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.self_attn = ScratchformerAttention(config, layer_idx)
+        self.mlp = ScratchformerMLP(config)
+        self.input_layernorm = make_norm(config)
+        self.post_attention_layernorm = make_norm(config)
+        # The paper's residual dropout: on each sub-layer's output, before it joins the residual.
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        mask_B1LM: torch.Tensor | None = None,
+        rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre_norm:
+            attn_BLC, probs_BHLM = self.self_attn(
+                self.input_layernorm(x_BLC), mask_B1LM, rotary_BLK, past_key_values, output_attentions, **kwargs
+            )
+            x_BLC = x_BLC + self.dropout(attn_BLC)
+            x_BLC = x_BLC + self.dropout(self.mlp(self.post_attention_layernorm(x_BLC)))
+        else:
+            attn_BLC, probs_BHLM = self.self_attn(
+                x_BLC, mask_B1LM, rotary_BLK, past_key_values, output_attentions, **kwargs
+            )
+            x_BLC = self.input_layernorm(x_BLC + self.dropout(attn_BLC))
+            x_BLC = self.post_attention_layernorm(x_BLC + self.dropout(self.mlp(x_BLC)))
+        return x_BLC, probs_BHLM
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face plumbing
+# ----------------------------------------------------------------------------------------------
+
+# Every Auto class a scratchformer checkpoint can be loaded with, written into each saved
+# config.json, so that one directory serves all of them through remote code.
+AUTO_MAP = {
+    "AutoConfig": "configuration_scratchformer.ScratchformerConfig",
+    "AutoModel": "modeling_scratchformer.ScratchformerModel",
+    "AutoModelForCausalLM": "modeling_scratchformer.ScratchformerForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_scratchformer.ScratchformerForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_scratchformer.ScratchformerForTokenClassification",
+    "AutoModelForMaskedLM": "modeling_scratchformer.ScratchformerForMaskedLM",
+}
+
+
+class ScratchformerPreTrainedModel(PreTrainedModel):
+    config_class = ScratchformerConfig
+    config: ScratchformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScratchformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # With `_auto_class` set, save_pretrained copies this file and its sibling config next to the
+    # weights; the full AUTO_MAP (set in __init__) makes every head loadable from one directory.
+    _auto_class = "AutoModel"
+
+    def __init__(self, config: ScratchformerConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        config.auto_map = {**AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear) and getattr(module, "is_residual_projection", False):
+            # GPT-2's scaled init: each block adds two projections to the residual stream, so
+            # shrinking them by sqrt(2 * layers) keeps the stream's variance flat with depth.
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
+        elif isinstance(module, ScratchformerSinusoidalEmbedding):
+            init.copy_(module.table, sinusoidal_table(*module.table.shape))
+        elif isinstance(module, ScratchformerRotaryEmbedding):
+            init.copy_(module.inv_freq, rope_inv_freq(self.config.head_dim, module.theta))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+class ScratchformerModel(ScratchformerPreTrainedModel):
+    """Embeddings, positions, the stack of blocks and the final norm: hidden states, no head."""
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__(config)
+        C = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, C)
+        if config.position_embedding == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, C)
+        elif config.position_embedding == "sinusoidal":
+            self.embed_positions = ScratchformerSinusoidalEmbedding(config.max_position_embeddings, C)
+        else:
+            self.rotary_emb = ScratchformerRotaryEmbedding(config)
+        # The paper multiplies embeddings by sqrt(C) so that they are not drowned by the
+        # unit-amplitude sinusoids they are added to.
+        self.embed_scale = math.sqrt(C) if config.scale_embeddings else 1.0
+        self.dropout = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(ScratchformerBlock(config, i) for i in range(config.num_hidden_layers))
+        # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
+        # blocks already end in one.
+        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        # A cache only pays off when generating; training and scoring never reuse it.
+        use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training and use_cache:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing; turning it off.")
+            use_cache = False
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if input_ids is not None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] == 0 or inputs_embeds.shape[1] == 0:
+            raise ValueError(
+                f"Expected a non-empty batch of shape (batch, length[, width]), got {tuple(inputs_embeds.shape)}."
+            )
+        B, L, _ = inputs_embeds.shape
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None]
+        self._check_positions(position_ids, past + L)
+        self._check_attention_mask(attention_mask, B, past + L)
+
+        x_BLC = inputs_embeds * self.embed_scale
+        rotary_BLK = None
+        if config.position_embedding == "rope":
+            rotary_BLK = self.rotary_emb(x_BLC, position_ids)
+        else:
+            x_BLC = x_BLC + self.embed_positions(position_ids)
+        x_BLC = self.dropout(x_BLC)
+
+        # The mask is built once for all layers, in the form the chosen kernel wants: None when a
+        # fused kernel can apply causality itself, a boolean/additive tensor otherwise. The
+        # eager path (and so output_attentions) always needs an explicit mask.
+        mask_config = config
+        if output_attentions and config._attn_implementation != "eager":
+            mask_config = copy.copy(config)
+            mask_config._attn_implementation = "eager"
+        if config.is_causal:
+            mask_B1LM = create_causal_mask(
+                config=mask_config,
+                inputs_embeds=x_BLC,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+            )
+        else:
+            mask_B1LM = create_bidirectional_mask(
+                config=mask_config, inputs_embeds=x_BLC, attention_mask=attention_mask
+            )
+
+        all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+        all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states += (x_BLC,)
+            x_BLC, probs_BHLM = layer(
+                x_BLC,
+                mask_B1LM=mask_B1LM,
+                rotary_BLK=rotary_BLK,
+                past_key_values=past_key_values,
+                output_attentions=bool(output_attentions),
+                **kwargs,
+            )
+            if all_attentions is not None:
+                all_attentions += (probs_BHLM,)
+        x_BLC = self.norm(x_BLC)
+        if all_hidden_states is not None:
+            all_hidden_states += (x_BLC,)
+
+        return BaseModelOutputWithPast(
+            last_hidden_state=x_BLC,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    # Input checks. An out-of-range id would otherwise surface as an IndexError deep in
+    # nn.Embedding (or a device-side assert on GPU). Each costs one host sync, skipped when
+    # compiling, where data-dependent Python branches would break the graph.
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
+        if input_ids.numel() == 0 or torch.compiler.is_compiling():
+            return
+        low, high = (int(v) for v in torch.aminmax(input_ids))
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(
+                f"input_ids contain {low if low < 0 else high}, outside the vocabulary [0, {self.config.vocab_size}). "
+                "Use the tokenizer the model was trained with, or resize_token_embeddings(len(tokenizer)) "
+                "after adding tokens."
+            )
+
+    def _check_positions(self, position_ids: torch.Tensor, total_length: int) -> None:
+        limit = self.config.max_position_embeddings
+        if self.config.position_embedding == "rope" or torch.compiler.is_compiling():
+            return  # rotary angles exist for every position
+        if total_length > limit or int(position_ids.max()) >= limit or int(position_ids.min()) < 0:
+            raise ValueError(
+                f"This model has {self.config.position_embedding} positions for 0..{limit - 1} "
+                f"(max_position_embeddings={limit}); the input needs positions up to {total_length - 1}. "
+                f"Truncate the input to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))."
+            )
+
+    @staticmethod
+    def _check_attention_mask(attention_mask: torch.Tensor | None, batch: int, total_length: int) -> None:
+        if attention_mask is None or attention_mask.dim() == 4:
+            return  # 4-D masks are the caller's own, already in kernel form
+        if attention_mask.shape != (batch, total_length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, past + new tokens) = "
+                f"({batch}, {total_length}): one 1/0 entry per token, 1 for tokens to attend to."
+            )
+        if attention_mask.is_floating_point() or attention_mask.dtype == torch.bool:
+            return
+        if attention_mask.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"attention_mask must hold 0/1 integers or booleans, got {attention_mask.dtype}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------
+
+
+class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
+    """Next-token prediction: the language model head on top of the decoder."""
+
+    _auto_class = "AutoModelForCausalLM"
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__(config)
+        self.model = ScratchformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        # Generation needs only the last position's logits: skip the V-wide projection elsewhere.
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits_BLV = self.lm_head(out.last_hidden_state[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            _check_labels(labels, logits_BLV.shape[:2], "labels must have the shape of input_ids")
+            # Position t predicts token t+1: the shift happens inside loss_function. **kwargs carry
+            # num_items_in_batch, so gradient accumulation averages over tokens, not micro-batches.
+            loss = self.loss_function(logits=logits_BLV, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits_BLV,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class ScratchformerForSequenceClassification(ScratchformerPreTrainedModel):
+    """One label per sequence, read from the last real (non-padding) token: in a decoder it is the
+    only position that has seen the whole text."""
+
+    _auto_class = "AutoModelForSequenceClassification"
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ScratchformerModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        logits_BLN = self.score(self.dropout(out.last_hidden_state))
+        B, L = logits_BLN.shape[:2]
+        # Index of the last token to attend to in each row; works for left and right padding.
+        if attention_mask is not None and attention_mask.dim() == 2:
+            keep_BL = attention_mask[:, -L:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            keep_BL = input_ids != self.config.pad_token_id
+        else:
+            keep_BL = torch.ones(B, L, dtype=torch.bool, device=logits_BLN.device)
+        last_B = (torch.arange(L, device=logits_BLN.device) * keep_BL).argmax(-1)
+        pooled_BN = logits_BLN[torch.arange(B, device=logits_BLN.device), last_B]
+
+        loss = None
+        if labels is not None:
+            if labels.shape[0] != B:
+                raise ValueError(f"labels has {labels.shape[0]} rows for a batch of {B}: one label per sequence.")
+            loss = self.loss_function(
+                logits=logits_BLN, labels=labels, pooled_logits=pooled_BN, config=self.config, **kwargs
+            )
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_BN,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class ScratchformerForTokenClassification(ScratchformerPreTrainedModel):
+    """One label per token (named entities, parts of speech)."""
+
+    _auto_class = "AutoModelForTokenClassification"
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ScratchformerModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        logits_BLN = self.score(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            _check_labels(labels, logits_BLN.shape[:2], "token labels must have the shape of input_ids")
+            loss = self.loss_function(logits=logits_BLN, labels=labels, config=self.config, **kwargs)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits_BLN, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+
+
+class ScratchformerForMaskedLM(ScratchformerPreTrainedModel):
+    """BERT-style masked-token prediction. Needs a bidirectional encoder (`is_causal=False`): a
+    decoder cannot see the right-hand context that fills the blank."""
+
+    _auto_class = "AutoModelForMaskedLM"
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ScratchformerConfig) -> None:
+        if config.is_causal:
+            raise ValueError(
+                "ScratchformerForMaskedLM needs a bidirectional encoder, but this config has is_causal=True. "
+                "Build the model from a config with is_causal=False (e.g. "
+                "ScratchformerConfig.from_preset('gpt2', is_causal=False)), or use ScratchformerForCausalLM."
+            )
+        super().__init__(config)
+        self.model = ScratchformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        logits_BLV = self.lm_head(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, logits_BLV.shape[:2], "labels must have the shape of input_ids")
+            # No shift here: position t predicts the token hidden at position t.
+            loss = self.loss_function(logits=logits_BLV, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits_BLV, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+def _check_labels(labels: torch.Tensor, expected: torch.Size, what: str) -> None:
+    if tuple(labels.shape) != tuple(expected):
+        raise ValueError(f"{what} {tuple(expected)}, got {tuple(labels.shape)} (use -100 for positions to ignore).")
+
+
+__all__ = [
+    "ScratchformerPreTrainedModel",
+    "ScratchformerModel",
+    "ScratchformerForCausalLM",
+    "ScratchformerForSequenceClassification",
+    "ScratchformerForTokenClassification",
+    "ScratchformerForMaskedLM",
+]
