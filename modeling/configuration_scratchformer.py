@@ -175,7 +175,9 @@ class ScratchformerConfig(PreTrainedConfig):
                 f"= {self.head_dim}) must be even."
             )
         if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
-            raise ValueError(f"Sinusoidal encodings pair sin and cos channels: hidden_size={self.hidden_size} must be even.")
+            raise ValueError(
+                f"Sinusoidal encodings pair sin and cos channels: hidden_size={self.hidden_size} must be even."
+            )
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}.")
         if self.norm_eps <= 0:
