@@ -1,0 +1,153 @@
+"""Parity with transformers' own Llama and GPT-2: converted weights must give the same numbers."""
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+from scratchformer.modeling import ScratchformerForCausalLM
+from scratchformer.training import convert
+
+V = 101
+
+
+def random_llama(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=64, tie_word_embeddings=tie,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-6,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def random_gpt2(attn: str = "sdpa") -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    model = GPT2LMHeadModel(config).eval()
+    # GPT-2's weights start with zero biases and unit norms; randomise them so a swapped or
+    # untransposed tensor cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.set_attn_implementation(attn)
+    return model
+
+
+def batch(seed: int = 1, B: int = 3, L: int = 17) -> torch.Tensor:
+    return torch.randint(3, V, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+def left_padded() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = batch(2, B=2, L=9)
+    mask = torch.ones_like(ids)
+    ids[0, :4], mask[0, :4] = 0, 0  # row 0 is a 5-token prompt, left padded
+    return ids, mask
+
+
+REFERENCES = {
+    "llama-gqa": lambda attn: random_llama(kv_heads=2, attn=attn),
+    "llama-mqa-tied": lambda attn: random_llama(tie=True, kv_heads=1, attn=attn),
+    "llama-mha": lambda attn: random_llama(kv_heads=4, attn=attn),
+    "gpt2": random_gpt2,
+}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_converted_logits_match_reference(name, attn):
+    ref = REFERENCES[name](attn)
+    ours = convert.convert_model(ref)
+    assert isinstance(ours, ScratchformerForCausalLM)
+    assert ours.config._attn_implementation == attn
+    ids = batch()
+    with torch.no_grad():
+        diff = (ref(ids).logits - ours(ids).logits).abs().max().item()
+    assert diff < 1e-5, f"{name}/{attn}: max abs logit diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_converted_logits_match_with_left_padding(name):
+    ref = REFERENCES[name]("sdpa")
+    ours = convert.convert_model(ref)
+    ids, mask = left_padded()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = ref(ids, attention_mask=mask, position_ids=position_ids).logits
+        got = ours(ids, attention_mask=mask, position_ids=position_ids).logits
+    real = mask.bool()
+    assert (want[real] - got[real]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_generate_is_token_identical(name):
+    ref = REFERENCES[name]("sdpa")
+    ours = convert.convert_model(ref)
+    ids, mask = left_padded()
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    want = ref.generate(ids, attention_mask=mask, **kwargs)
+    got = ours.generate(ids, attention_mask=mask, **kwargs)
+    assert torch.equal(want, got)
+    # Beam search goes through the cache reordering path as well.
+    beams = dict(kwargs, num_beams=3)
+    want = ref.generate(ids, attention_mask=mask, **beams)
+    assert torch.equal(want, ours.generate(ids, attention_mask=mask, **beams))
+
+
+def test_tied_llama_stores_embedding_once(tmp_path):
+    ours = convert.convert_model(random_llama(tie=True))
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    untied = convert.convert_model(random_llama(tie=False))
+    assert not torch.equal(untied.lm_head.weight, untied.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2"])
+def test_convert_cli_writes_a_loadable_checkpoint(tmp_path, name):
+    ref = REFERENCES[name]("sdpa")
+    src, out = tmp_path / "ref", tmp_path / "ours"
+    ref.save_pretrained(src)
+    assert convert.main(["--from", str(src), "--out", str(out)]) == 0
+    assert {"config.json", "model.safetensors", "modeling_scratchformer.py", "configuration_scratchformer.py",
+            "generation_config.json"} <= {p.name for p in out.iterdir()}
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert isinstance(loaded, ScratchformerForCausalLM)
+    ids = batch()
+    with torch.no_grad():
+        assert (ref(ids).logits - loaded(ids).logits).abs().max().item() < 1e-5
+    # No half-written leftovers beside the output.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "ref"]
+
+
+def test_convert_cli_refuses_bad_input(tmp_path, capsys):
+    assert convert.main(["--from", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+    mistral = tmp_path / "mistral"
+    MistralForCausalLM(MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(mistral)
+    assert convert.main(["--from", str(mistral), "--out", str(tmp_path / "o")]) == 2
+    assert "'mistral'" in capsys.readouterr().err
+
+    src = tmp_path / "ref"
+    random_llama().save_pretrained(src)
+    (tmp_path / "taken").mkdir()
+    assert convert.main(["--from", str(src), "--out", str(tmp_path / "taken")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not list((tmp_path / "taken").iterdir())
+
+
+def test_convert_refuses_gpt2_with_exact_gelu():
+    ref = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=4, activation_function="gelu",
+                                     bos_token_id=1, eos_token_id=2))
+    with pytest.raises(ValueError, match="tanh approximation"):
+        convert.convert_model(ref)
