@@ -1,0 +1,175 @@
+"""ScratchformerSeq2SeqConfig: the numbers of the paper's own model, an encoder-decoder.
+
+The concept fields mean what they mean in `ScratchformerConfig` (norm type and position, MLP type,
+biases, embedding scale, dropouts), so the building blocks of `modeling_scratchformer.py` read this
+config unchanged. What is new is the shape of the thing: two stacks (`encoder_layers`,
+`decoder_layers`) and the token the decoder starts from (`decoder_start_token_id`).
+
+This file is part of the remote-code payload copied next to every checkpoint: it imports only
+`transformers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+NORM_TYPES = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+MLP_TYPES = ("relu", "gelu", "swiglu")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Vaswani et al. 2017, table 3 "base": N=6 encoder and 6 decoder layers, d_model=512, h=8,
+    # d_ff=2048, sinusoidal positions, post-norm LayerNorm, ReLU, dropout 0.1, one embedding matrix
+    # shared by source, target and the pre-softmax projection (section 3.4), scaled by sqrt(d_model).
+    "paper": dict(
+        hidden_size=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        position_embedding="sinusoidal",
+        norm_type="layernorm",
+        norm_position="post",
+        norm_eps=1e-5,
+        mlp_type="relu",
+        attention_bias=True,
+        mlp_bias=True,
+        scale_embeddings=True,
+        embedding_dropout=0.1,
+        hidden_dropout=0.1,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+class ScratchformerSeq2SeqConfig(PreTrainedConfig):
+    r"""Configuration of a scratchformer encoder-decoder.
+
+    Sizes: `vocab_size` (one vocabulary shared by source and target, as in the paper),
+    `hidden_size` (C, the paper's d_model), `encoder_layers`, `decoder_layers`,
+    `num_attention_heads` (H), `num_key_value_heads` (G), `intermediate_size` (F, d_ff),
+    `max_position_embeddings`.
+
+    Concepts (as in `ScratchformerConfig`): `position_embedding` ("sinusoidal" | "learned"),
+    `norm_type`, `norm_position`, `mlp_type`, `attention_bias`, `mlp_bias`, `scale_embeddings`.
+
+    `ScratchformerSeq2SeqConfig.from_preset("paper", vocab_size=...)` is the paper's base model.
+    """
+
+    model_type = "scratchformer-seq2seq"
+    _auto_class = "AutoConfig"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    # transformers' generic code (cache construction, gradient-checkpointing helpers) asks for
+    # `num_hidden_layers`; the decoder's count is the one a key/value cache needs.
+    attribute_map = {"d_model": "hidden_size", "num_hidden_layers": "decoder_layers"}
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 512
+
+    position_embedding: str = "sinusoidal"
+    norm_type: str = "layernorm"
+    norm_position: str = "post"
+    norm_eps: float = 1e-5
+    mlp_type: str = "relu"
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    scale_embeddings: bool = True
+
+    embedding_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    is_encoder_decoder: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    # The decoder's first input, "start translating". T5 and BART reuse pad / eos for it; we use
+    # bos, which the decoder never has to predict.
+    decoder_start_token_id: int | None = 1
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self._check()
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_causal(self) -> bool:
+        # Read by `ScratchformerAttention.__init__` (a decoder-only model has one answer per model).
+        # Here it is the decoder's answer; encoder layers switch their attention to bidirectional.
+        return True
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ScratchformerSeq2SeqConfig:
+        """The named family ("paper": the base model of Vaswani et al. 2017), with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}: choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def _check(self) -> None:
+        def choice(field: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, field)
+            if value not in options:
+                raise ValueError(f"{field}={value!r} is not supported: set {field} to one of {list(options)}.")
+
+        choice("position_embedding", POSITION_EMBEDDINGS)
+        choice("norm_type", NORM_TYPES)
+        choice("norm_position", NORM_POSITIONS)
+        choice("mlp_type", MLP_TYPES)
+        for field in ("vocab_size", "hidden_size", "encoder_layers", "decoder_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}: each head gets hidden_size / num_attention_heads channels."
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
+                f"{self.num_key_value_heads}: each key/value head serves an equal group of query heads."
+            )
+        if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
+            raise ValueError(
+                f"Sinusoidal encodings pair sin and cos channels: hidden_size={self.hidden_size} must be even."
+            )
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}.")
+        for field in ("embedding_dropout", "hidden_dropout", "attention_dropout"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{field} must be in [0, 1), got {value}.")
+        for field in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, field)
+            for token_id in value if isinstance(value, list) else [value]:
+                if token_id is not None and not 0 <= token_id < self.vocab_size:
+                    raise ValueError(
+                        f"{field}={token_id} is outside the vocabulary [0, {self.vocab_size}): set {field} to an "
+                        f"id your tokenizer has or None."
+                    )
+        if self.decoder_start_token_id is None:
+            raise ValueError("decoder_start_token_id must be set: the decoder needs a first token to read.")
+
+
+__all__ = ["ScratchformerSeq2SeqConfig", "PRESETS"]
