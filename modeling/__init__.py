@@ -10,11 +10,13 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 
 from .configuration_scratchformer import PRESETS, ScratchformerConfig
+from .configuration_scratchformer_seq2seq import ScratchformerSeq2SeqConfig
 from .modeling_scratchformer import (
     AUTO_MAP,
     ScratchformerForCausalLM,
@@ -23,6 +25,11 @@ from .modeling_scratchformer import (
     ScratchformerForTokenClassification,
     ScratchformerModel,
     ScratchformerPreTrainedModel,
+)
+from .modeling_scratchformer_seq2seq import (
+    ScratchformerForConditionalGeneration,
+    ScratchformerSeq2SeqModel,
+    ScratchformerSeq2SeqPreTrainedModel,
 )
 
 AutoConfig.register(ScratchformerConfig.model_type, ScratchformerConfig, exist_ok=True)
@@ -35,6 +42,11 @@ for _auto, _model in (
 ):
     _auto.register(ScratchformerConfig, _model, exist_ok=True)
 
+# The paper's encoder-decoder: its own model_type, so one Auto class never has to guess which.
+AutoConfig.register(ScratchformerSeq2SeqConfig.model_type, ScratchformerSeq2SeqConfig, exist_ok=True)
+AutoModel.register(ScratchformerSeq2SeqConfig, ScratchformerSeq2SeqModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(ScratchformerSeq2SeqConfig, ScratchformerForConditionalGeneration, exist_ok=True)
+
 __all__ = [
     "AUTO_MAP",
     "PRESETS",
@@ -45,4 +57,8 @@ __all__ = [
     "ScratchformerForSequenceClassification",
     "ScratchformerForTokenClassification",
     "ScratchformerForMaskedLM",
+    "ScratchformerSeq2SeqConfig",
+    "ScratchformerSeq2SeqPreTrainedModel",
+    "ScratchformerSeq2SeqModel",
+    "ScratchformerForConditionalGeneration",
 ]
