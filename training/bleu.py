@@ -1,0 +1,82 @@
+"""Corpus BLEU (Papineni et al. 2002), written out, for scoring translations without sacrebleu.
+
+BLEU = BP * exp(mean over n=1..4 of log p_n), where p_n is the *corpus* modified n-gram precision:
+clipped n-gram matches summed over all sentences, divided by all candidate n-grams. Clipping counts
+a candidate n-gram at most as often as it occurs in the reference, so "the the the" earns no more
+than the reference's "the"s. BP = exp(1 - r/c) when the candidate corpus (c tokens) is shorter than
+the reference corpus (r tokens): precision alone would reward saying little.
+
+Tokenisation is whitespace splitting: scores are comparable only between systems tokenised the same
+way (sacrebleu's 13a tokeniser also splits punctuation, so its numbers can differ). Scores are on
+sacrebleu's 0-100 scale. With `smooth=True`, zero match counts for n > 1 are replaced as in
+Lin & Och (2004) "add-one" smoothing (sacrebleu's "add-k" with k=1), so short sentences score > 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+
+def ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def corpus_bleu(
+    hypotheses: Sequence[str], references: Sequence[str], max_order: int = 4, smooth: bool = False
+) -> dict[str, float | list[float]]:
+    """BLEU of `hypotheses` against one reference each. Returns {"bleu", "precisions", "bp",
+    "hyp_len", "ref_len"}; precisions in percent, like sacrebleu's."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references: one reference each.")
+    matches = [0] * max_order
+    totals = [0] * max_order
+    hyp_len = ref_len = 0
+    for hyp, ref in zip(hypotheses, references):
+        hyp_tokens, ref_tokens = hyp.split(), ref.split()
+        hyp_len += len(hyp_tokens)
+        ref_len += len(ref_tokens)
+        for n in range(1, max_order + 1):
+            hyp_ngrams, ref_ngrams = ngrams(hyp_tokens, n), ngrams(ref_tokens, n)
+            matches[n - 1] += sum(min(count, ref_ngrams[g]) for g, count in hyp_ngrams.items())
+            totals[n - 1] += max(0, len(hyp_tokens) - n + 1)
+
+    precisions = []
+    for n in range(max_order):
+        if smooth and n > 0:
+            precisions.append((matches[n] + 1) / (totals[n] + 1))
+        else:
+            precisions.append(matches[n] / totals[n] if totals[n] else 0.0)
+    if hyp_len == 0 or min(precisions) == 0.0:
+        bleu = 0.0
+    else:
+        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+        bleu = bp * math.exp(sum(math.log(p) for p in precisions) / max_order)
+    bp = 0.0 if hyp_len == 0 else (1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len))
+    return {
+        "bleu": 100.0 * bleu,
+        "precisions": [100.0 * p for p in precisions],
+        "bp": bp,
+        "hyp_len": hyp_len,
+        "ref_len": ref_len,
+    }
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Share of hypotheses equal to their reference after stripping surrounding whitespace, in percent."""
+    if not hypotheses:
+        return 0.0
+    return 100.0 * sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(hypotheses)
+
+
+def sacrebleu_or_ours(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU when it is installed (the number papers report), ours otherwise."""
+    try:
+        import sacrebleu
+    except ImportError:
+        return float(corpus_bleu(hypotheses, references)["bleu"])
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+__all__ = ["corpus_bleu", "exact_match", "ngrams", "sacrebleu_or_ours"]
