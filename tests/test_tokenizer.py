@@ -5,10 +5,12 @@ generation, and ids that drive a scratchformer model through `pipeline`."""
 import json
 
 import pytest
+import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
+from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization import (
     ASSISTANT_ID,
     BOS_ID,
@@ -149,6 +151,8 @@ def test_chat_template_renders_the_markers(reloaded):
     )
     prompt = again.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|user|>\nWhat is a list?<|end|><|assistant|>\n")
+    prefill = again.apply_chat_template(CHAT, tokenize=False, continue_final_message=True)
+    assert prefill.endswith("<|assistant|>\nA mutable sequence.")  # the pipeline's assistant prefill
     ids = again.apply_chat_template(CHAT[:2], add_generation_prompt=True)["input_ids"]
     assert ids[:2] == [BOS_ID, SYSTEM_ID] and ids[-2] == ASSISTANT_ID  # then the "\n" token
     with pytest.raises(Exception, match="roles are system, user and assistant"):
@@ -197,11 +201,8 @@ def test_bytes_per_token_beats_raw_bytes(tok):
 
 
 def test_ids_drive_a_scratchformer_model_through_pipeline(tok):
-    modeling = pytest.importorskip("scratchformer.modeling")
-    import torch
-
     torch.manual_seed(0)
-    config = modeling.ScratchformerConfig(
+    config = ScratchformerConfig(
         vocab_size=len(tok),
         hidden_size=32,
         num_hidden_layers=2,
@@ -211,7 +212,7 @@ def test_ids_drive_a_scratchformer_model_through_pipeline(tok):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    model = modeling.ScratchformerForCausalLM(config).eval()
+    model = ScratchformerForCausalLM(config).eval()
     generator = pipeline("text-generation", model=model, tokenizer=tok)
 
     prompt = "The assert statement"

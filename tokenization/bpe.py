@@ -37,21 +37,23 @@ MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
 # The markers are special tokens, so no whitespace is needed around them. The assistant's text
 # *and* its <|end|> sit inside {% generation %}: fine-tuning on assistant tokens only
 # (`return_assistant_tokens_mask=True`) then teaches the model to close its turn.
-DEFAULT_CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{- raise_exception('chat roles are system, user and assistant, not ' + message['role']) -}}"
-    "{%- endif -%}"
-    "{{- '<|' + message['role'] + '|>\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '<|end|>' -}}{%- endgeneration -%}"
-    "{%- else -%}"
-    "{{- message['content'] + '<|end|>' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
-)
+DEFAULT_CHAT_TEMPLATE = """\
+{{- bos_token }}
+{%- for message in messages %}
+    {%- if message['role'] not in ['system', 'user', 'assistant'] %}
+        {{- raise_exception('chat roles are system, user and assistant, not ' + message['role']) }}
+    {%- endif %}
+    {{- '<|' + message['role'] + '|>\\n' }}
+    {%- if message['role'] == 'assistant' %}
+        {%- generation %}{{- message['content'] + '<|end|>' }}{%- endgeneration %}
+    {%- else %}
+        {{- message['content'] + '<|end|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>\\n' }}
+{%- endif %}
+"""
 
 
 def check_bpe_args(vocab_size: int, min_frequency: int, model_max_length: int) -> None:
