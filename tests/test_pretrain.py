@@ -1,0 +1,365 @@
+"""Pretraining end to end on a slice of the default corpus, with a tiny model: the artifact loads in
+stock transformers (registered, and by remote code in a process that cannot import scratchformer),
+resuming after a real kill reproduces the uninterrupted run, gradient accumulation is invisible in
+the losses, Ctrl-C saves cleanly, and bad input fails with a message."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from scratchformer.modeling import ScratchformerForCausalLM
+from scratchformer.training import pretrain
+from scratchformer.training.data import default_corpus
+from scratchformer.training.pretrain import PretrainConfig, main, train
+from scratchformer.training.tokenizer_cli import train_tokenizer
+
+# Width 32, 2 layers, context 32, 8 blocks a step: a step takes milliseconds.
+TINY = dict(
+    size="tiny",
+    hidden_size=32,
+    block_size=32,
+    per_device_train_batch_size=8,
+    learning_rate=3e-3,
+    report_to="none",
+)
+
+
+def _flags(**overrides) -> list[str]:
+    """A PretrainConfig's non-default fields as command-line flags."""
+    flags = []
+    for key, value in overrides.items():
+        for v in value if isinstance(value, list) else [value]:
+            flags += [f"--{key}", str(v)] if v is not True else [f"--{key}"]
+    return flags
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and two test workers share two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Slices of the default corpus: 20 documents of up to 2 KB (.jsonl), a 4 KB one that packs into
+    a few steps an epoch, validation documents, and the same text as running lines (.txt)."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = [d[:2000] for d in list(default_corpus("train"))[:20]]
+    val = [d[:2000] for d in list(default_corpus("validation"))[:5]]
+    paths = {name: root / f"{name}.jsonl" for name in ("train", "small", "validation")}
+    for name, rows in (("train", docs), ("small", docs[:2]), ("validation", val)):
+        paths[name].write_text("".join(json.dumps({"text": d}) + "\n" for d in rows))
+    paths["text"] = root / "train.txt"
+    paths["text"].write_text("\n\n".join(docs))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(out, files=[str(corpus["train"])], vocab_size=320, show_progress=False)
+    return str(out)
+
+
+def _config(tmp: Path, corpus, **overrides) -> PretrainConfig:
+    base = dict(
+        TINY,
+        train_files=[str(corpus["train"])],
+        validation_files=[str(corpus["validation"])],
+        output_dir=str(tmp),
+        logging_steps=1,
+    )
+    return PretrainConfig(**{**base, **overrides})
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+# -- one run, looked at from every side -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    """16 steps from text alone: the tokenizer is trained first, tensorboard logs."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = _config(out, corpus, vocab_size=320, max_train_steps=16, eval_steps=8, save_steps=8, report_to="tensorboard")
+    return cfg, train(cfg)
+
+
+def test_loss_decreases_and_metrics_are_logged(run):
+    cfg, result = run
+    losses = _losses(Path(cfg.output_dir))
+    assert sorted(losses) == list(range(1, 17))
+    assert losses[16] < losses[1] - 0.5
+    records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [8, 16]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    assert result["eval_loss"] == evals[1]["eval_loss"] and result["steps"] == 16
+    assert result["tokens_seen"] == 16 * 8 * 32
+    assert 0 < result["eval_bpb"] < 8 and result["eval_ppl"] > 1
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records if "loss" in r)
+    assert list((Path(cfg.output_dir) / "logs").rglob("events.out.tfevents*"))  # tensorboard wrote
+
+
+def test_output_is_a_hub_style_directory(run):
+    cfg, result = run
+    model_dir = Path(result["output_dir"])
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "configuration_scratchformer.py", "modeling_scratchformer.py",
+                 "README.md", "training_args.json", "loss_curve.png"):  # fmt: skip
+        assert (model_dir / name).is_file(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_scratchformer.ScratchformerForCausalLM"
+    assert config["auto_map"]["AutoConfig"] == "configuration_scratchformer.ScratchformerConfig"
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert generation["do_sample"] is True and generation["eos_token_id"] == config["eos_token_id"]
+    args = json.loads((model_dir / "training_args.json").read_text())
+    assert args["max_train_steps"] == 16 and args["hidden_size"] == 32 and args["num_processes"] == 1
+    card = (model_dir / "README.md").read_text()
+    assert "library_name: transformers" in card
+    assert f"{result['eval_bpb']:.4f}" in card and f"{result['parameters']:,}" in card
+    assert "16 of 16" in card and f"{16 * 8 * 32:,}" in card and "trust_remote_code=True" in card
+    # Checkpoints: the last two kept, none left under a temporary name.
+    checkpoints = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").iterdir())
+    assert checkpoints == ["step-000008", "step-000016"]
+
+
+def test_output_loads_with_auto_classes_and_generates(run):
+    _, result = run
+    model = AutoModelForCausalLM.from_pretrained(result["output_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(result["output_dir"])
+    assert isinstance(model, ScratchformerForCausalLM)
+    inputs = tokenizer("The", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 8
+    assert isinstance(tokenizer.decode(out[0]), str)
+
+
+def test_output_loads_by_remote_code_without_the_package(run, run_without_scratchformer, tmp_path):
+    _, result = run
+    ids = [[1, 17, 42, 99, 5, 250]]
+    code = f"""
+        import json
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({result["output_dir"]!r}, trust_remote_code=True)
+        AutoTokenizer.from_pretrained({result["output_dir"]!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            logits = model(torch.tensor({ids})).logits
+        generated = model.generate(torch.tensor({ids}), max_new_tokens=4, do_sample=False)
+        print(json.dumps({{"logits": logits.tolist(), "generated": generated.tolist()}}))
+    """
+    proc = run_without_scratchformer(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    model = AutoModelForCausalLM.from_pretrained(result["output_dir"])
+    with torch.no_grad():
+        logits = model(torch.tensor(ids)).logits
+    torch.testing.assert_close(torch.tensor(remote["logits"]), logits, rtol=1e-5, atol=1e-5)
+    assert remote["generated"] == model.generate(torch.tensor(ids), max_new_tokens=4, do_sample=False).tolist()
+
+
+# -- equivalences ---------------------------------------------------------------------------------
+
+
+def test_gradient_accumulation_matches_a_full_batch(corpus, tokenizer_dir, tmp_path):
+    common = dict(tokenizer=tokenizer_dir, max_train_steps=6, eval_steps=100, save_steps=100)
+    full = train(_config(tmp_path / "full", corpus, **common, per_device_train_batch_size=8))
+    accumulated = train(
+        _config(tmp_path / "accum", corpus, **common, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    )
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "accum")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    assert accumulated["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-5)
+
+
+# A real crash: the subprocess SIGKILLs itself while writing its second checkpoint, after
+# accelerate has written the files into the temporary directory but before it is renamed.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from accelerate import Accelerator
+real_save_state = Accelerator.save_state
+saves = []
+def save_state(self, output_dir=None, **kwargs):
+    saves.append(output_dir)
+    location = real_save_state(self, output_dir, **kwargs)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return location
+Accelerator.save_state = save_state
+from scratchformer.training.pretrain import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_dir, tmp_path):
+    # The paper preset has dropout 0.1, so this also checks the random state is restored. The small
+    # file packs into a few steps an epoch, so the replayed steps cross an epoch boundary.
+    common = dict(tokenizer=tokenizer_dir, train_files=[str(corpus["small"])], preset="paper", max_train_steps=10,
+                  save_steps=3, eval_steps=100)  # fmt: skip
+    straight = train(_config(tmp_path / "straight", corpus, **common))
+
+    killed_dir = tmp_path / "killed"
+    cfg = _config(killed_dir, corpus, **common)
+    flags = _flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = killed_dir / "checkpoints"
+    assert (ckpts / "step-000003").is_dir() and (ckpts / ".step-000006.tmp").is_dir()
+    assert not (ckpts / "step-000006").exists() and not (killed_dir / "model").exists()
+
+    with pytest.raises(ValueError, match="--resume"):  # never silently start over on top of a run
+        train(cfg)
+    resumed = train(dataclasses.replace(cfg, resume="auto"))
+    expected = _losses(tmp_path / "straight")
+    assert _losses(killed_dir) == pytest.approx(expected, rel=1e-5)  # steps 1-3 before the kill, 4-10 after
+    for key in ("train_loss", "eval_loss", "eval_bpb"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-6), key
+    a = AutoModelForCausalLM.from_pretrained(straight["output_dir"]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed["output_dir"]).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
+    assert not (ckpts / ".step-000006.tmp").exists()
+
+
+def test_ctrl_c_stops_at_a_step_boundary_saves_and_writes_the_model(
+    corpus, tokenizer_dir, tmp_path, monkeypatch, capsys
+):
+    real_save_state = Accelerator.save_state
+    saves = []
+
+    def save_state_then_ctrl_c(self, output_dir=None, **kwargs):
+        location = real_save_state(self, output_dir, **kwargs)
+        saves.append(output_dir)
+        if len(saves) == 1:  # as if the user pressed Ctrl-C once, right after step 2's checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+        return location
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_then_ctrl_c)
+    flags = _flags(tokenizer=tokenizer_dir, max_train_steps=50, save_steps=2, eval_steps=100, output_dir=tmp_path,
+                   train_files=str(corpus["train"]), validation_files=str(corpus["validation"]),
+                   **{k: v for k, v in TINY.items()})  # fmt: skip
+    assert main(flags) == 130
+    assert "SIGINT" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert max(_losses(tmp_path)) == 3
+    model_dir = tmp_path / "model"
+    assert "3 of 50 (stopped early" in (model_dir / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    corpus, tokenizer_dir, tmp_path, monkeypatch
+):
+    real_forward = ScratchformerForCausalLM.forward
+    calls = []
+
+    def forward_going_bad(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls.append(1)
+        if out.loss is not None and len(calls) > 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(ScratchformerForCausalLM, "forward", forward_going_bad)
+    cfg = _config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=20, save_steps=4, eval_steps=100)
+    with pytest.raises(FloatingPointError, match=r"nan by step 6.*step-000004.*kept"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
+    assert not (tmp_path / "model").exists()
+
+
+def test_streaming_reads_lazily_and_holds_out_leading_rows(corpus, tokenizer_dir, tmp_path):
+    cfg = _config(
+        tmp_path, corpus, tokenizer=tokenizer_dir, train_files=[str(corpus["text"])], validation_files=None,
+        streaming=True, streaming_holdout_documents=40, max_train_steps=4, eval_steps=100, save_steps=100,
+    )  # fmt: skip
+    result = train(cfg)
+    assert result["steps"] == 4 and result["eval_tokens"] > 0
+    args = json.loads((Path(result["output_dir"]) / "training_args.json").read_text())
+    assert args["validation_data"] == "the first 40 rows of the training source, held out"
+
+
+def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer_dir, tmp_path):
+    cfg = _config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, eval_steps=100, save_steps=100)
+    train(cfg)
+    (tmp_path / "model" / "my-notes.txt").write_text("mine")
+    train(dataclasses.replace(cfg, max_train_steps=3, resume="auto"))
+    aside = list(tmp_path.glob("model.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "my-notes.txt").read_text() == "mine"
+    assert json.loads((tmp_path / "model" / "training_args.json").read_text())["max_train_steps"] == 3
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        (dict(block_size=64, max_position_embeddings=32), ValueError, "longer than the model's positions"),
+        (dict(total_batch_size=12), ValueError, "not a multiple of"),
+        (dict(per_device_train_batch_size=0), ValueError, "positive integer"),
+        (dict(streaming=True, max_train_steps=None), ValueError, "--max_train_steps"),
+        (dict(train_files=["no/such/file.txt"]), FileNotFoundError, "no such file"),
+        (dict(per_device_train_batch_size=4096), ValueError, "fewer than one optimizer step"),
+        (dict(block_size=65536, max_position_embeddings=65536), ValueError, "training text holds fewer than 65536"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(corpus, tokenizer_dir, tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        train(_config(tmp_path / "out", corpus, **{"tokenizer": tokenizer_dir, "max_train_steps": 2, **overrides}))
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_an_unwritable_output_dir_is_refused_before_any_work(corpus, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="cannot write to --output_dir"):
+        train(_config(tmp_path / "a-file" / "out", corpus))
+
+
+def test_cli_reports_errors_in_one_line_without_a_traceback(corpus, tmp_path, capsys):
+    code = main(_flags(output_dir=tmp_path, train_files=str(tmp_path / "missing.txt"), report_to="none"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no such file") and "Traceback" not in err
+
+
+def test_push_to_hub_uploads_the_model_directory(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, exist_ok):
+            calls.append(("create", repo_id, exist_ok))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id, commit_message))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    url = pretrain.push_model_dir(tmp_path, "me/tiny", step=7)
+    assert url == "https://huggingface.co/me/tiny"
+    assert calls == [
+        ("create", "me/tiny", True),
+        ("upload", str(tmp_path), "me/tiny", "scratchformer pretrain, step 7"),
+    ]

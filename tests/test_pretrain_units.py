@@ -1,0 +1,163 @@
+"""The pure pieces of pretraining, without a training run: the learning-rate schedule, the
+weight-decay groups, the epoch order, packing, the byte count behind bits per byte, and the
+evaluation arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import pytest
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers.modeling_outputs import CausalLMOutput
+
+from scratchformer.modeling import ScratchformerForCausalLM
+from scratchformer.tokenization import BOS_ID, EOS_ID, train_bpe
+from scratchformer.training.data import default_corpus
+from scratchformer.training.optim import lr_at, param_groups
+from scratchformer.training.packing import token_byte_lengths, tokenize_and_pack
+from scratchformer.training.pretrain import SIZES, EpochSampler, PretrainConfig, build_parser, evaluate, model_sizes
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = list(default_corpus("train"))[:150]
+    return train_bpe(texts, vocab_size=400, show_progress=False)
+
+
+# -- learning rate and weight decay ---------------------------------------------------------------
+
+
+def test_lr_warms_up_linearly_then_follows_a_cosine_to_the_floor():
+    kw = dict(max_lr=1.0, warmup_steps=10, total_steps=110, min_lr=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)  # the first step already learns
+    assert lr_at(4, **kw) == pytest.approx(0.5)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_at(60, **kw) == pytest.approx(0.55)  # halfway: midpoint of peak and floor
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    assert lr_at(500, **kw) == pytest.approx(0.1)  # held after the end
+    values = [lr_at(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_lr_without_warmup_starts_at_the_peak():
+    assert lr_at(0, max_lr=3e-4, warmup_steps=0, total_steps=100) == pytest.approx(3e-4)
+
+
+def test_weight_decay_applies_to_matrices_only_and_every_parameter_once(tiny_config):
+    model = ScratchformerForCausalLM(tiny_config(preset="gpt2"))  # gpt2: biases, LayerNorm, tied head
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert len(no_decay["params"]) > 0
+    grouped = {id(p) for p in decay["params"] + no_decay["params"]}
+    assert len(grouped) == len(decay["params"]) + len(no_decay["params"])  # the tied matrix appears once
+    assert grouped == {id(p) for p in model.parameters()}
+
+
+# -- data order -----------------------------------------------------------------------------------
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only_and_fills_whole_steps():
+    a, b = EpochSampler(103, seed=1, multiple_of=8), EpochSampler(103, seed=1, multiple_of=8)
+    assert len(a) == 96 and len(list(a)) == 96
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(EpochSampler(103, seed=2, multiple_of=8)) != list(EpochSampler(103, seed=1, multiple_of=8))
+    assert len(set(a)) == 96  # a permutation: no block twice in an epoch
+
+
+# -- packing and bytes ----------------------------------------------------------------------------
+
+
+def test_documents_are_framed_with_bos_and_eos_and_packed_into_full_blocks(tokenizer):
+    docs = ["First document, with some words.", "Second one.", "", "Third: the last document here."]
+    blocks = tokenize_and_pack(datasets.Dataset.from_dict({"text": docs}), tokenizer, block_size=8)
+    assert all(len(b) == 8 for b in blocks["input_ids"])
+    stream = [t for b in blocks["input_ids"] for t in b]
+    expected = [t for d in docs if d for t in [*tokenizer(d)["input_ids"], EOS_ID]]
+    assert expected[0] == BOS_ID
+    assert stream == expected[: len(stream)] and len(expected) - len(stream) < 8  # only the tail is dropped
+
+
+def test_lines_of_running_text_join_back_exactly_with_bos_opening_each_block(tokenizer):
+    text = "".join(list(default_corpus("train"))[:3])
+    lines = text.splitlines(keepends=True)
+    blocks = tokenize_and_pack(
+        datasets.Dataset.from_dict({"text": lines}), tokenizer, block_size=16, rows_are_documents=False
+    )
+    assert len(blocks) > 10
+    assert all(b[0] == BOS_ID and len(b) == 16 for b in blocks["input_ids"])
+    joined = tokenizer.decode([t for b in blocks["input_ids"] for t in b[1:]]).rstrip("\ufffd")  # a cut character
+    assert text.startswith(joined) and len(text) - len(joined) < 200
+
+
+@pytest.mark.parametrize("text", ["plain ASCII text.", "naïve café, 東京, emoji 🚀\n\ttabs", "\x00\x7f control"])
+def test_token_byte_lengths_add_up_to_the_utf8_bytes_of_the_text(tokenizer, text):
+    lengths = token_byte_lengths(tokenizer)
+    assert lengths.shape == (len(tokenizer),)
+    ids = tokenizer(text)["input_ids"] + [EOS_ID]  # with <s> and </s>: special tokens spell nothing
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+    assert int(lengths[BOS_ID]) == 0 and int(lengths[EOS_ID]) == 0
+
+
+class _Uniform(torch.nn.Module):
+    """Predicts every token with probability 1/V: its loss is exactly ln V per token."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, use_cache=None):
+        return CausalLMOutput(logits=torch.zeros(*input_ids.shape, self.vocab) + self.dummy)
+
+
+def test_evaluate_reports_loss_perplexity_and_bits_per_byte_exactly(tokenizer):
+    text = "".join(list(default_corpus("validation"))[:2])
+    blocks = tokenize_and_pack(datasets.Dataset.from_dict({"text": [text]}), tokenizer, block_size=32)
+    loader = DataLoader(blocks.with_format("torch"), batch_size=5)  # 5 does not divide: a short last batch
+    accelerator = Accelerator(cpu=True)
+    model, loader = accelerator.prepare(_Uniform(len(tokenizer)), loader)
+    metrics = evaluate(model, loader, accelerator, token_byte_lengths(tokenizer))
+
+    ids = torch.tensor(blocks["input_ids"])
+    predicted = ids[:, 1:]  # position t predicts token t+1: the first token of a block is never scored
+    n_bytes = int(token_byte_lengths(tokenizer)[predicted].sum())
+    assert metrics["eval_tokens"] == predicted.numel()
+    assert metrics["eval_bytes"] == n_bytes
+    assert metrics["eval_loss"] == pytest.approx(math.log(len(tokenizer)), abs=1e-5)
+    assert metrics["eval_ppl"] == pytest.approx(len(tokenizer), rel=1e-4)
+    expected_bpb = predicted.numel() * math.log(len(tokenizer)) / (math.log(2) * n_bytes)
+    assert metrics["eval_bpb"] == pytest.approx(expected_bpb, rel=1e-5)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_size_presets_fill_in_and_explicit_flags_override():
+    sizes = model_sizes(PretrainConfig(size="small"))
+    assert sizes["hidden_size"] == SIZES["small"]["hidden_size"]
+    assert sizes["max_position_embeddings"] == sizes["block_size"] == SIZES["small"]["block_size"]
+    sizes = model_sizes(PretrainConfig(size="small", hidden_size=96, block_size=64, max_position_embeddings=128))
+    assert (sizes["hidden_size"], sizes["block_size"], sizes["max_position_embeddings"]) == (96, 64, 128)
+    assert sizes["num_hidden_layers"] == SIZES["small"]["num_hidden_layers"]
+
+
+def test_cli_flags_are_the_config_fields_with_both_spellings():
+    parser = build_parser()
+    (cfg,) = parser.parse_args_into_dataclasses(
+        args=["--train-files", "a.txt", "b.txt", "--mixed-precision", "bf16", "--block_size", "64", "--resume"]
+    )
+    assert cfg.train_files == ["a.txt", "b.txt"] and cfg.mixed_precision == "bf16" and cfg.block_size == 64
+    assert cfg.resume == "auto"  # plain --resume means the newest checkpoint
+    (cfg,) = parser.parse_args_into_dataclasses(args=["--resume_from_checkpoint", "out/checkpoints/step-000010"])
+    assert cfg.resume == "out/checkpoints/step-000010"
+    help_text = build_parser().format_help()
+    assert "--mixed_precision {no,fp16,bf16}" in help_text and "--push_to_hub" in help_text
