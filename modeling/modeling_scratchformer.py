@@ -518,13 +518,15 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         )
 
     # Input checks. An out-of-range id would otherwise surface as an IndexError deep in
-    # nn.Embedding (or a device-side assert on GPU). Each costs one host sync, skipped when
-    # compiling, where data-dependent Python branches would break the graph.
+    # nn.Embedding (or a device-side assert on GPU). Reading a tensor's values is free on CPU but a
+    # host sync on an accelerator, stalling the launch queue every forward, so there only the
+    # checks that need no values run and the embedding's device-side assert stays the guard. They
+    # are also skipped when compiling, where data-dependent Python branches would break the graph.
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
-        if input_ids.numel() == 0 or torch.compiler.is_compiling():
+        if input_ids.numel() == 0 or input_ids.device.type != "cpu" or torch.compiler.is_compiling():
             return
         low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= self.config.vocab_size:
@@ -538,7 +540,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         limit = self.config.max_position_embeddings
         if self.config.position_embedding == "rope" or torch.compiler.is_compiling():
             return  # rotary angles exist for every position
-        if total_length > limit or int(position_ids.max()) >= limit or int(position_ids.min()) < 0:
+        on_cpu = position_ids.device.type == "cpu"
+        out_of_range = on_cpu and (int(position_ids.min()) < 0 or int(position_ids.max()) >= limit)
+        if total_length > limit or out_of_range:
             raise ValueError(
                 f"This model has {self.config.position_embedding} positions for 0..{limit - 1} "
                 f"(max_position_embeddings={limit}); the input needs positions up to {total_length - 1}. "
