@@ -1,0 +1,312 @@
+"""Train, score and look inside the encoder-decoder: `scratchformer finetune --task seq2seq`.
+
+Training is transformers' own: `Seq2SeqTrainer` with `DataCollatorForSeq2Seq` (which pads labels
+with -100 and builds `decoder_input_ids` through the model's `prepare_decoder_input_ids_from_labels`).
+The paper's recipe (section 5.3-5.4) is two options:
+
+- label smoothing 0.1: `TrainingArguments(label_smoothing_factor=0.1)`;
+- the inverse-square-root schedule lr = C^-0.5 * min(step^-0.5, step * warmup^-1.5): transformers'
+  `lr_scheduler_type="inverse_sqrt"` with `warmup_steps=warmup` and `learning_rate` set to the
+  schedule's peak C^-0.5 * warmup^-0.5. Both rise linearly to the peak at `warmup` and then fall as
+  sqrt(warmup / step); transformers counts steps from 0, so its first step has lr 0 (one step late).
+  `noam_lr` below is the paper's formula, for plotting and for the test that pins the equivalence.
+  Adam gets the paper's beta2 = 0.98 and eps = 1e-9.
+
+Evaluation generates with `model.generate` (no pipeline exists for encoder-decoders in v5) and reports
+exact match and corpus BLEU (`training/bleu.py`; sacrebleu's when it is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+)
+
+from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
+
+from .bleu import exact_match, sacrebleu_or_ours
+
+
+def noam_lr(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
+    """The paper's equation (3) for 1-based `step`: factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    step = max(step, 1)
+    return factor * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+def paper_training_args(output_dir: str, d_model: int, warmup_steps: int = 4000, **overrides: Any) -> dict:
+    """The keyword arguments of `Seq2SeqTrainingArguments` that reproduce section 5.3-5.4."""
+    return dict(
+        output_dir=output_dir,
+        learning_rate=noam_lr(warmup_steps, d_model, warmup_steps),  # the schedule's peak
+        lr_scheduler_type="inverse_sqrt",
+        warmup_steps=warmup_steps,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-9,
+        weight_decay=0.0,
+        label_smoothing_factor=0.1,
+        **overrides,
+    )
+
+
+def tokenize_pairs(
+    dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    source_column: str,
+    target_column: str,
+    max_source_length: int = 256,
+    max_target_length: int = 256,
+):
+    """Source ids for the encoder, target ids (ending in eos) as labels for the decoder."""
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(batch[source_column], truncation=True, max_length=max_source_length)
+        labels = tokenizer(text_target=batch[target_column], truncation=True, max_length=max_target_length)
+        enc["labels"] = labels["input_ids"]
+        return enc
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def generate_texts(
+    model, tokenizer, sources: Sequence[str], max_new_tokens: int = 64, num_beams: int = 1, batch_size: int = 64
+) -> list[str]:
+    model.eval()
+    outputs: list[str] = []
+    for i in range(0, len(sources), batch_size):
+        enc = tokenizer(list(sources[i : i + batch_size]), return_tensors="pt", padding=True).to(model.device)
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        outputs += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return outputs
+
+
+def evaluate_translation(
+    model, tokenizer, sources: Sequence[str], references: Sequence[str], **generate_kwargs: Any
+) -> dict[str, float]:
+    hypotheses = generate_texts(model, tokenizer, sources, **generate_kwargs)
+    return {"exact_match": exact_match(hypotheses, references), "bleu": sacrebleu_or_ours(hypotheses, references)}
+
+
+def finetune_seq2seq(
+    model_dir_or_config: str | ScratchformerSeq2SeqConfig,
+    train_dataset=None,
+    *,
+    train_file: str | None = None,
+    eval_dataset=None,
+    source_column: str = "source",
+    target_column: str = "target",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    training_args: Seq2SeqTrainingArguments | dict | None = None,
+    label_smoothing: float = 0.1,
+    inverse_sqrt_schedule: bool = True,
+    warmup_steps: int = 4000,
+    max_source_length: int = 256,
+    max_target_length: int = 256,
+) -> tuple[Seq2SeqTrainer, dict]:
+    """Train an encoder-decoder on (source, target) pairs with stock `Seq2SeqTrainer`.
+
+    `model_dir_or_config`: a checkpoint directory (model and tokenizer loaded from it), or a
+    `ScratchformerSeq2SeqConfig` to train from scratch (then pass `tokenizer`). Data: a
+    `datasets.Dataset` with the two text columns, or `train_file` (.json/.jsonl/.csv). `training_args`:
+    `Seq2SeqTrainingArguments` or a dict of its fields; the paper's recipe fills in what it leaves out
+    unless `label_smoothing=0` / `inverse_sqrt_schedule=False`. Returns (trainer, train metrics); the
+    model is saved to `output_dir` with its tokenizer and remote code.
+    """
+    from datasets import load_dataset
+
+    if isinstance(model_dir_or_config, ScratchformerSeq2SeqConfig):
+        if tokenizer is None:
+            raise ValueError("Training from a config needs a tokenizer: pass tokenizer=...")
+        model = ScratchformerForConditionalGeneration(model_dir_or_config)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir_or_config)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir_or_config)
+    if train_dataset is None:
+        if train_file is None:
+            raise ValueError("Pass train_dataset or train_file.")
+        kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}[Path(train_file).suffix]
+        train_dataset = load_dataset(kind, data_files=train_file, split="train")
+    for column in (source_column, target_column):
+        if column not in train_dataset.column_names:
+            raise ValueError(f"Column {column!r} not in the data (columns: {train_dataset.column_names}).")
+
+    args = training_args if isinstance(training_args, dict) or training_args is None else training_args.to_dict()
+    args = dict(args or {})
+    args.setdefault("output_dir", "out/seq2seq")
+    args.setdefault("report_to", "none")
+    args.setdefault("label_smoothing_factor", label_smoothing)
+    if inverse_sqrt_schedule:
+        recipe = paper_training_args(args["output_dir"], model.config.hidden_size, warmup_steps)
+        recipe.pop("label_smoothing_factor")
+        for key, value in recipe.items():
+            args.setdefault(key, value)
+    fields = Seq2SeqTrainingArguments.__dataclass_fields__
+    args = Seq2SeqTrainingArguments(**{k: v for k, v in args.items() if k in fields})
+
+    encode = dict(
+        tokenizer=tokenizer,
+        source_column=source_column,
+        target_column=target_column,
+        max_source_length=max_source_length,
+        max_target_length=max_target_length,
+    )
+    train = tokenize_pairs(train_dataset, **encode)
+    evaluation = tokenize_pairs(eval_dataset, **encode) if eval_dataset is not None else None
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train().metrics
+    trainer.save_model()
+    return trainer, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspection: what the decoder looks at
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_attention_maps(model, tokenizer, source: str, target: str | None = None, max_new_tokens: int = 64):
+    """Cross-attention of every decoder layer and head while producing `target` (generated greedily
+    when None). Returns (source tokens, target tokens, array [layers, heads, T, S]): row t is where
+    the decoder looked when predicting target token t. A translation model's rows trace the alignment."""
+    model.eval()
+    enc = tokenizer(source, return_tensors="pt").to(model.device)
+    if target is None:
+        with torch.no_grad():
+            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        decoder_input_ids = generated[:, :-1] if generated.shape[1] > 1 else generated
+        target_ids = generated[:, 1:]
+    else:
+        target_ids = tokenizer(text_target=target, return_tensors="pt")["input_ids"].to(model.device)
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(target_ids)
+    with torch.no_grad():
+        out = model(**enc, decoder_input_ids=decoder_input_ids, output_attentions=True, use_cache=False)
+    maps = torch.stack([a[0] for a in out.cross_attentions]).float().cpu().numpy()
+    src_tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+    tgt_tokens = tokenizer.convert_ids_to_tokens(target_ids[0].tolist())
+    return src_tokens, tgt_tokens, maps[:, :, : len(tgt_tokens)]
+
+
+def plot_cross_attention(
+    src_tokens: Sequence[str],
+    tgt_tokens: Sequence[str],
+    maps: np.ndarray,
+    layer: int = -1,
+    heads: Sequence[int] | None = None,
+    title: str | None = None,
+):
+    """One heatmap per head of `layer` (rows: target tokens, columns: source tokens), plus their mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layer_maps = maps[layer]
+    heads = list(range(layer_maps.shape[0])) if heads is None else list(heads)
+    panels = [(f"head {h}", layer_maps[h]) for h in heads] + [("mean", layer_maps[heads].mean(0))]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    size = 0.3 * max(len(src_tokens), len(tgt_tokens)) + 1.5
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    for ax, (name, grid) in zip(axes.flat, panels):
+        ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    layer_name = layer if layer >= 0 else maps.shape[0] + layer
+    fig.suptitle(title or f"cross-attention, decoder layer {layer_name}: target (rows) looks at source (columns)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scratchformer finetune --task seq2seq", description="Train an encoder-decoder on (source, target) pairs."
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer)")
+    p.add_argument("--train-file", required=True, help=".json/.jsonl/.csv with source and target columns")
+    p.add_argument("--eval-file", help="scored after training: exact match and BLEU")
+    p.add_argument("--source-column", default="source")
+    p.add_argument("--target-column", default="target")
+    p.add_argument("--output-dir", default="out/seq2seq")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, help="peak lr; default: the paper's d_model^-0.5 * warmup^-0.5")
+    p.add_argument("--warmup-steps", type=int, default=4000)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--no-paper-schedule", action="store_true", help="linear decay instead of inverse sqrt")
+    p.add_argument("--num-beams", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    args: dict[str, Any] = dict(
+        output_dir=a.output_dir,
+        num_train_epochs=a.epochs,
+        per_device_train_batch_size=a.batch_size,
+        save_strategy="no",
+        logging_steps=50,
+    )
+    if a.learning_rate is not None:
+        args["learning_rate"] = a.learning_rate
+    trainer, metrics = finetune_seq2seq(
+        a.model,
+        train_file=a.train_file,
+        source_column=a.source_column,
+        target_column=a.target_column,
+        training_args=args,
+        label_smoothing=a.label_smoothing,
+        inverse_sqrt_schedule=not a.no_paper_schedule,
+        warmup_steps=a.warmup_steps,
+    )
+    print(json.dumps(metrics))
+    if a.eval_file:
+        from datasets import load_dataset
+
+        kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}[Path(a.eval_file).suffix]
+        data = load_dataset(kind, data_files=a.eval_file, split="train")
+        scores = evaluate_translation(
+            trainer.model, trainer.processing_class, data[a.source_column], data[a.target_column], num_beams=a.num_beams
+        )
+        print(json.dumps(scores))
+    return 0
+
+
+__all__ = [
+    "cross_attention_maps",
+    "evaluate_translation",
+    "finetune_seq2seq",
+    "generate_texts",
+    "main",
+    "noam_lr",
+    "paper_training_args",
+    "plot_cross_attention",
+]
