@@ -171,13 +171,13 @@ def test_cli_errors_are_one_clear_line(checkpoint, tmp_path, capsys):
 def test_plot_run_tolerates_a_log_being_written(tmp_path):
     # The keys `scratchformer pretrain` logs; grad_norm is None when it was not measured.
     lines = [json.dumps({"step": s, "loss": 5.0 / (s + 1), "lr": 1e-3 * min(1, s / 3), "tokens_per_s": 1e4,
-                         "grad_norm": None}) for s in range(1, 20)]
+                         "grad_norm": None}) for s in range(1, 61)]
     lines[5] = json.dumps({"step": 6, "eval_loss": 2.5, "eval_ppl": 12.2})  # evaluation lines carry other keys
     lines.insert(3, "not json")
     lines.append('{"step": 20, "loss": 0.2')  # the writer is mid-line
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n[1, 2]\n\n", "utf-8")
     records = inspect.read_run_log(tmp_path)
-    assert len(records) == 19
+    assert len(records) == 60
     fig = inspect.plot_run(tmp_path, tmp_path / "curves.png")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [inspect.RUN_PANELS[panel][1] for panel in ("loss", "lr", "throughput")]

@@ -39,7 +39,7 @@ RUN_PANELS = {
     "loss": (("loss", "train_loss"), "Loss (cross-entropy)", "nats / token"),
     "lr": (("lr", "learning_rate"), "Learning rate", "lr"),
     "throughput": (("tokens_per_s", "tokens_per_sec"), "Throughput", "tokens / s"),
-    "grad_norm": (("grad_norm",), "Gradient norm (before clipping)", "‖g‖"),
+    "grad_norm": (("grad_norm",), "Gradient norm (before clipping)", "L2 norm"),
 }
 VAL_KEYS = ("eval_loss", "val_loss")
 
@@ -675,13 +675,23 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
         wanted = [key for keys, *_ in RUN_PANELS.values() for key in keys] + list(VAL_KEYS)
         raise InspectError(f"{log} has no metrics to plot (looked for {', '.join(wanted)}).")
 
-    fig = _figure(5.0 * len(panels), 4.0)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    from matplotlib.ticker import MaxNLocator
+
+    cols = 2 if len(panels) == 4 else len(panels)
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(5.5 * cols, 3.8 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.remove()
     for ax, key in zip(axes, panels):
         keys, title, ylabel = RUN_PANELS[key]
         steps, values = _series(records, keys)
-        if steps.size:
-            ax.plot(steps, values, linewidth=1.0, label="train" if key == "loss" else None)
+        if key == "loss" and steps.size > 50:
+            # Per-step losses are noisy; the trend is an exponential moving average over ~20 points.
+            ax.plot(steps, values, linewidth=0.8, alpha=0.3, color="#1f77b4")
+            ax.plot(steps, _ema(values, 0.95), linewidth=1.5, color="#1f77b4", label="train (smoothed)")
+        elif steps.size:
+            ax.plot(steps, values, linewidth=1.2, label="train" if key == "loss" else None)
         if key == "loss" and val:
             ax.plot(val_steps, val_values, "o-", color="#d62728", markersize=4, label="validation")
             ax.annotate(
@@ -698,6 +708,7 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -705,6 +716,15 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
     if out_png is not None:
         save(fig, out_png)
     return fig
+
+
+def _ema(values: np.ndarray, decay: float) -> np.ndarray:
+    # Bias-corrected, as in Adam: the average starts at 0, so divide by the weight seen so far.
+    out, avg = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        avg = decay * avg + (1 - decay) * v
+        out[i] = avg / (1 - decay ** (i + 1))
+    return out
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
