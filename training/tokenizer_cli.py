@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a byte-level BPE tokenizer that `AutoTokenizer.from_pretrained(OUT)` loads. "
         "With neither --files nor --dataset, it trains on the embedded default corpus (Python's help topics).",
     )
-    parser.add_argument("--out", required=True, help="output directory (written atomically)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--files", nargs="+", metavar="F", help=f"local text files, all of one type: {', '.join(sorted(BUILDERS))}"
@@ -206,13 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--dataset", metavar="NAME_OR_PATH", help="a Hugging Face hub dataset (needs network) or a local dataset folder"
     )
-    parser.add_argument("--config", default=None, help="the dataset's configuration name")
-    parser.add_argument("--split", default="train", help="the dataset's split (default: train)")
-    parser.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    parser.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default: 8192)")
-    parser.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merged pair (default: 2)")
+    parser.add_argument("--config", metavar="C", help="the dataset's configuration name")
+    parser.add_argument("--split", default="train", metavar="S", help="the dataset's split (default: train)")
+    parser.add_argument("--text-column", default="text", metavar="NAME", help="column holding the text (default: text)")
+    parser.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
     parser.add_argument(
-        "--max-length", type=int, default=1024, help="the model's context length, saved as model_max_length"
+        "--min-frequency", type=int, default=2, metavar="N", help="minimum count of a merged pair (default: 2)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="the model's context length, saved as model_max_length",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
