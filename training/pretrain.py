@@ -235,6 +235,11 @@ class PretrainConfig:
     )
     max_shard_size: str = field(default="2GB", metadata={"help": "Split model.safetensors into shards of this size."})
 
+    def __post_init__(self) -> None:
+        for key in ("train_files", "validation_files"):  # train(PretrainConfig(train_files="a.txt")) reads well too
+            if isinstance(getattr(self, key), (str, os.PathLike)):
+                setattr(self, key, [str(getattr(self, key))])
+
 
 # ----------------------------------------------------------------------------------------------
 # The run
@@ -251,15 +256,14 @@ def train(cfg: PretrainConfig) -> dict:
     resume_dir = _resume_dir(cfg.resume, ckpt_root)
 
     # -- accelerator: devices, processes, precision, accumulation --
-    num_processes = PartialState().num_processes
-    accum = _accumulation_steps(cfg, num_processes)
     accelerator = Accelerator(
-        gradient_accumulation_steps=accum,
         mixed_precision=cfg.mixed_precision,
         log_with=_trackers(cfg.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dynamo_backend="inductor" if cfg.torch_compile else None,
     )
+    num_processes = accelerator.num_processes
+    accum = accelerator.gradient_accumulation_steps = _accumulation_steps(cfg, num_processes)
     set_seed(cfg.seed)
 
     # -- tokenizer and data --
