@@ -131,8 +131,9 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _write_atomically(out: Path, overwrite: bool, tok: transformers.PreTrainedTokenizerFast, stats: dict) -> None:
-    """Save into a temporary folder beside `out`, then rename it into place: a crash at any point
-    leaves either the old `out_dir` or the new one, never a half-written one."""
+    """Save into a temporary folder beside `out`, then rename it into place, so `out` is never
+    half-written: a crash leaves no `out`, the old one, or the new one. (With `overwrite`, the old
+    one sits in a hidden `.old` folder beside it for the instant between the two renames.)"""
     _check_out_dir(out, overwrite)  # again: something may have appeared while training ran
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(out, "tmp")
