@@ -323,10 +323,10 @@ def plan(suite: str, quick: bool) -> list[tuple[Callable, tuple, dict]]:
         for size in heads:
             train_batch = 8 if gpu else 2
             jobs.append((time_pair, ("headline", preset, size, "train"), dict(batch=train_batch, **dev, **reps)))
-            jobs.append((time_pair, ("headline", preset, size, "prefill"), dict(batch=1, **dev, **reps)))
+            jobs.append((time_pair, ("headline", preset, size, "prefill"), dict(batch=1, **dev, repeats=3)))
             for b in (1, 8):
                 jobs.append((time_pair, ("headline", preset, size, "decode"),
-                             dict(batch=b, new_tokens=8 if quick else 16, **dev, **reps)))
+                             dict(batch=b, new_tokens=8 if quick else 16, **dev, repeats=3)))
         if quick:
             continue
         # Growth with context length (fixed tokens per step, so tokens/s compare across rows) and batch.
@@ -411,6 +411,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax = axes[0]
     ax.barh(range(len(head)), [r.ratio for r in head], color=colors)
     ax.scatter(targets, range(len(head)), marker="|", s=300, color="black", zorder=3, label="target")
+    for y, r in enumerate(head):
+        ax.text(0.02, y, f"{r.ratio:.2f}", va="center", fontsize=8, color="white", weight="bold")
     ax.set_yticks(range(len(head)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="grey", lw=0.8)
@@ -433,6 +435,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.set_title(f"{task} throughput vs context")
         if ax.lines:
             ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured in this run (--quick)", ha="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -480,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak, for MFU")
+    parser.add_argument("--replot", type=Path, help="redraw the .md and .png of an existing results .json")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -487,7 +492,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(spec.pop("threads"))
         print(json.dumps({"mb": measure_memory_here(**spec)}))
         return 0
+    if args.replot:
+        data = json.loads(args.replot.read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        info = data["machine"]
+        args.replot.with_suffix(".md").write_text(to_markdown(rows, info, data["command"]))
+        plot(rows, args.replot.with_suffix(".png"), f"scratchformer vs transformers, {args.replot.stem}, "
+                                                    f"{info.get('gpu') or info['cpu']}, {info['threads']} threads")
+        return 0
     command = "python benchmarks/compare.py --suite " + args.suite + (" --quick" if args.quick else "")
+    if args.threads != 2:
+        command += f" --threads {args.threads}"
     run_suite(args.suite, args.quick, args.out, args.threads, args.peak_tflops, command=command)
     return 0
 
