@@ -12,8 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchformer.modeling import ScratchformerConfig
+
+# Tests run tiny models under `pytest -n 2` on two cores. One intra-op thread per worker: with more,
+# OpenMP threads spin-wait between millisecond-sized ops, which measured 3x the CPU time for the same
+# tests (and worse when the two workers oversubscribe the cores).
+torch.set_num_threads(1)
 
 # Width 32, 2 layers, 4 heads: every test runs in milliseconds on a CPU. 97 is prime, so a vocabulary
 # index can never be confused with a width or a length in a shape error.
@@ -59,7 +65,7 @@ def _run_without_scratchformer(code: str, cwd: str | os.PathLike, timeout: float
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "TRANSFORMERS_CACHE")}
     # A private HF_HOME: remote code is copied into $HF_HOME/modules, so nothing cached by an earlier
     # run (or another test) can stand in for the checkpoint's own files. Offline: no Hub lookups.
-    env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     script = cwd / "run_without_scratchformer.py"
     script.write_text(_BLOCK_SCRATCHFORMER + textwrap.dedent(code))
     # cwd is the caller's tmp dir, never the repo root, so no bare `modeling/` folder is on sys.path.
