@@ -1,0 +1,158 @@
+"""A saved checkpoint is self-contained: a Python that cannot import scratchformer loads every head
+with trust_remote_code=True and computes the same numbers. One subprocess does all the loading."""
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import scratchformer.modeling
+from scratchformer.modeling import (
+    ScratchformerForCausalLM,
+    ScratchformerForMaskedLM,
+    ScratchformerForSequenceClassification,
+)
+
+PAYLOAD = ("configuration_scratchformer.py", "modeling_scratchformer.py")
+AUTO_CLASSES = {
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForMaskedLM",
+}
+HEAD_AUTO_CLASS = {
+    "causal": "AutoModelForCausalLM",
+    "sequence": "AutoModelForSequenceClassification",
+    "masked": "AutoModelForMaskedLM",
+}
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+CHILD = """
+import json
+import torch
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForSequenceClassification)
+
+x = torch.load("input_ids.pt")
+mask = torch.load("attention_mask.pt")
+results, classes = {}, {}
+with torch.no_grad():
+    config = AutoConfig.from_pretrained("causal", trust_remote_code=True)
+    classes["config"] = type(config).__module__ + "." + type(config).__name__
+    results["config_use_cache"] = torch.tensor(config.use_cache)
+
+    causal = AutoModelForCausalLM.from_pretrained("causal", trust_remote_code=True).eval()
+    results["causal"] = causal(x, attention_mask=mask).logits
+    results["causal_generate"] = causal.generate(x[:1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    results["causal_tied"] = torch.tensor(causal.lm_head.weight is causal.model.embed_tokens.weight)
+
+    base = AutoModel.from_pretrained("causal", trust_remote_code=True).eval()
+    results["base"] = base(x, attention_mask=mask).last_hidden_state
+
+    sequence = AutoModelForSequenceClassification.from_pretrained("sequence", trust_remote_code=True).eval()
+    results["sequence"] = sequence(x, attention_mask=mask).logits
+    classes["sequence_labels"] = sequence.config.id2label
+
+    masked = AutoModelForMaskedLM.from_pretrained("masked", trust_remote_code=True).eval()
+    results["masked"] = masked(x, attention_mask=mask).logits
+
+    for name, model in (("causal", causal), ("base", base), ("sequence", sequence), ("masked", masked)):
+        classes[name] = type(model).__module__ + "." + type(model).__name__
+
+torch.save(results, "results.pt")
+with open("classes.json", "w") as f:
+    json.dump(classes, f)
+"""
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(level, module) for every import in a file: level > 0 is a relative import."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or ""))
+    return found
+
+
+def assert_payload_is_self_contained(directory: Path) -> None:
+    siblings = {Path(name).stem for name in PAYLOAD}
+    for name in PAYLOAD:
+        imports = _imports(directory / name)
+        assert imports, name
+        for level, module in imports:
+            top = module.split(".")[0]
+            assert top != "scratchformer", f"{name}: absolute import of {module}"
+            if level:
+                assert level == 1 and module in siblings, f"{name}: relative import {'.' * level}{module}"
+            else:
+                # Only the two libraries every checkpoint user has, and the standard library.
+                assert top in ("torch", "transformers") or top in sys.stdlib_module_names, f"{name}: imports {module}"
+
+
+def test_checkpoint_loads_and_runs_without_scratchformer(tmp_path, tiny_config, run_without_scratchformer):
+    torch.manual_seed(0)
+    models = {
+        "causal": ScratchformerForCausalLM(tiny_config(use_cache=False)),
+        "sequence": ScratchformerForSequenceClassification(tiny_config(id2label=LABELS, position_embedding="learned")),
+        "masked": ScratchformerForMaskedLM(tiny_config(is_causal=False, position_embedding="sinusoidal")),
+    }
+    source_dir = Path(scratchformer.modeling.__file__).parent
+    for name, model in models.items():
+        model.eval()
+        with torch.no_grad():  # distinctive norm weights, so a mis-loaded one cannot pass
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        directory = tmp_path / name
+        model.save_pretrained(directory)
+        for file in PAYLOAD:
+            assert (directory / file).read_bytes() == (source_dir / file).read_bytes(), f"{name}/{file}"
+        config = json.loads((directory / "config.json").read_text())
+        assert set(config["auto_map"]) == AUTO_CLASSES
+        entry = config["auto_map"][HEAD_AUTO_CLASS[name]]
+        assert entry == f"modeling_scratchformer.{type(model).__name__}"
+        assert config["auto_map"]["AutoConfig"] == "configuration_scratchformer.ScratchformerConfig"
+        assert_payload_is_self_contained(directory)
+
+    x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0
+    torch.save(x, tmp_path / "input_ids.pt")
+    torch.save(mask, tmp_path / "attention_mask.pt")
+
+    proc = run_without_scratchformer(CHILD, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    results = torch.load(tmp_path / "results.pt")
+    classes = json.loads((tmp_path / "classes.json").read_text())
+    for name, qualname in classes.items():
+        if name != "sequence_labels":
+            # Remote code lives in transformers' dynamic-module namespace, not in our package.
+            assert qualname.startswith("transformers_modules."), qualname
+    assert classes["sequence_labels"] == {str(k): v for k, v in LABELS.items()}
+    assert results["config_use_cache"].item() is False
+
+    with torch.no_grad():
+        assert torch.equal(results["causal"], models["causal"](x, attention_mask=mask).logits)
+        assert torch.equal(results["base"], models["causal"].model(x, attention_mask=mask).last_hidden_state)
+        assert torch.equal(results["sequence"], models["sequence"](x, attention_mask=mask).logits)
+        assert torch.equal(results["masked"], models["masked"](x, attention_mask=mask).logits)
+        expected = models["causal"].generate(x[:1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(results["causal_generate"], expected)
+    assert results["causal_tied"].item() is True
+
+
+def test_source_payload_is_self_contained():
+    """The same check on the source files, so a bad import fails here before any checkpoint is saved."""
+    assert_payload_is_self_contained(Path(scratchformer.modeling.__file__).parent)
+
+
+def test_the_subprocess_really_cannot_import_scratchformer(tmp_path, run_without_scratchformer):
+    proc = run_without_scratchformer("import scratchformer.modeling\n", tmp_path)
+    assert proc.returncode != 0
+    assert "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr, proc.stderr[-2000:]
