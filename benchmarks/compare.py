@@ -294,7 +294,7 @@ def memory_pair(section, preset, size, task, *, attn="sdpa", batch=1, context=No
         out = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True,
                              check=True)
         values[side] = json.loads(out.stdout.strip().splitlines()[-1])["mb"]
-    row = Row(section, preset, size, task, attn, False, batch, context, unit="MB peak")
+    row = Row(section, preset, size, task, attn, False, batch, 16 if task == "decode" else context, unit="MB peak")
     row.ref, row.ours = values["ref"], values["ours"]
     row.ratio = values["ours"] / values["ref"]
     return row
