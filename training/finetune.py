@@ -133,6 +133,12 @@ class FinetuneArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "tokens per example or block (default: the model's context, at most 1024)"}
     )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "causal-lm/masked-lm on text: join rows into full blocks (--no-packing: one example per row)"
+        },
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "masked-lm: share of tokens masked"})
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "stop after this many evaluations without improvement"}
@@ -462,7 +468,9 @@ def prepare_language_modeling(
     validation: datasets.Dataset | None,
     max_length: int,
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, bool]:
-    """Plain text is packed into full blocks, as in pretraining. Chat records (a `messages` column)
+    """Plain text is packed into full blocks, as in pretraining (or, with `packing=False`, one
+    example per row, as HF's run_mlm --line_by_line: better for short independent sentences, whose
+    neighbours in a block would only be noise). Chat records (a `messages` column)
     go through the tokenizer's chat template one conversation per example, with labels on the
     assistant's turns only when `assistant_only_loss` asks for it. Returns (train, validation, is_chat)."""
     is_chat = args.task == "causal-lm" and args.messages_column in train.column_names
@@ -483,15 +491,29 @@ def prepare_language_modeling(
             ds = ds.select_columns([text_col])
             if text_col != "text":
                 ds = ds.rename_column(text_col, "text")
-            # A .txt file arrives one row per line; everything else is one row per document.
-            from_lines = bool(args.train_file) and Path(args.train_file[0]).suffix.lower() in (".txt", ".text")
-            packed = tokenize_and_pack(ds, tokenizer, max_length, rows_are_documents=not from_lines, split=split)
-            if len(packed) == 0:
-                raise FinetuneError(
-                    f"the {split} text is shorter than one block of {max_length} tokens; add text or lower --max-length"
-                )
-            out.append(packed)
+            if args.packing:
+                out.append(_pack(args, tokenizer, ds, split, max_length))
+            else:  # one example per row, cut at max_length; the collator pads each batch
+                texts = [t for t in ds["text"] if t and t.strip()]
+                if not texts:
+                    raise FinetuneError(f"the {split} data has no text in column {text_col!r}")
+                enc = tokenizer(texts, truncation=True, max_length=max_length)
+                out.append(datasets.Dataset.from_dict(dict(enc)))
     return out[0], out[1], is_chat
+
+
+def _pack(
+    args: FinetuneArguments, tokenizer: PreTrainedTokenizerBase, ds: datasets.Dataset, split: str, max_length: int
+) -> datasets.Dataset:
+    # A .txt file arrives one row per line; everything else is one row per document.
+    from_lines = bool(args.train_file) and Path(args.train_file[0]).suffix.lower() in (".txt", ".text")
+    packed = tokenize_and_pack(ds, tokenizer, max_length, rows_are_documents=not from_lines, split=split)
+    if len(packed) == 0:
+        raise FinetuneError(
+            f"the {split} text is shorter than one block of {max_length} tokens; add text, lower --max-length, "
+            "or pass --no-packing"
+        )
+    return packed
 
 
 def _encode_chats(
@@ -846,12 +868,20 @@ def render_finetune_card(results: dict, base_card: str | None = None) -> str:
     if results["lora"]:
         lora = results["lora"]
         training.append(
-            ("LoRA", f"rank {lora['r']}, alpha {lora['alpha']:g} on {', '.join(lora['target_modules'])}; merged "
-             "into the weights here, the adapter alone is in adapter/")
+            (
+                "LoRA",
+                f"rank {lora['r']}, alpha {lora['alpha']:g} on {', '.join(lora['target_modules'])}; merged "
+                "into the weights here, the adapter alone is in adapter/",
+            )
         )
     if results["chat"]:
-        training.append(("format", "chat template; loss on " + (
-            "assistant turns only" if results["assistant_only_loss"] else "every token")))
+        training.append(
+            (
+                "format",
+                "chat template; loss on "
+                + ("assistant turns only" if results["assistant_only_loss"] else "every token"),
+            )
+        )
     labels = ""
     if results["labels"]:
         labels = "\n## Labels\n\n" + _table([(str(i), name) for i, name in enumerate(results["labels"])]) + "\n"
@@ -876,7 +906,7 @@ tags:
 
 # {name}
 
-`{results['base_model']}` fine-tuned for {task} with `transformers.Trainer` (`scratchformer finetune`).
+`{results["base_model"]}` fine-tuned for {task} with `transformers.Trainer` (`scratchformer finetune`).
 
 ## Results
 
