@@ -132,6 +132,15 @@ class ScratchformerRotaryEmbedding(nn.Module):
         self.theta = config.rope_theta
         self.register_buffer("inv_freq", rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # model.to(torch.bfloat16) would round the frequencies to 8 mantissa bits, and position x
+        # rounded frequency drifts by whole radians at long contexts. Keep them float32 (as
+        # from_pretrained rebuilds them); only moves between devices apply.
+        inv_freq = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = inv_freq.to(self.inv_freq.device)
+        return self
+
     @torch.no_grad()
     def forward(self, x_BLC: torch.Tensor, position_ids_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Angles in float32: position * frequency loses whole radians in bf16 at long contexts.

@@ -188,12 +188,6 @@ def test_bf16_round_trip(tmp_path, tiny_config, position):
     assert reloaded(x).logits.dtype == torch.bfloat16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.to(bfloat16) also casts the rotary inv_freq buffer to bf16, while from_pretrained "
-    "rebuilds it in float32, so the in-memory model and its reloaded checkpoint differ (as in Llama). "
-    "Reported; remove this mark if the buffer is kept in float32.",
-)
 def test_to_bf16_then_round_trip_rope(tmp_path, tiny_config):
     torch.manual_seed(0)
     model = ScratchformerForCausalLM(tiny_config(position_embedding="rope")).to(torch.bfloat16).eval()
