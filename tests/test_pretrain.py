@@ -5,17 +5,13 @@ the losses, Ctrl-C saves cleanly, and bad input fails with a message."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scratchformer.modeling import ScratchformerForCausalLM
@@ -35,17 +31,20 @@ TINY = dict(
 )
 
 
-def _flags(**overrides) -> list[str]:
-    """A PretrainConfig's non-default fields as command-line flags."""
-    flags = []
+# Helpers shared with test_pretrain_resume.py (which imports them; tests/ is not a package).
+
+
+def as_flags(**overrides) -> list[str]:
+    """Keyword arguments of PretrainConfig as command-line flags."""
+    out = []
     for key, value in overrides.items():
         for v in value if isinstance(value, list) else [value]:
-            flags += [f"--{key}", str(v)] if v is not True else [f"--{key}"]
-    return flags
+            out += [f"--{key}", str(v)] if v is not True else [f"--{key}"]
+    return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
+@contextlib.contextmanager
+def one_torch_thread():
     """Tiny matrices gain nothing from threads, and two test workers share two cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -53,11 +52,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
+def write_corpus(root: Path) -> dict[str, Path]:
     """Slices of the default corpus: 20 documents of up to 2 KB (.jsonl), a 4 KB one that packs into
     a few steps an epoch, validation documents, and the same text as running lines (.txt)."""
-    root = tmp_path_factory.mktemp("corpus")
     docs = [d[:2000] for d in list(default_corpus("train"))[:20]]
     val = [d[:2000] for d in list(default_corpus("validation"))[:5]]
     paths = {name: root / f"{name}.jsonl" for name in ("train", "small", "validation")}
@@ -68,14 +65,12 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(corpus, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    train_tokenizer(out, files=[str(corpus["train"])], vocab_size=320, show_progress=False)
-    return str(out)
+def write_tokenizer(corpus: dict[str, Path], root: Path) -> str:
+    train_tokenizer(root / "tokenizer", files=[str(corpus["train"])], vocab_size=320, show_progress=False)
+    return str(root / "tokenizer")
 
 
-def _config(tmp: Path, corpus, **overrides) -> PretrainConfig:
+def run_config(tmp: Path, corpus: dict[str, Path], **overrides) -> PretrainConfig:
     base = dict(
         TINY,
         train_files=[str(corpus["train"])],
@@ -86,9 +81,25 @@ def _config(tmp: Path, corpus, **overrides) -> PretrainConfig:
     return PretrainConfig(**{**base, **overrides})
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
+def logged_losses(run_dir: Path) -> dict[int, float]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory) -> str:
+    return write_tokenizer(corpus, tmp_path_factory.mktemp("tok"))
 
 
 # -- one run, looked at from every side -----------------------------------------------------------
@@ -98,13 +109,15 @@ def _losses(run_dir: Path) -> dict[int, float]:
 def run(corpus, tmp_path_factory):
     """16 steps from text alone: the tokenizer is trained first, tensorboard logs."""
     out = tmp_path_factory.mktemp("run")
-    cfg = _config(out, corpus, vocab_size=320, max_train_steps=16, eval_steps=8, save_steps=8, report_to="tensorboard")
+    cfg = run_config(
+        out, corpus, vocab_size=320, max_train_steps=16, eval_steps=8, save_steps=8, report_to="tensorboard"
+    )
     return cfg, train(cfg)
 
 
 def test_loss_decreases_and_metrics_are_logged(run):
     cfg, result = run
-    losses = _losses(Path(cfg.output_dir))
+    losses = logged_losses(Path(cfg.output_dir))
     assert sorted(losses) == list(range(1, 17))
     assert losses[16] < losses[1] - 0.5
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -121,9 +134,18 @@ def test_loss_decreases_and_metrics_are_logged(run):
 def test_output_is_a_hub_style_directory(run):
     cfg, result = run
     model_dir = Path(result["output_dir"])
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "configuration_scratchformer.py", "modeling_scratchformer.py",
-                 "README.md", "training_args.json", "loss_curve.png"):  # fmt: skip
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "configuration_scratchformer.py",
+        "modeling_scratchformer.py",
+        "README.md",
+        "training_args.json",
+        "loss_curve.png",
+    ):
         assert (model_dir / name).is_file(), name
     config = json.loads((model_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_scratchformer.ScratchformerForCausalLM"
@@ -182,92 +204,15 @@ def test_output_loads_by_remote_code_without_the_package(run, run_without_scratc
 
 def test_gradient_accumulation_matches_a_full_batch(corpus, tokenizer_dir, tmp_path):
     common = dict(tokenizer=tokenizer_dir, max_train_steps=6, eval_steps=100, save_steps=100)
-    full = train(_config(tmp_path / "full", corpus, **common, per_device_train_batch_size=8))
+    full = train(run_config(tmp_path / "full", corpus, **common, per_device_train_batch_size=8))
     accumulated = train(
-        _config(tmp_path / "accum", corpus, **common, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+        run_config(tmp_path / "accum", corpus, **common, per_device_train_batch_size=2, gradient_accumulation_steps=4)
     )
-    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "accum")
+    a, b = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "accum")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
     assert accumulated["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-5)
-
-
-# A real crash: the subprocess SIGKILLs itself while writing its second checkpoint, after
-# accelerate has written the files into the temporary directory but before it is renamed.
-_KILLED_WHILE_SAVING = """
-import os, signal, sys
-from accelerate import Accelerator
-real_save_state = Accelerator.save_state
-saves = []
-def save_state(self, output_dir=None, **kwargs):
-    saves.append(output_dir)
-    location = real_save_state(self, output_dir, **kwargs)
-    if len(saves) == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return location
-Accelerator.save_state = save_state
-from scratchformer.training.pretrain import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_dir, tmp_path):
-    # The paper preset has dropout 0.1, so this also checks the random state is restored. The small
-    # file packs into a few steps an epoch, so the replayed steps cross an epoch boundary.
-    common = dict(tokenizer=tokenizer_dir, train_files=[str(corpus["small"])], preset="paper", max_train_steps=10,
-                  save_steps=3, eval_steps=100)  # fmt: skip
-    straight = train(_config(tmp_path / "straight", corpus, **common))
-
-    killed_dir = tmp_path / "killed"
-    cfg = _config(killed_dir, corpus, **common)
-    flags = _flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True,
-                          timeout=300, env=env)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    ckpts = killed_dir / "checkpoints"
-    assert (ckpts / "step-000003").is_dir() and (ckpts / ".step-000006.tmp").is_dir()
-    assert not (ckpts / "step-000006").exists() and not (killed_dir / "model").exists()
-
-    with pytest.raises(ValueError, match="--resume"):  # never silently start over on top of a run
-        train(cfg)
-    resumed = train(dataclasses.replace(cfg, resume="auto"))
-    expected = _losses(tmp_path / "straight")
-    assert _losses(killed_dir) == pytest.approx(expected, rel=1e-5)  # steps 1-3 before the kill, 4-10 after
-    for key in ("train_loss", "eval_loss", "eval_bpb"):
-        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-6), key
-    a = AutoModelForCausalLM.from_pretrained(straight["output_dir"]).state_dict()
-    b = AutoModelForCausalLM.from_pretrained(resumed["output_dir"]).state_dict()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
-    assert not (ckpts / ".step-000006.tmp").exists()
-
-
-def test_ctrl_c_stops_at_a_step_boundary_saves_and_writes_the_model(
-    corpus, tokenizer_dir, tmp_path, monkeypatch, capsys
-):
-    real_save_state = Accelerator.save_state
-    saves = []
-
-    def save_state_then_ctrl_c(self, output_dir=None, **kwargs):
-        location = real_save_state(self, output_dir, **kwargs)
-        saves.append(output_dir)
-        if len(saves) == 1:  # as if the user pressed Ctrl-C once, right after step 2's checkpoint
-            os.kill(os.getpid(), signal.SIGINT)
-        return location
-
-    monkeypatch.setattr(Accelerator, "save_state", save_state_then_ctrl_c)
-    flags = _flags(tokenizer=tokenizer_dir, max_train_steps=50, save_steps=2, eval_steps=100, output_dir=tmp_path,
-                   train_files=str(corpus["train"]), validation_files=str(corpus["validation"]),
-                   **{k: v for k, v in TINY.items()})  # fmt: skip
-    assert main(flags) == 130
-    assert "SIGINT" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
-    assert max(_losses(tmp_path)) == 3
-    model_dir = tmp_path / "model"
-    assert "3 of 50 (stopped early" in (model_dir / "README.md").read_text()
-    AutoModelForCausalLM.from_pretrained(model_dir)
 
 
 def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
@@ -284,7 +229,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoi
         return out
 
     monkeypatch.setattr(ScratchformerForCausalLM, "forward", forward_going_bad)
-    cfg = _config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=20, save_steps=4, eval_steps=100)
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=20, save_steps=4, eval_steps=100)
     with pytest.raises(FloatingPointError, match=r"nan by step 6.*step-000004.*kept"):
         train(cfg)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
@@ -292,10 +237,18 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoi
 
 
 def test_streaming_reads_lazily_and_holds_out_leading_rows(corpus, tokenizer_dir, tmp_path):
-    cfg = _config(
-        tmp_path, corpus, tokenizer=tokenizer_dir, train_files=[str(corpus["text"])], validation_files=None,
-        streaming=True, streaming_holdout_documents=40, max_train_steps=4, eval_steps=100, save_steps=100,
-    )  # fmt: skip
+    cfg = run_config(
+        tmp_path,
+        corpus,
+        tokenizer=tokenizer_dir,
+        train_files=[str(corpus["text"])],
+        validation_files=None,
+        streaming=True,
+        streaming_holdout_documents=40,
+        max_train_steps=4,
+        eval_steps=100,
+        save_steps=100,
+    )
     result = train(cfg)
     assert result["steps"] == 4 and result["eval_tokens"] > 0
     args = json.loads((Path(result["output_dir"]) / "training_args.json").read_text())
@@ -303,7 +256,7 @@ def test_streaming_reads_lazily_and_holds_out_leading_rows(corpus, tokenizer_dir
 
 
 def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer_dir, tmp_path):
-    cfg = _config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, eval_steps=100, save_steps=100)
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, eval_steps=100, save_steps=100)
     train(cfg)
     (tmp_path / "model" / "my-notes.txt").write_text("mine")
     train(dataclasses.replace(cfg, max_train_steps=3, resume="auto"))
@@ -329,18 +282,18 @@ def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer
 )
 def test_bad_input_fails_with_a_clear_message(corpus, tokenizer_dir, tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
-        train(_config(tmp_path / "out", corpus, **{"tokenizer": tokenizer_dir, "max_train_steps": 2, **overrides}))
+        train(run_config(tmp_path / "out", corpus, **{"tokenizer": tokenizer_dir, "max_train_steps": 2, **overrides}))
     assert not (tmp_path / "out" / "model").exists()
 
 
 def test_an_unwritable_output_dir_is_refused_before_any_work(corpus, tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="cannot write to --output_dir"):
-        train(_config(tmp_path / "a-file" / "out", corpus))
+        train(run_config(tmp_path / "a-file" / "out", corpus))
 
 
 def test_cli_reports_errors_in_one_line_without_a_traceback(corpus, tmp_path, capsys):
-    code = main(_flags(output_dir=tmp_path, train_files=str(tmp_path / "missing.txt"), report_to="none"))
+    code = main(as_flags(output_dir=tmp_path, train_files=str(tmp_path / "missing.txt"), report_to="none"))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no such file") and "Traceback" not in err
 

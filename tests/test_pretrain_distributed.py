@@ -51,22 +51,49 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     tok = tmp_path / "tokenizer"
     train_tokenizer(tok, files=[str(train_file)], vocab_size=320, show_progress=False)
     flags = dict(
-        train_files=str(train_file), validation_files=str(val_file), tokenizer=str(tok), size="tiny",
-        hidden_size=32, block_size=32, max_train_steps=4, logging_steps=1, eval_steps=2, save_steps=2,
+        train_files=str(train_file),
+        validation_files=str(val_file),
+        tokenizer=str(tok),
+        size="tiny",
+        hidden_size=32,
+        block_size=32,
+        max_train_steps=4,
+        logging_steps=1,
+        eval_steps=2,
+        save_steps=2,
         report_to="none",
-    )  # fmt: skip
+    )
 
     # Two processes x 4 blocks: the same 8 blocks a step as one process x 8 (rank r takes the r-th
     # batch of 4 of each step's 8), and DDP averages the two halves' gradients.
     argv = [f"--{k}={v}" for k, v in flags.items()]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "scratchformer.training", "pretrain"]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "scratchformer.training",
+        "pretrain",
+    ]
     proc = subprocess.run(
         [*launch, *argv, f"--output_dir={tmp_path / 'two'}", "--per_device_train_batch_size=4"],
-        env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count('"output_dir"') == 1  # the summary, printed by the main process only
 

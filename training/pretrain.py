@@ -2,9 +2,17 @@
 
     scratchformer pretrain --output_dir runs/mini                      # default corpus, default sizes
     scratchformer pretrain --train_files a.txt --validation_files b.txt --size small --max_train_steps 2000
-    accelerate launch --num_processes 4 -m scratchformer.training pretrain --dataset_name ... --mixed_precision bf16
-    accelerate launch --config_file training/accelerate_fsdp.yaml -m scratchformer.training pretrain ...
     scratchformer pretrain --output_dir runs/mini --resume             # continue the newest checkpoint
+
+The same module under `accelerate launch` (data parallel; the flags after `pretrain` are the same):
+
+    accelerate launch --multi_gpu --num_processes 4 -m scratchformer.training pretrain --mixed_precision bf16 ...
+    accelerate launch --config_file training/accelerate_fsdp.yaml --num_processes 8 -m scratchformer.training pretrain
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m scratchformer.training pretrain ...
+
+(The last is several CPU processes joined by gloo: accelerate's own `--cpu` flag starts only one.)
+Several machines: add `--num_machines N --machine_rank R --main_process_ip HOST` on each, with
+`--output_dir` on a file system they share.
 
 `train(cfg)` reads like nanoGPT's loop: accelerator, tokenizer, data, model, optimizer, `prepare`,
 loop, save. accelerate owns devices, DDP/FSDP, mixed precision and gradient accumulation; this file
@@ -250,9 +258,9 @@ def train(cfg: PretrainConfig) -> dict:
     """Pretrain a model as `cfg` says; return the final metrics and where the model was written."""
     started = time.perf_counter()
     _check_config(cfg)
-    out = Path(cfg.output_dir)
+    out, sizes = Path(cfg.output_dir), model_sizes(cfg)
     _check_writable(out)
-    ckpt_root = out / "checkpoints"
+    ckpt_root, metrics_path = out / "checkpoints", out / "metrics.jsonl"
     resume_dir = _resume_dir(cfg.resume, ckpt_root)
 
     # -- accelerator: devices, processes, precision, accumulation --
@@ -262,55 +270,15 @@ def train(cfg: PretrainConfig) -> dict:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dynamo_backend="inductor" if cfg.torch_compile else None,
     )
-    num_processes = accelerator.num_processes
-    accum = accelerator.gradient_accumulation_steps = _accumulation_steps(cfg, num_processes)
+    accum = accelerator.gradient_accumulation_steps = _accumulation_steps(cfg, accelerator.num_processes)
+    samples_per_step = cfg.per_device_train_batch_size * accelerator.num_processes * accum
+    block_size, learning_rate = sizes["block_size"], sizes["learning_rate"]
+    tokens_per_step = samples_per_step * block_size
     set_seed(cfg.seed)
 
     # -- tokenizer and data --
     tokenizer = _tokenizer(cfg, accelerator, out, resuming=resume_dir is not None)
-    sizes = model_sizes(cfg)
-    block_size = sizes["block_size"]
-    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others read it
-        train_text, val_text, data_description = _load_text(cfg)
-        train_ds = tokenize_and_pack(
-            train_text,
-            tokenizer,
-            block_size,
-            rows_are_documents=_documents(cfg.train_files),
-            num_proc=cfg.preprocessing_num_workers,
-            split="train",
-        )
-        val_ds = tokenize_and_pack(
-            val_text,
-            tokenizer,
-            block_size,
-            num_proc=cfg.preprocessing_num_workers,
-            rows_are_documents=_documents(cfg.validation_files or cfg.train_files),
-            split="validation",
-        )
-    _check_not_empty(train_ds, "training", block_size)
-    _check_not_empty(val_ds, "validation", block_size)
-    if cfg.max_eval_samples is not None:
-        val_ds = val_ds.take(cfg.max_eval_samples)
-
-    samples_per_step = cfg.per_device_train_batch_size * num_processes * accum
-    if cfg.streaming:
-        train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size)
-        train_loader = DataLoader(train_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
-        steps_per_epoch = None
-    else:
-        if len(train_ds) < samples_per_step:
-            raise ValueError(
-                f"the training text packs into {len(train_ds)} blocks of {block_size} tokens, fewer than one "
-                f"optimizer step takes ({cfg.per_device_train_batch_size} per device x {num_processes} processes x "
-                f"{accum} accumulation = {samples_per_step}); give more text or lower the batch or --block_size"
-            )
-        sampler = EpochSampler(len(train_ds), seed=cfg.seed, multiple_of=samples_per_step)
-        train_loader = DataLoader(
-            train_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size, sampler=sampler, drop_last=True
-        )
-        steps_per_epoch = len(sampler) // samples_per_step
-    val_loader = DataLoader(val_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
+    train_loader, val_loader, steps_per_epoch, data_description = _data(cfg, accelerator, tokenizer, samples_per_step)
     max_steps = cfg.max_train_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     warmup = cfg.num_warmup_steps if cfg.num_warmup_steps is not None else round(0.05 * max_steps)
 
@@ -319,7 +287,6 @@ def train(cfg: PretrainConfig) -> dict:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
-    learning_rate = sizes["learning_rate"]
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2)
     )
@@ -327,45 +294,39 @@ def train(cfg: PretrainConfig) -> dict:
     byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
 
     # -- where we start: fresh, or exactly where a checkpoint left off --
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
-    run_signature = {
+    signature = {
         "model_config": model_config_dict(accelerator.unwrap_model(model)),
         "samples_per_step": samples_per_step,
         "block_size": block_size,
         "seed": cfg.seed,
     }
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
     if resume_dir is not None:
-        state = _load_checkpoint(accelerator, resume_dir, run_signature)
+        state = _load_checkpoint(accelerator, resume_dir, signature)
         logger.info(f"resuming from {resume_dir} at step {state['step']}", main_process_only=True)
-    metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         _truncate_jsonl(metrics_path, after_step=state["step"])  # a killed run may have logged past its checkpoint
     run_config = {
         **dataclasses.asdict(cfg),
-        "gradient_accumulation_steps": accum,
-        "num_processes": num_processes,
-        "max_train_steps": max_steps,
-        "num_warmup_steps": warmup,
-        "learning_rate": learning_rate,
-        "mixed_precision": accelerator.mixed_precision,
         **sizes,
         **data_description,
+        "gradient_accumulation_steps": accum,
+        "num_processes": accelerator.num_processes,
+        "max_train_steps": max_steps,
+        "num_warmup_steps": warmup,
+        "mixed_precision": accelerator.mixed_precision,
     }
     accelerator.init_trackers("scratchformer-pretrain", config=_scalars(run_config))
-
-    tokens_per_step = samples_per_step * block_size
     logger.info(
-        f"{n_params / 1e6:.2f}M parameters; {max_steps} steps of {samples_per_step} blocks x {block_size} tokens "
-        f"({tokens_per_step} tokens/step); {num_processes} process(es), accumulation {accum}, "
-        f"mixed precision {accelerator.mixed_precision}",
+        f"{n_params / 1e6:.2f}M parameters; {max_steps} steps of {samples_per_step} blocks x {block_size} tokens; "
+        f"{accelerator.num_processes} process(es), accumulation {accum}, mixed precision {accelerator.mixed_precision}",
         main_process_only=True,
     )
 
     # -- the loop --
     step, epoch, micro_in_epoch, micro_total = (state[k] for k in ("step", "epoch", "micro_in_epoch", "micro_total"))
-    last_eval, last_loss = state["eval"], None
-    running_loss = torch.zeros((), device=accelerator.device)  # summed on device; read on logging steps only
-    micro_since_log, grad_norm = 0, None
+    last_eval, last_loss, grad_norm, stopping = state["eval"], None, None, False
+    meter = _LossMeter(accelerator, step, tokens_per_step)
     bar = tqdm(
         total=max_steps,
         initial=step,
@@ -374,8 +335,6 @@ def train(cfg: PretrainConfig) -> dict:
         dynamic_ncols=True,
         disable=not accelerator.is_local_main_process,
     )
-    log_clock, log_step, stopping = time.perf_counter(), step, False
-    earlier_seconds = state["train_seconds"]  # wall time of the runs this one resumes
     model.train()
     with _StopOnSignal() as stop:
         while step < max_steps and not stopping:
@@ -386,53 +345,38 @@ def train(cfg: PretrainConfig) -> dict:
                 # Dropout masks drawn from (seed, micro-batch, rank) alone: a resumed run draws what the
                 # uninterrupted one did, whatever else touched the generator meanwhile.
                 torch.manual_seed(hash((cfg.seed, micro_total, accelerator.process_index)) & (2**63 - 1))
+                lr = lr_at(
+                    step,
+                    max_lr=learning_rate,
+                    warmup_steps=warmup,
+                    total_steps=max_steps,
+                    min_lr=learning_rate * cfg.min_lr_ratio,
+                )
                 with accelerator.accumulate(model):
                     ids_BL = batch["input_ids"]
                     loss = model(input_ids=ids_BL, labels=ids_BL, use_cache=False).loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    lr = lr_at(
-                        step,
-                        max_lr=learning_rate,
-                        warmup_steps=warmup,
-                        total_steps=max_steps,
-                        min_lr=learning_rate * cfg.min_lr_ratio,
-                    )
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                running_loss += loss.detach()
-                micro_since_log += 1
-                micro_in_epoch += 1
-                micro_total += 1
+                meter.add(loss)
+                micro_in_epoch, micro_total = micro_in_epoch + 1, micro_total + 1
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
                 bar.update(1)
                 final = step >= max_steps
                 if accelerator.num_processes == 1:
-                    stopping = stop.requested  # checked every step: no other process to agree with
+                    stopping = stop.requested  # checked every step: there is no other process to agree with
 
-                # Logging, evaluating and saving are the only points where the host waits for the device.
-                if (
-                    final
-                    or stopping
-                    or step % cfg.logging_steps == 0
-                    or step % cfg.eval_steps == 0
-                    or step % cfg.save_steps == 0
-                ):
-                    # Host sync: one reduce and .item() per logging step.
-                    totals = accelerator.reduce(
-                        torch.stack([running_loss, torch.tensor(float(stop.requested), device=accelerator.device)]),
-                        reduction="sum",
-                    )
-                    last_loss = totals[0].item() / (micro_since_log * accelerator.num_processes)
-                    stopping = stopping or totals[1].item() > 0
+                if final or stopping or any(step % n == 0 for n in (cfg.logging_steps, cfg.eval_steps, cfg.save_steps)):
+                    last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
+                    stopping = stopping or stop_anywhere
                     if not math.isfinite(last_loss):
                         raise FloatingPointError(_non_finite_message(last_loss, step, ckpt_root))
-                    now = time.perf_counter()
                     record = {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4) if steps_per_epoch else epoch,
@@ -440,13 +384,10 @@ def train(cfg: PretrainConfig) -> dict:
                         "lr": lr,
                         "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
                         "tokens_seen": step * tokens_per_step,
-                        "tokens_per_s": round((step - log_step) * tokens_per_step / (now - log_clock), 1),
+                        "tokens_per_s": round(tokens_per_s, 1),
                     }
                     _log(accelerator, metrics_path, record)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
-                    running_loss.zero_()
-                    micro_since_log, log_clock, log_step = 0, now, step
-
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
                 if final or stopping or step % cfg.eval_steps == 0:
                     last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
                     _log(accelerator, metrics_path, {"step": step, **last_eval})
@@ -461,10 +402,11 @@ def train(cfg: PretrainConfig) -> dict:
                         "micro_in_epoch": micro_in_epoch,
                         "micro_total": micro_total,
                         "eval": last_eval,
-                        "run": run_signature,
-                        "train_seconds": earlier_seconds + time.perf_counter() - started,
+                        "run": signature,
+                        "train_seconds": state["train_seconds"] + time.perf_counter() - started,
                     }
                     save_checkpoint(accelerator, ckpt_root, state, keep=cfg.save_total_limit)
+                    started = time.perf_counter()  # train_seconds now holds everything up to here
                 if final or stopping:
                     finished_epoch = False
                     break
@@ -472,10 +414,9 @@ def train(cfg: PretrainConfig) -> dict:
                 epoch, micro_in_epoch = epoch + 1, 0
     bar.close()
     if stopping:
-        logger.warning(f"stopped by a signal at step {step}; resume with --resume", main_process_only=True)
+        logger.warning(f"stopped by a signal at step {step}; continue with --resume", main_process_only=True)
 
     # -- the artifact --
-    train_seconds = earlier_seconds + time.perf_counter() - started
     result = {
         "output_dir": str(out / "model"),
         "run_dir": str(out),
@@ -485,7 +426,7 @@ def train(cfg: PretrainConfig) -> dict:
         "train_loss": last_loss,
         **(last_eval or {}),
         "parameters": n_params,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(state["train_seconds"] + time.perf_counter() - started, 2),
         "interrupted": stopping,
     }
     if accelerator.is_main_process:
@@ -495,6 +436,31 @@ def train(cfg: PretrainConfig) -> dict:
         result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, step)
     accelerator.end_training()
     return result
+
+
+class _LossMeter:
+    """The training loss summed on the device between logging steps, read (with the stop flags of
+    every process) in one reduce: the loop's only host sync outside evaluation and saving."""
+
+    def __init__(self, accelerator: Accelerator, step: int, tokens_per_step: int) -> None:
+        self.accelerator, self.tokens_per_step = accelerator, tokens_per_step
+        self.loss_sum = torch.zeros((), device=accelerator.device)
+        self.count, self.step, self.clock = 0, step, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss.detach()  # no .item(): the device runs ahead of the host
+        self.count += 1
+
+    def read(self, step: int, stop_requested: bool) -> tuple[float, bool, float]:
+        """(mean micro-batch loss over every process, whether any process was asked to stop, tokens/s)."""
+        flag = torch.tensor(float(stop_requested), device=self.accelerator.device)
+        loss_sum, stops = self.accelerator.reduce(torch.stack([self.loss_sum, flag]), reduction="sum").tolist()
+        now = time.perf_counter()
+        tokens_per_s = (step - self.step) * self.tokens_per_step / (now - self.clock)
+        loss = loss_sum / (self.count * self.accelerator.num_processes)
+        self.loss_sum.zero_()
+        self.count, self.step, self.clock = 0, step, now
+        return loss, stops > 0, tokens_per_s
 
 
 def evaluate(model, loader: DataLoader, accelerator: Accelerator, byte_lengths: torch.Tensor) -> dict:
@@ -590,9 +556,22 @@ def _check_config(cfg: PretrainConfig) -> None:
     """Fail on inconsistent flags before anything slow runs."""
     if cfg.size not in SIZES:
         raise ValueError(f"--size {cfg.size!r} is not one of {', '.join(SIZES)}")
-    counts = ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_steps",
-              "save_steps", "vocab_size", "shuffle_buffer_size", "total_batch_size", "max_train_steps",
-              "max_eval_samples", "num_hidden_layers", "hidden_size", "num_attention_heads", "block_size")  # fmt: skip
+    counts = (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "vocab_size",
+        "shuffle_buffer_size",
+        "total_batch_size",
+        "max_train_steps",
+        "max_eval_samples",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "block_size",
+    )
     for key in counts:
         value = getattr(cfg, key)
         if value is not None and (isinstance(value, bool) or value < 1):
@@ -685,6 +664,46 @@ def _tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resumin
         )
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def _data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samples_per_step: int) -> tuple:
+    """(train loader, validation loader, steps per epoch or None when streaming, data description)."""
+    block_size = model_sizes(cfg)["block_size"]
+    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
+        train_text, val_text, description = _load_text(cfg)
+        train_ds, val_ds = (
+            tokenize_and_pack(
+                text,
+                tokenizer,
+                block_size,
+                rows_are_documents=_documents(files),
+                num_proc=cfg.preprocessing_num_workers,
+                split=split,
+            )
+            for text, files, split in (
+                (train_text, cfg.train_files, "train"),
+                (val_text, cfg.validation_files or cfg.train_files, "validation"),
+            )
+        )
+    _check_not_empty(train_ds, "training", block_size)
+    _check_not_empty(val_ds, "validation", block_size)
+    if cfg.max_eval_samples is not None:
+        val_ds = val_ds.take(cfg.max_eval_samples)
+    val_loader = DataLoader(val_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
+    batch = cfg.per_device_train_batch_size
+    if cfg.streaming:
+        train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size)
+        return DataLoader(train_ds.with_format("torch"), batch_size=batch), val_loader, None, description
+    if len(train_ds) < samples_per_step:
+        raise ValueError(
+            f"the training text packs into {len(train_ds)} blocks of {block_size} tokens, fewer than one optimizer "
+            f"step takes ({batch} per device x {accelerator.num_processes} process(es) x "
+            f"{accelerator.gradient_accumulation_steps} accumulation = {samples_per_step}); give more text, or "
+            "lower the batch or --block_size"
+        )
+    sampler = EpochSampler(len(train_ds), seed=cfg.seed, multiple_of=samples_per_step)
+    train_loader = DataLoader(train_ds.with_format("torch"), batch_size=batch, sampler=sampler, drop_last=True)
+    return train_loader, val_loader, len(sampler) // samples_per_step, description
 
 
 def _documents(files: list[str] | None) -> bool:

@@ -1,0 +1,126 @@
+"""Interruptions: a run killed mid-checkpoint resumes to exactly the uninterrupted run, and Ctrl-C
+stops at a step boundary, checkpoints and writes the model. (Its own file, so pytest-xdist runs
+these subprocess-heavy tests beside the rest of test_pretrain.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate import Accelerator
+from test_pretrain import TINY, as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
+from transformers import AutoModelForCausalLM
+
+from scratchformer.training.pretrain import PretrainConfig, main, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory) -> str:
+    return write_tokenizer(corpus, tmp_path_factory.mktemp("tok"))
+
+
+# A real crash: the subprocess SIGKILLs itself while writing its second checkpoint, after
+# accelerate has written the files into the temporary directory but before it is renamed.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from accelerate import Accelerator
+real_save_state = Accelerator.save_state
+saves = []
+def save_state(self, output_dir=None, **kwargs):
+    saves.append(output_dir)
+    location = real_save_state(self, output_dir, **kwargs)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return location
+Accelerator.save_state = save_state
+from scratchformer.training.pretrain import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_dir, tmp_path):
+    # The paper preset has dropout 0.1, so this also checks the random state is restored. The small
+    # file packs into a few steps an epoch, so the replayed steps cross an epoch boundary.
+    common = dict(
+        tokenizer=tokenizer_dir,
+        train_files=[str(corpus["small"])],
+        preset="paper",
+        max_train_steps=10,
+        save_steps=3,
+        eval_steps=100,
+    )
+    straight = train(run_config(tmp_path / "straight", corpus, **common))
+
+    killed_dir = tmp_path / "killed"
+    cfg = run_config(killed_dir, corpus, **common)
+    flags = as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = killed_dir / "checkpoints"
+    assert (ckpts / "step-000003").is_dir() and (ckpts / ".step-000006.tmp").is_dir()
+    assert not (ckpts / "step-000006").exists() and not (killed_dir / "model").exists()
+
+    with pytest.raises(ValueError, match="--resume"):  # never silently start over on top of a run
+        train(cfg)
+    resumed = train(dataclasses.replace(cfg, resume="auto"))
+    expected = logged_losses(tmp_path / "straight")
+    assert logged_losses(killed_dir) == pytest.approx(expected, rel=1e-5)  # steps 1-3 before the kill, 4-10 after
+    for key in ("train_loss", "eval_loss", "eval_bpb"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-6), key
+    a = AutoModelForCausalLM.from_pretrained(straight["output_dir"]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed["output_dir"]).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
+    assert not (ckpts / ".step-000006.tmp").exists()
+
+
+def test_ctrl_c_stops_at_a_step_boundary_saves_and_writes_the_model(
+    corpus, tokenizer_dir, tmp_path, monkeypatch, capsys
+):
+    real_save_state = Accelerator.save_state
+    saves = []
+
+    def save_state_then_ctrl_c(self, output_dir=None, **kwargs):
+        location = real_save_state(self, output_dir, **kwargs)
+        saves.append(output_dir)
+        if len(saves) == 1:  # as if the user pressed Ctrl-C once, right after step 2's checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+        return location
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_then_ctrl_c)
+    flags = as_flags(
+        tokenizer=tokenizer_dir,
+        max_train_steps=50,
+        save_steps=2,
+        eval_steps=100,
+        output_dir=tmp_path,
+        train_files=str(corpus["train"]),
+        validation_files=str(corpus["validation"]),
+        **{k: v for k, v in TINY.items()},
+    )
+    assert main(flags) == 130
+    assert "SIGINT" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert max(logged_losses(tmp_path)) == 3
+    model_dir = tmp_path / "model"
+    assert "3 of 50 (stopped early" in (model_dir / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(model_dir)
