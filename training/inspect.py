@@ -229,7 +229,7 @@ def plot_attention(
     # Labels on every panel when they fit, else only on the grid's outer edge.
     label_all = single or (rows * cols <= 4 and L <= 24)
     show_labels = L <= (80 if single else 40)
-    fontsize = 9 if L <= 24 else 7 if L <= 48 else 5
+    fontsize = (10 if single else 9) if L <= 24 else 7 if L <= 48 else 5
     panel = max(5.0, 0.3 * L + 1.5) if single else (2.2 if L <= 16 else 2.8 if L <= 32 else 3.4)
     label_room = 0.07 * max((len(t) for t in tokens), default=1) * fontsize / 9 if show_labels else 0.2
     fig = _figure(cols * panel + label_room + 1.2, rows * panel + label_room + 0.8)
@@ -270,9 +270,14 @@ def plot_attention(
                             fontsize=7,
                             color="white" if w > 0.6 else "#333333",
                         )
-            if single or (left and bottom):
-                ax.set_ylabel("query (attending) →" if not single else "query token (attending)", fontsize=9)
+            if label_all and r == rows - 1:
                 ax.set_xlabel("key token (attended to)", fontsize=9)
+    if label_all:
+        for ax in axes[:, 0]:
+            ax.set_ylabel("query token (attending)", fontsize=9)
+    else:  # one label per figure, not per panel
+        fig.supxlabel("key token (attended to)", fontsize=10)
+        fig.supylabel("query token (attending)", fontsize=10)
 
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6 if rows > 1 else 0.9, pad=0.02)
     bar.set_label("attention weight (each row sums to 1)")
@@ -487,20 +492,36 @@ def plot_embedding_pca(
     ax = fig.add_subplot()
     colors = ["#d62728" if label == marked else "#1f77b4" for label in labels]
     ax.scatter(coords[:, 0], coords[:, 1], c=colors, s=30)
-    for (x, y), label in zip(coords, labels):
-        ax.annotate(
-            label,
-            (x, y),
-            xytext=(4, 3),
-            textcoords="offset points",
-            fontsize=10,
-            color="#d62728" if label == marked else "#222222",
-        )
+    ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of the variance)")
+    ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of the variance)")
+    _place_labels(fig, ax, coords, labels, ["#d62728" if label == marked else "#222222" for label in labels])
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of the variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of the variance)")
     ax.grid(alpha=0.3)
     ax.set_title(title or f"Input embeddings of {len(labels)} tokens, PCA to 2-D")
     return fig
+
+
+def _place_labels(fig: Figure, ax: Any, coords: np.ndarray, labels: Sequence[str], colors: Sequence[str]) -> None:
+    """Annotate each point, trying a few spots around it until the label overlaps none placed
+    before: neighbouring tokens sit close together, which is the point of the picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # fixes the layout, so label extents are where they will be drawn
+    renderer = fig.canvas.get_renderer()
+    spots = [(4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
+             (-4, -3, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top")]  # fmt: skip
+    placed = []
+    for (x, y), label, color in zip(coords, labels, colors):
+        for dx, dy, ha, va in spots:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                               fontsize=10, color=color)  # fmt: skip
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == spots[-1][:2]:
+                break
+            text.remove()
+        placed.append(box)
 
 
 # ----------------------------------------------------------------------------------------------
