@@ -1,12 +1,8 @@
-"""What a pretraining run's artifact says about itself: the README.md model card and the loss curve.
-
-Pure functions of the run's config and results, so a card can be rendered (and tested) without
-training anything.
-"""
+"""The README.md model card of a pretraining run's artifact: a pure function of the run's config and
+results, so a card can be rendered (and tested) without training anything."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -71,7 +67,11 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
         ),
         ("seed", str(cfg.seed)),
     ]
-    curve = "\n![Training and validation loss](loss_curve.png)\n" if result.get("has_loss_curve") else ""
+    curve = (
+        "\n![Training curves: loss, learning rate, throughput](loss_curve.png)\n"
+        if result.get("has_loss_curve")
+        else ""
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -119,38 +119,6 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_spe
 `generation_config.json` samples by default (temperature 0.8, top-k 50, top-p 0.95); pass
 `do_sample=False` for greedy decoding.
 """
-
-
-def plot_loss_curve(metrics_path: Path, png_path: Path) -> bool:
-    """Training loss per logging step and validation loss per evaluation, from `metrics.jsonl`.
-    Returns False (and draws nothing) without matplotlib or without any logged step."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed: training runs on servers
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    if not metrics_path.exists():
-        return False
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    if not train and not val:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train), label="training loss", linewidth=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", markersize=4)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats per token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path)
-    plt.close(fig)
-    return True
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

@@ -60,7 +60,7 @@ from transformers import AutoTokenizer, GenerationConfig, HfArgumentParser, PreT
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.training.data import BUILDERS, load_text_dataset
-from scratchformer.training.model_card import plot_loss_curve, render_model_card
+from scratchformer.training.model_card import render_model_card
 from scratchformer.training.optim import lr_at, param_groups
 from scratchformer.training.packing import token_byte_lengths, tokenize_and_pack
 
@@ -395,6 +395,7 @@ def train(cfg: PretrainConfig) -> dict:
                         f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
                         f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte"
                     )
+                    meter.restart_clock()  # tokens/s measures training, not evaluation
                 if final or stopping or step % cfg.save_steps == 0:
                     state = {
                         "step": step,
@@ -407,6 +408,7 @@ def train(cfg: PretrainConfig) -> dict:
                     }
                     save_checkpoint(accelerator, ckpt_root, state, keep=cfg.save_total_limit)
                     started = time.perf_counter()  # train_seconds now holds everything up to here
+                    meter.restart_clock()  # nor saving
                 if final or stopping:
                     finished_epoch = False
                     break
@@ -430,7 +432,7 @@ def train(cfg: PretrainConfig) -> dict:
         "interrupted": stopping,
     }
     if accelerator.is_main_process:
-        result["has_loss_curve"] = plot_loss_curve(metrics_path, out / "loss_curve.png")
+        result["has_loss_curve"] = _plot_curves(metrics_path, out / "loss_curve.png")
     write_model_dir(accelerator, model, tokenizer, out, cfg, run_config, result)
     if cfg.push_to_hub and accelerator.is_main_process:
         result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, step)
@@ -450,6 +452,9 @@ class _LossMeter:
     def add(self, loss: torch.Tensor) -> None:
         self.loss_sum += loss.detach()  # no .item(): the device runs ahead of the host
         self.count += 1
+
+    def restart_clock(self) -> None:
+        self.clock = time.perf_counter()
 
     def read(self, step: int, stop_requested: bool) -> tuple[float, bool, float]:
         """(mean micro-batch loss over every process, whether any process was asked to stop, tokens/s)."""
@@ -917,6 +922,19 @@ def _truncate_jsonl(path: Path, after_step: int) -> None:
     kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
     if len(kept) != len(lines):
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def _plot_curves(metrics_path: Path, png: Path) -> bool:
+    """`scratchformer inspect run`'s picture of the log (loss, lr, tokens/s, gradient norm), when
+    matplotlib (an optional dependency) is installed."""
+    from scratchformer.training.inspect import InspectError, plot_run
+
+    try:
+        plot_run(metrics_path, png)
+    except (ImportError, InspectError) as e:
+        logger.warning(f"no loss curve: {e}", main_process_only=True)
+        return False
+    return True
 
 
 def _scalars(config: dict) -> dict:
