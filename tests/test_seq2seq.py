@@ -2,17 +2,21 @@
 
 import json
 import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
 from scratchformer.training.seq2seq import (
     cross_attention_maps,
     evaluate_translation,
     finetune_seq2seq,
+    main,
     noam_lr,
 )
 
@@ -123,30 +127,37 @@ def test_save_load_identical_and_remote_code(tmp_path, run_without_scratchformer
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.skip(reason="not yet tuned: 400 steps reached 94 % exact match (needs >= 99 %) and ran far over budget")
 def test_copy_task_is_learned():
-    # The Annotated Transformer's first test: copy a random sequence. A plain torch loop, since this
-    # tests the model, not the trainer.
+    # The Annotated Transformer's first test: copy a random sequence (vocabulary 11, length 9), at
+    # width 64 with 2 layers each side. A plain torch loop, since this tests the model, not the
+    # trainer. 400 steps of batch 64: 20 steps of linear warm-up to 3e-3, then a linear decay to 0 (a
+    # constant 2e-3 left 0.5-5 % of sequences wrong, depending on the seed; the decay settles them).
+    # Seeds 0-4 each reached 100 % exact on 500 held-out sequences. Greedy decoding via generate().
     torch.manual_seed(0)
-    cfg = tiny(vocab_size=13, hidden_size=32, intermediate_size=64)
+    cfg = tiny(vocab_size=11, hidden_size=64, intermediate_size=128)
     m = ScratchformerForConditionalGeneration(cfg)
+    steps, warmup = 400, 20
     opt = torch.optim.Adam(m.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min((step + 1) / warmup, (steps - step) / (steps - warmup)))
 
-    def batch(n, g):
-        x = torch.randint(3, 13, (n, 8), generator=g)
+    def batch(n, g):  # ids 3..10; 0, 1, 2 are pad, bos (the decoder's start) and eos
+        x = torch.randint(3, 11, (n, 9), generator=g)
         return x, torch.cat([x, torch.full((n, 1), cfg.eos_token_id)], 1)
 
     g = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        x, y = batch(32, g)
+    for _ in range(steps):
+        x, y = batch(64, g)
         loss = m(input_ids=x, labels=y).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
     m.eval()
-    x, _ = batch(200, torch.Generator().manual_seed(123))
-    out = m.generate(x, max_new_tokens=9, do_sample=False)
-    accuracy = (out[:, 1:9] == x).all(1).float().mean().item()
+    x, _ = batch(500, torch.Generator().manual_seed(123))
+    out = m.generate(x, max_new_tokens=10, do_sample=False)
+    assert (out[:, 10] == cfg.eos_token_id).all()
+    accuracy = (out[:, 1:10] == x).all(1).float().mean().item()
     assert accuracy >= 0.99, accuracy
 
 
@@ -192,30 +203,85 @@ def test_noam_schedule_equals_inverse_sqrt():
         assert sched.get_last_lr()[0] == pytest.approx(noam_lr(step, d, warmup))
 
 
-@pytest.mark.skip(reason="not yet run to completion: accuracy and runtime unmeasured")
+def digits(n: int) -> str:  # one token per digit
+    return " ".join(str(n))
+
+
 def test_numbers_in_words_to_digits_with_seq2seq_trainer(tmp_path):
     from datasets import Dataset
 
     tok = word_tokenizer()
-    rng = random.Random(0)
-    numbers = list(range(100))
-    rng.shuffle(numbers)
-
-    def digits(n):  # one token per digit
-        return " ".join(str(n))
-
-    train = Dataset.from_dict({"source": [words(n) for n in numbers[:80]], "target": [digits(n) for n in numbers[:80]]})
+    # Held out: 20 two-word numbers ("forty seven"), which can be composed from parts seen in
+    # training. 0-20 and the tens are single words that must each be seen, so all of them train.
+    composite = [n for n in range(21, 100) if n % 10]
+    random.Random(0).shuffle(composite)
+    held_out = composite[:20]
+    train_numbers = [n for n in range(100) if n not in held_out]
+    train = Dataset.from_dict({"source": [words(n) for n in train_numbers],
+                               "target": [digits(n) for n in train_numbers]})
     torch.manual_seed(0)
-    cfg = tiny(vocab_size=len(tok), hidden_size=32, intermediate_size=64)
+    cfg = tiny(vocab_size=len(tok), hidden_size=64, intermediate_size=128)
+    # The paper's recipe (label smoothing 0.1, inverse-sqrt schedule, Adam 0.98 / 1e-9) with a peak lr
+    # and warm-up scaled to 300 steps (60 epochs of 5 batches).
     trainer, metrics = finetune_seq2seq(
         cfg, train, tokenizer=tok, warmup_steps=30,
-        training_args=dict(output_dir=str(tmp_path / "out"), num_train_epochs=25, per_device_train_batch_size=16,
-                           learning_rate=3e-3, save_strategy="no", logging_steps=1000, use_cpu=True, seed=0),
+        training_args=dict(output_dir=str(tmp_path / "out"), num_train_epochs=60, per_device_train_batch_size=16,
+                           learning_rate=2e-3, save_strategy="no", logging_steps=1000, use_cpu=True, seed=0,
+                           disable_tqdm=True),
     )
-    held_out = numbers[80:]
-    scores = evaluate_translation(trainer.model, tok, [words(n) for n in held_out], [digits(n) for n in held_out],
-                                  max_new_tokens=4)
-    # Stated accuracy: at least 90 % exact on the 20 numbers it never saw (it must compose tens and ones).
+    assert metrics["train_loss"] < 1.5  # the mean over the run (0.94 measured), from ln(42) = 3.7 at the start
+    sources, references = [words(n) for n in held_out], [digits(n) for n in held_out]
+    scores = evaluate_translation(trainer.model, tok, sources, references, max_new_tokens=4)
+    # Stated accuracy: seeds 0-4 all reached 95 % exact (19 of the 20 unseen numbers; "ninety nine"
+    # came out "9 0"); the assertion leaves one more miss of margin.
     assert scores["exact_match"] >= 90.0, scores
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    assert evaluate_translation(loaded, tok, sources, references, max_new_tokens=4) == scores
     src_tokens, tgt_tokens, maps = cross_attention_maps(trainer.model, tok, words(47))
-    assert maps.shape[:2] == (2, 4) and maps.shape[2:] == (len(tgt_tokens), len(src_tokens))
+    assert tgt_tokens == ["4", "7", "</s>"] and src_tokens == ["forty", "seven", "</s>"]
+    assert maps.shape == (2, 4, 3, 3)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)  # a softmax over the source per target token
+
+
+@pytest.fixture
+def seq2seq_checkpoint(tmp_path):
+    """An untrained tiny encoder-decoder saved with the word tokenizer: a directory the CLIs accept."""
+    tok = word_tokenizer()
+    torch.manual_seed(0)
+    ScratchformerForConditionalGeneration(tiny(vocab_size=len(tok))).save_pretrained(tmp_path / "init")
+    tok.save_pretrained(tmp_path / "init")
+    return tmp_path / "init"
+
+
+def test_command_line_trains_from_jsonl(tmp_path, seq2seq_checkpoint):
+    help_text = subprocess.run([sys.executable, "-m", "scratchformer.training.seq2seq", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "--train-file" in help_text.stdout, help_text.stderr[-2000:]
+    rows = [{"source": words(n), "target": digits(n)} for n in range(40)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    assert main(["--model", str(seq2seq_checkpoint), "--train-file", str(tmp_path / "train.jsonl"),
+                 "--eval-file", str(tmp_path / "eval.jsonl"), "--output-dir", str(tmp_path / "out"),
+                 "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2"]) == 0
+    trained = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
+    assert type(trained) is ScratchformerForConditionalGeneration
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    out = trained.generate(**tok(["forty seven"], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 1 and 1 < out.shape[1] <= 5 and out[0, 0] == trained.config.decoder_start_token_id
+
+
+def test_inspect_cross_attention_command(tmp_path, seq2seq_checkpoint, capsys, tiny_config):
+    from scratchformer.modeling import ScratchformerForCausalLM
+    from scratchformer.training import inspect
+
+    png = tmp_path / "cross.png"
+    args = ["cross-attention", "--model", str(seq2seq_checkpoint), "--source", "forty seven", "--out", str(png)]
+    assert inspect.main([*args, "--target", "4 7"]) == 0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "target: 4 7 </s>" in capsys.readouterr().out
+    assert inspect.main(args) == 0  # no --target: the model's own greedy output
+    assert inspect.main([*args, "--layer", "5"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    ScratchformerForCausalLM(tiny_config()).save_pretrained(tmp_path / "decoder_only")
+    assert inspect.main(["cross-attention", "--model", str(tmp_path / "decoder_only"), "--source", "a"]) == 2
+    assert "not an encoder-decoder" in capsys.readouterr().err

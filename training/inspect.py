@@ -8,6 +8,7 @@ on top of them:
     scratchformer inspect embeddings --model DIR --token cat [--k 10] [--words dog,house] [--out embeddings.png]
     scratchformer inspect positions  --model DIR --out positions.png
     scratchformer inspect run        OUT_DIR [--out curves.png]
+    scratchformer inspect cross-attention --model DIR --source TEXT [--target TEXT] [--layer -1] [--out F]
 
 Figures are built with `matplotlib.figure.Figure` directly, never pyplot: no display, no global
 figure registry to leak from a training loop, and PNGs are rendered by Agg. Layers and heads are
@@ -72,10 +73,11 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def load_model(
-    model_dir: str | Path, tokenizer_dir: str | Path | None = None, need_tokenizer: bool = True
+    model_dir: str | Path, tokenizer_dir: str | Path | None = None, need_tokenizer: bool = True, auto_class: Any = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """The checkpoint's base model (any head's checkpoint works: the head is not needed to look
-    inside) in float32 and eval mode, and its tokenizer (from `tokenizer_dir` if given)."""
+    inside) in float32 and eval mode, and its tokenizer (from `tokenizer_dir` if given).
+    `auto_class` (e.g. `AutoModelForSeq2SeqLM`) loads a head instead, for pictures that generate."""
     from transformers import AutoModel, AutoTokenizer
 
     import scratchformer.modeling  # noqa: F401  (registers scratchformer with the Auto classes)
@@ -83,7 +85,7 @@ def load_model(
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InspectError(f"{model_dir} is not a model directory (no config.json). Pass --model DIR of a checkpoint.")
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = (auto_class or AutoModel).from_pretrained(model_dir, dtype=torch.float32).eval()
     if not need_tokenizer:
         return model, None
     source = Path(tokenizer_dir) if tokenizer_dir is not None else model_dir
@@ -765,7 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scratchformer inspect",
         description="Pictures of what a model learned. Layers and heads count from 0.",
     )
-    sub = parser.add_subparsers(dest="what", required=True, metavar="{attention,embeddings,positions,run}")
+    sub = parser.add_subparsers(
+        dest="what", required=True, metavar="{attention,embeddings,positions,run,cross-attention}"
+    )
 
     def model_args(p: argparse.ArgumentParser, tokenizer: bool = True) -> None:
         p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (any scratchformer head)")
@@ -796,6 +800,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="loss, learning rate and throughput curves of a pretraining run")
     p.add_argument("run", metavar="OUT_DIR", help="the run's output directory, or its .jsonl log")
     p.add_argument("--out", help="PNG to write (default: OUT_DIR/training_curves.png)")
+
+    p = sub.add_parser("cross-attention", help="an encoder-decoder's cross-attention: where each target token looked")
+    model_args(p)
+    p.add_argument("--source", required=True, metavar="TEXT", help="the encoder's input")
+    p.add_argument("--target", metavar="TEXT", help="the decoder's output (default: the model's own greedy output)")
+    p.add_argument("--layer", type=int, default=-1, help="decoder layer (negative counts from the end; %(default)s)")
+    p.add_argument("--out", default="cross_attention.png", help="PNG to write (default: %(default)s)")
     return parser
 
 
@@ -815,6 +826,8 @@ def _run(args: argparse.Namespace) -> int:
         plot_run(log, out)
         print(f"wrote {out}")
         return 0
+    if args.what == "cross-attention":
+        return _cross_attention(args)
 
     model, tokenizer = load_model(args.model, getattr(args, "tokenizer", None), need_tokenizer=args.what != "positions")
     if args.what == "attention":
@@ -837,6 +850,26 @@ def _run(args: argparse.Namespace) -> int:
     else:
         save(plot_positions(model, args.positions), args.out)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _cross_attention(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from .seq2seq import cross_attention_maps, plot_cross_attention
+
+    config_file = Path(args.model) / "config.json"
+    if config_file.is_file() and not getattr(AutoConfig.from_pretrained(args.model), "is_encoder_decoder", False):
+        raise InspectError(f"{args.model} is not an encoder-decoder: cross-attention needs a source and a target.")
+    model, tokenizer = load_model(args.model, args.tokenizer, auto_class=AutoModelForSeq2SeqLM)
+    src, tgt, maps = cross_attention_maps(model, tokenizer, args.source, args.target)
+    if not src or not tgt:
+        raise InspectError("The source or target encodes to no tokens: give some text to look at.")
+    layer = _select(maps.shape[0], args.layer, "layer")[0]
+    save(plot_cross_attention(src, tgt, maps, layer=layer), args.out)
+    print(f"source: {' '.join(src)}")
+    print(f"target: {' '.join(tgt)}")
+    print(f"wrote {args.out} (decoder layer {layer} of {maps.shape[0]}, {maps.shape[1]} heads)")
     return 0
 
 
