@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a checkpoint with transformers.Trainer"),
     "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
     "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),
-    "inspect": ("inspect", "pictures: attention maps, embedding neighbours, positions, training curves"),
+    "inspect": ("inspect", "pictures: attention and cross-attention maps, embeddings, positions, training curves"),
 }
 
 
