@@ -23,6 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.training.checkpoint_io import load_model_dir
 
 SUPPORTED = ("llama", "gpt2")
 
@@ -154,7 +155,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise ValueError(
             f"{src} holds a {model_type!r} model; `scratchformer convert` reads {list(SUPPORTED)} checkpoints."
         )
-    model = AutoModelForCausalLM.from_pretrained(src)
+    model, _ = load_model_dir(src, AutoModelForCausalLM, need_tokenizer=False)  # safetensors only, checked
     ours = convert_model(model)
     ours.generation_config = model.generation_config
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+from transformers import AutoModelForCausalLM, GenerationConfig, TextStreamer
 from transformers.utils import logging as hf_logging
 
+from scratchformer.training.checkpoint_io import CheckpointError, load_model_dir
 from scratchformer.training.finetune import FinetuneError, check_model_dir, check_task, one_line
 
 CHAT_END_TOKEN = "<|end|>"  # closes every chat turn in scratchformer's template (tokenization.bpe)
@@ -73,8 +74,7 @@ def load(model_dir: str, device: str | None = None, trust_remote_code: bool = Fa
             f"{model_dir} holds a {heads[0]}, not a language model, so it cannot generate text. Use it with "
             f"pipeline({task!r}, model=...), or generate with the checkpoint it was fine-tuned from"
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model_dir(model_dir, AutoModelForCausalLM, trust_remote_code=trust_remote_code)
     model.to(device or _best_device()).eval()
     return model, tokenizer
 
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with the streamed text
     try:
         run(args)
-    except (FinetuneError, OSError) as e:
+    except (FinetuneError, CheckpointError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

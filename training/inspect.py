@@ -78,14 +78,20 @@ def load_model(
     """The checkpoint's base model (any head's checkpoint works: the head is not needed to look
     inside) in float32 and eval mode, and its tokenizer (from `tokenizer_dir` if given).
     `auto_class` (e.g. `AutoModelForSeq2SeqLM`) loads a head instead, for pictures that generate."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     import scratchformer.modeling  # noqa: F401  (registers scratchformer with the Auto classes)
+
+    from .checkpoint_io import CheckpointError, load_model_dir, load_tokenizer_dir
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InspectError(f"{model_dir} is not a model directory (no config.json). Pass --model DIR of a checkpoint.")
-    model = (auto_class or AutoModel).from_pretrained(model_dir, dtype=torch.float32).eval()
+    try:
+        model, _ = load_model_dir(model_dir, auto_class or AutoModel, need_tokenizer=False, dtype=torch.float32)
+    except CheckpointError as e:
+        raise InspectError(str(e)) from None
+    model.eval()
     if not need_tokenizer:
         return model, None
     source = Path(tokenizer_dir) if tokenizer_dir is not None else model_dir
@@ -94,7 +100,10 @@ def load_model(
             f"No tokenizer in {source} (a model saved on its own has none). Pass --tokenizer DIR, the "
             "directory the tokenizer was saved to (e.g. by `scratchformer tokenizer`)."
         )
-    return model, AutoTokenizer.from_pretrained(source)
+    try:
+        return model, load_tokenizer_dir(source)
+    except CheckpointError as e:
+        raise InspectError(str(e)) from None
 
 
 def _base(model: PreTrainedModel) -> PreTrainedModel:

@@ -33,6 +33,7 @@ renamed once complete, so a crash or a kill at any moment leaves the last comple
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import logging
@@ -45,6 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -53,12 +55,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, HfArgumentParser, PreTrainedTokenizerBase
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.training.checkpoint_io import check_weights, load_tokenizer_dir
 from scratchformer.training.data import BUILDERS, load_text_dataset
 from scratchformer.training.model_card import render_model_card
 from scratchformer.training.optim import lr_at, param_groups
@@ -79,6 +82,7 @@ SIZES: dict[str, dict] = {
 CHECKPOINT_RE = re.compile(r"step-(\d+)")
 STATE_FILE = "trainer_state.json"  # our own counters, beside accelerate's files in each checkpoint
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+EXIT_LOST_PROCESS = 3  # another process of a multi-process run died or hung
 
 
 @dataclass
@@ -214,6 +218,20 @@ class PretrainConfig:
         default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30%% slower."}
     )
     seed: int = field(default=42, metadata={"help": "Seeds weights, data order and dropout."})
+    on_nonfinite: Literal["stop", "skip"] = field(
+        default="stop",
+        metadata={
+            "help": "A NaN/inf training loss: `stop` the run (the last good checkpoint is kept), or `skip` that "
+            "optimizer step's update and go on (costs one host sync per micro-batch)."
+        },
+    )
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds a process waits for the others in a collective operation before failing (several "
+            "processes only): a process that died then stops the run instead of hanging it forever."
+        },
+    )
 
     # -- output --
     output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run writes everything."})
@@ -261,7 +279,6 @@ def train(cfg: PretrainConfig) -> dict:
     out, sizes = Path(cfg.output_dir), model_sizes(cfg)
     _check_writable(out)
     ckpt_root, metrics_path = out / "checkpoints", out / "metrics.jsonl"
-    resume_dir = _resume_dir(cfg.resume, ckpt_root)
 
     # -- accelerator: devices, processes, precision, accumulation --
     accelerator = Accelerator(
@@ -269,7 +286,9 @@ def train(cfg: PretrainConfig) -> dict:
         log_with=_trackers(cfg.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dynamo_backend="inductor" if cfg.torch_compile else None,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
     )
+    resume_dir = _resume_dir(cfg.resume, ckpt_root)  # after the Accelerator: it may log
     accum = accelerator.gradient_accumulation_steps = _accumulation_steps(cfg, accelerator.num_processes)
     samples_per_step = cfg.per_device_train_batch_size * accelerator.num_processes * accum
     block_size, learning_rate = sizes["block_size"], sizes["learning_rate"]
@@ -325,7 +344,9 @@ def train(cfg: PretrainConfig) -> dict:
 
     # -- the loop --
     step, epoch, micro_in_epoch, micro_total = (state[k] for k in ("step", "epoch", "micro_in_epoch", "micro_total"))
-    last_eval, last_loss, grad_norm, stopping = state["eval"], None, None, False
+    # A run resumed at its very end (killed while writing model/) reports the checkpoint's loss.
+    last_eval, last_loss, grad_norm, stopping = state["eval"], state.get("train_loss"), None, False
+    skipped, bad_window = state.get("skipped_steps", []), False  # --on_nonfinite skip: steps left out
     meter = _LossMeter(accelerator, step, tokens_per_step)
     bar = tqdm(
         total=max_steps,
@@ -358,16 +379,32 @@ def train(cfg: PretrainConfig) -> dict:
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    finite = True
+                    if cfg.on_nonfinite == "skip":
+                        finite = _all_finite(accelerator, loss, grad_norm if accelerator.sync_gradients else None)
+                        bad_window = bad_window or not finite
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    optimizer.step()
+                    if bad_window and accelerator.sync_gradients:
+                        optimizer.zero_grad(set_to_none=True)  # the update is skipped: nothing reaches the weights
+                    else:
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                meter.add(loss)
+                if finite:
+                    meter.add(loss)
                 micro_in_epoch, micro_total = micro_in_epoch + 1, micro_total + 1
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
                 bar.update(1)
+                if bad_window:
+                    skipped.append(step)
+                    bad_window = False
+                    logger.warning(
+                        f"step {step}: non-finite loss or gradient; this step's update was skipped "
+                        f"(--on_nonfinite skip; {len(skipped)} skipped so far)",
+                        main_process_only=True,
+                    )
                 final = step >= max_steps
                 if accelerator.num_processes == 1:
                     stopping = stop.requested  # checked every step: there is no other process to agree with
@@ -375,12 +412,12 @@ def train(cfg: PretrainConfig) -> dict:
                 if final or stopping or any(step % n == 0 for n in (cfg.logging_steps, cfg.eval_steps, cfg.save_steps)):
                     last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
                     stopping = stopping or stop_anywhere
-                    if not math.isfinite(last_loss):
+                    if not math.isfinite(last_loss) and cfg.on_nonfinite == "stop":
                         raise FloatingPointError(_non_finite_message(last_loss, step, ckpt_root))
                     record = {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4) if steps_per_epoch else epoch,
-                        "loss": round(last_loss, 6),
+                        "loss": round(last_loss, 6) if math.isfinite(last_loss) else None,
                         "lr": lr,
                         "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
                         "tokens_seen": step * tokens_per_step,
@@ -405,6 +442,8 @@ def train(cfg: PretrainConfig) -> dict:
                         "eval": last_eval,
                         "run": signature,
                         "train_seconds": state["train_seconds"] + time.perf_counter() - started,
+                        "skipped_steps": skipped,
+                        "train_loss": last_loss,
                     }
                     save_checkpoint(accelerator, ckpt_root, state, keep=cfg.save_total_limit)
                     started = time.perf_counter()  # train_seconds now holds everything up to here
@@ -430,6 +469,7 @@ def train(cfg: PretrainConfig) -> dict:
         "parameters": n_params,
         "train_seconds": round(state["train_seconds"] + time.perf_counter() - started, 2),
         "interrupted": stopping,
+        "skipped_steps": skipped,
     }
     if accelerator.is_main_process:
         result["has_loss_curve"] = _plot_curves(metrics_path, out / "loss_curve.png")
@@ -462,7 +502,8 @@ class _LossMeter:
         loss_sum, stops = self.accelerator.reduce(torch.stack([self.loss_sum, flag]), reduction="sum").tolist()
         now = time.perf_counter()
         tokens_per_s = (step - self.step) * self.tokens_per_step / (now - self.clock)
-        loss = loss_sum / (self.count * self.accelerator.num_processes)
+        # nan when every micro-batch since the last read was skipped (--on_nonfinite skip)
+        loss = loss_sum / (self.count * self.accelerator.num_processes) if self.count else math.nan
         self.loss_sum.zero_()
         self.count, self.step, self.clock = 0, step, now
         return loss, stops > 0, tokens_per_s
@@ -649,7 +690,9 @@ def _installed(module: str) -> bool:
 
 def _tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resuming: bool) -> PreTrainedTokenizerBase:
     """The given tokenizer; or the run's own, trained once by the main process (and reused on resume)."""
-    if cfg.tokenizer is not None:
+    if cfg.tokenizer is not None:  # a local directory is checked first; anything else is a hub name
+        if Path(cfg.tokenizer).exists():
+            return load_tokenizer_dir(cfg.tokenizer)
         return AutoTokenizer.from_pretrained(cfg.tokenizer)
     from scratchformer.training.tokenizer_cli import train_tokenizer
 
@@ -668,7 +711,7 @@ def _tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resumin
             overwrite=True,
         )
     accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(tok_dir)
+    return load_tokenizer_dir(tok_dir)
 
 
 def _data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samples_per_step: int) -> tuple:
@@ -836,10 +879,17 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed while saving
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint is never left to look like one
+        found = complete_checkpoints(root)
+        kept = f"the previous checkpoint, {found[-1]}, is kept" if found else "no earlier checkpoint exists"
+        raise _write_error(e, f"checkpoint {final}", kept, root) from e
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         os.replace(tmp, final)
         for old in complete_checkpoints(root)[: -keep if keep else 0]:
             shutil.rmtree(old)
@@ -847,7 +897,18 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
     return final
 
 
+def _write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
+    """An OSError that says what was being written, whether the disk is full, and what survives."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk holding {where} is full ({e.strerror or e})"
+        fix = "Free space there (or lower --save_total_limit, or use another --output_dir), then --resume"
+    else:
+        cause, fix = f"{e.strerror or e}", "Fix the cause, then --resume"
+    return OSError(e.errno, f"could not write {what}: {cause}; the partial files were removed and {kept}. {fix}")
+
+
 def _load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> dict:
+    check_weights(path)  # a damaged model.safetensors is named, not a deserialization traceback
     state = json.loads((path / STATE_FILE).read_text())
     saved = state.get("run", {})
     if saved.get("model_config") != signature["model_config"]:
@@ -866,12 +927,22 @@ def _load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> d
     return state
 
 
+def _all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
+    """Whether the loss (and gradient norm, at a step's last micro-batch) is finite on every process:
+    one reduce, so all processes skip the same step (a host sync, paid only with --on_nonfinite skip)."""
+    values = [loss.detach().float().reshape(())]
+    if grad_norm is not None:
+        values.append(torch.as_tensor(grad_norm, dtype=torch.float32, device=loss.device).reshape(()))
+    bad = (~torch.isfinite(torch.stack(values))).any().float()
+    return accelerator.reduce(bad, reduction="sum").item() == 0
+
+
 def _non_finite_message(loss: float, step: int, root: Path) -> str:
     found = complete_checkpoints(root)
     keep = f"the last good checkpoint, {found[-1]}, is kept" if found else "no checkpoint was written yet"
     return (
         f"the training loss became {loss} by step {step}: stopping; {keep}. Lower --learning_rate, or raise "
-        "--num_warmup_steps, then --resume (or start afresh)"
+        "--num_warmup_steps, then --resume (or start afresh); or pass --on_nonfinite skip to leave such steps out"
     )
 
 
@@ -952,23 +1023,36 @@ def write_model_dir(
     # A compiled model's keys carry torch.compile's wrapper prefix; the saved names must not.
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        # The model classes carry `_auto_class` and a full `auto_map`, so save_pretrained also
-        # copies the remote-code files: stock transformers loads the directory on its own.
-        unwrapped.generation_config = generation_config(unwrapped.config)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
-        if (out / "loss_curve.png").exists():
-            shutil.copy(out / "loss_curve.png", tmp / "loss_curve.png")
-        (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))
+        try:
+            _write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            found = complete_checkpoints(out / "checkpoints")
+            kept = f"the last checkpoint, {found[-1]}, is kept" if found else "no checkpoint exists"
+            if final.exists():
+                kept += f", and the earlier {final} is untouched"
+            raise _write_error(e, f"the model directory {final}", kept, out) from e
         if final.exists():
             final.rename(out / f"model.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(tmp, final)
         logger.info(f"model written to {final}", main_process_only=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result) -> None:
+    """Everything in the model directory, written into `tmp` (main process only)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # The model classes carry `_auto_class` and a full `auto_map`, so save_pretrained also
+    # copies the remote-code files: stock transformers loads the directory on its own.
+    unwrapped.generation_config = generation_config(unwrapped.config)
+    unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    if (out / "loss_curve.png").exists():
+        shutil.copy(out / "loss_curve.png", tmp / "loss_curve.png")
+    (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))
 
 
 def generation_config(config: ScratchformerConfig) -> GenerationConfig:
@@ -1014,6 +1098,25 @@ def build_parser() -> HfArgumentParser:
     )
 
 
+def _lost_a_process(e: RuntimeError) -> bool:
+    """Whether `e` is a collective operation failing because another process is gone or stuck."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(e).lower()
+    signs = ("timed out", "timeout", "connection reset", "connection closed", "broken pipe", "nccl", "gloo")
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (isinstance(e, dist_error) or any(s in text for s in signs))
+
+
+def _lost_a_process_message(e: RuntimeError, cfg: PretrainConfig) -> str:
+    found = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
+    resume = f"the newest complete checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+    return (
+        f"process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')} lost contact with the others: "
+        f"a collective operation failed ({' '.join(str(e).split())[:300]}). Another process most likely died "
+        f"(out of memory, killed, a crash: see its own error above) or hung; waits are cut off after --ddp_timeout "
+        f"{cfg.ddp_timeout} s. {resume}; fix the cause and relaunch with --resume"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     (cfg,) = build_parser().parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
@@ -1023,6 +1126,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # one message, not one per process
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1 if isinstance(e, FloatingPointError) else 2
+    except RuntimeError as e:
+        if not _lost_a_process(e):
+            raise
+        print(f"error: {_lost_a_process_message(e, cfg)}", file=sys.stderr, flush=True)
+        return EXIT_LOST_PROCESS
     summary = {
         k: result[k] for k in ("output_dir", "steps", "tokens_seen", "eval_loss", "eval_ppl", "eval_bpb") if k in result
     }

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from transformers import (
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
@@ -133,8 +132,10 @@ def finetune_seq2seq(
             raise ValueError("Training from a config needs a tokenizer: pass tokenizer=...")
         model = ScratchformerForConditionalGeneration(model_dir_or_config)
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir_or_config)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir_or_config)
+        from scratchformer.training.checkpoint_io import load_model_dir
+
+        model, loaded = load_model_dir(model_dir_or_config, AutoModelForSeq2SeqLM, need_tokenizer=tokenizer is None)
+        tokenizer = tokenizer or loaded
     if train_dataset is None:
         if train_file is None:
             raise ValueError("Pass train_dataset or train_file.")

@@ -1,0 +1,174 @@
+"""Loading a model directory someone handed us: checked first, safetensors only, errors that say the fix.
+
+Every command that opens a checkpoint (`generate`, `inspect`, `convert`, `finetune`, seq2seq training,
+pretrain's `--tokenizer`) goes through here, so a damaged or foreign directory fails the same way
+everywhere: a `CheckpointError` (a `ValueError`) naming the file, what is wrong with it, and what to
+do (re-save, re-download, re-run pretraining), never a traceback from deep inside a loader.
+
+Weights load only from `*.safetensors`, which hold tensors and nothing else. A `pytorch_model.bin`
+(or any pickle) can run arbitrary code when unpickled, so a directory holding only those is refused
+with the one-line conversion to do in a trusted environment, and `from_pretrained` is called with
+`use_safetensors=True` so transformers never falls back to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be used as it is; the message names the file and the fix."""
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """`path/config.json` as a dict, checked to be JSON with a `model_type` transformers knows."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    import scratchformer.modeling  # noqa: F401  (registers scratchformer's model types)
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such directory; pass a model directory (e.g. the model/ of a pretrain run)")
+    if not p.is_dir():
+        raise CheckpointError(f"{p} is a file, not a model directory; pass the directory that holds config.json")
+    config_file = p / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"{p} has no config.json, so it is not a Hugging Face model directory; pass a directory written by "
+            "save_pretrained (e.g. the model/ of a `scratchformer pretrain` run)"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{config_file} is not valid JSON ({_one_line(e)}): the file is damaged; re-save the model with "
+            "save_pretrained or download it again"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} holds a JSON {type(config).__name__}, not an object: re-save the model")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING and "auto_map" not in config:
+        raise CheckpointError(
+            f"{config_file} has model_type {model_type!r}, which neither transformers nor scratchformer knows; "
+            "it was written by another library or a newer transformers (upgrade it), or the file is damaged"
+        )
+    return config
+
+
+def check_weights(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files of `path`, each checked to be complete; refuses pickle-only directories."""
+    p = Path(path)
+    index = p / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is damaged ({_one_line(e)}): re-save or re-download the model") from None
+        shards = [p / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{index} lists {len(shards)} weight shards but {', '.join(missing)} is missing from {p}: the copy "
+                "or download stopped part way; copy or download the whole directory again"
+            )
+    elif (p / SAFE_WEIGHTS).is_file():
+        shards = [p / SAFE_WEIGHTS]
+    else:
+        pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"{p} holds weights only as {', '.join(pickles)} (pickle), which can run arbitrary code when loaded, "
+                "so scratchformer loads safetensors only. If you trust the file, convert it once: "
+                f"AutoModel.from_pretrained({str(p)!r}, use_safetensors=False).save_pretrained(NEW_DIR), "
+                "which writes model.safetensors"
+            )
+        raise CheckpointError(
+            f"{p} has a config.json but no weights ({SAFE_WEIGHTS}); re-run the save (or pretraining), or copy "
+            "the whole directory again"
+        )
+    for shard in shards:
+        try:
+            with safe_open(shard, framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{shard} is damaged or truncated ({_one_line(e)}); the file was cut short by a full disk, an "
+                "interrupted copy or download: copy or download it again, or re-run the save (pretraining writes "
+                "model/ again at the end of `--resume`)"
+            ) from None
+    return shards
+
+
+def check_tokenizer(path: str | os.PathLike) -> Path:
+    """`path/tokenizer.json`, checked to exist and be JSON."""
+    p = Path(path)
+    file = p / TOKENIZER_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{p} has no {TOKENIZER_FILE}; save the tokenizer beside the model with tokenizer.save_pretrained("
+            f"{str(p)!r}), or pass the directory the tokenizer was saved to (e.g. by `scratchformer tokenizer`)"
+        )
+    try:
+        json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is damaged ({_one_line(e)}): save or download the tokenizer again") from None
+    return file
+
+
+def load_tokenizer_dir(path: str | os.PathLike, **kwargs: Any):
+    """`AutoTokenizer.from_pretrained(path)` for a local directory, after `check_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    check_tokenizer(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{path}: the tokenizer could not be loaded ({_one_line(e)})") from None
+
+
+def load_model_dir(
+    path: str | os.PathLike,
+    auto_class: Any,
+    *,
+    architectures: tuple[str, ...] = (),
+    need_tokenizer: bool = True,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """(model, tokenizer or None) from a local model directory, checked first.
+
+    `architectures`: name endings the command can use (e.g. ("ForCausalLM", "LMHeadModel")); a
+    directory whose config.json names another architecture is refused before any weight is read.
+    `kwargs` go to `auto_class.from_pretrained` (`dtype`, `config`, ...)."""
+    p = Path(path)
+    config = read_config(p)
+    heads = config.get("architectures") or []
+    if architectures and heads and not any(h.endswith(architectures) for h in heads):
+        raise CheckpointError(
+            f"{p} holds a {heads[0]} ({config.get('model_type')}), and this command needs a model ending in "
+            f"{' or '.join(architectures)}; pass a checkpoint of that kind"
+        )
+    check_weights(p)
+    tokenizer = load_tokenizer_dir(p, trust_remote_code=trust_remote_code) if need_tokenizer else None
+    try:
+        model = auto_class.from_pretrained(p, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+    except (ValueError, OSError, KeyError, SafetensorError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        what = auto_class.__name__
+        raise CheckpointError(f"{p}: the weights could not be loaded as {what}: {_one_line(e)}") from None
+    return model, tokenizer
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
