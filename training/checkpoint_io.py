@@ -30,8 +30,9 @@ class CheckpointError(ValueError):
     """A model directory that cannot be used as it is; the message names the file and the fix."""
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    """`path/config.json` as a dict, checked to be JSON with a `model_type` transformers knows."""
+def read_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
+    """`path/config.json` as a dict, checked to be JSON with a `model_type` transformers knows (or,
+    with `trust_remote_code`, one whose code the directory ships)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     import scratchformer.modeling  # noqa: F401  (registers scratchformer's model types)
@@ -57,10 +58,12 @@ def read_config(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file} holds a JSON {type(config).__name__}, not an object: re-save the model")
     model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING and "auto_map" not in config:
+    if model_type not in CONFIG_MAPPING and not (trust_remote_code and "auto_map" in config):
+        ships_code = " (the directory ships its own code: pass --trust-remote-code if you trust it)"
         raise CheckpointError(
-            f"{config_file} has model_type {model_type!r}, which neither transformers nor scratchformer knows; "
-            "it was written by another library or a newer transformers (upgrade it), or the file is damaged"
+            f"{config_file} has model_type {model_type!r}, which neither transformers nor scratchformer knows"
+            f"{ships_code if 'auto_map' in config else ''}; it was written by another library or a newer "
+            "transformers (upgrade it), or the file is damaged"
         )
     return config
 
@@ -151,7 +154,7 @@ def load_model_dir(
     directory whose config.json names another architecture is refused before any weight is read.
     `kwargs` go to `auto_class.from_pretrained` (`dtype`, `config`, ...)."""
     p = Path(path)
-    config = read_config(p)
+    config = read_config(p, trust_remote_code)
     heads = config.get("architectures") or []
     if architectures and heads and not any(h.endswith(architectures) for h in heads):
         raise CheckpointError(
@@ -160,14 +163,27 @@ def load_model_dir(
         )
     check_weights(p)
     tokenizer = load_tokenizer_dir(p, trust_remote_code=trust_remote_code) if need_tokenizer else None
+    caller_wants_info = kwargs.pop("output_loading_info", False)
     try:
-        model = auto_class.from_pretrained(p, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+        model, info = auto_class.from_pretrained(
+            p, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs
+        )
     except (ValueError, OSError, KeyError, SafetensorError) as e:
         if isinstance(e, CheckpointError):
             raise
         what = auto_class.__name__
         raise CheckpointError(f"{p}: the weights could not be loaded as {what}: {_one_line(e)}") from None
-    return model, tokenizer
+    # A new head may start untrained (fine-tuning adds one), but a body with most of its weights
+    # missing means config.json and the weights come from different models: transformers would
+    # otherwise hand back a randomly initialised model with only a warning.
+    total = len(model.state_dict())
+    if total and len(info.get("missing_keys", ())) > total // 2:
+        raise CheckpointError(
+            f"{p}: the weights do not fit the {type(model).__name__} that config.json describes "
+            f"({len(info['missing_keys'])} of {total} tensors missing, e.g. {sorted(info['missing_keys'])[0]}); "
+            "config.json and the weights come from different models: re-save or re-download the directory"
+        )
+    return (model, info) if caller_wants_info else model, tokenizer
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,6 +14,9 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
+if os.environ.get("HF_UPDATE_DOWNLOAD_COUNTS") == "0":  # see training/__init__.py
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
 SPLITS = ("train", "validation", "all")
 VALIDATION_EVERY = 10  # every 10th topic (in sorted-key order) is validation: ~10 %, deterministic
 

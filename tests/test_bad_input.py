@@ -1,0 +1,267 @@
+"""The bad-input catalogue, for what other files do not already cover: damaged or foreign model
+directories (through the shared loader and through the `generate` and `inspect` commands), pickle
+weights, a mask of the wrong dtype, data at the edges, and no network use at run time.
+
+Already covered elsewhere (not repeated here): config values (test_config.py::
+test_inconsistent_values_raise_naming_the_field), model inputs (test_modeling.py: out-of-vocabulary
+and negative ids, non-integer ids, too long for positions, mask shape, empty batch, labels shape),
+pretrain flags (test_pretrain.py::test_bad_input_fails_with_a_clear_message), empty / blank / non-UTF-8
+/ malformed data files and missing columns (test_data.py), one-class labels (test_finetune.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.tokenization.bpe import train_bpe
+from scratchformer.training import generate, inspect
+from scratchformer.training.checkpoint_io import CheckpointError, load_model_dir
+from scratchformer.training.pretrain import PretrainConfig, train
+
+TEXTS = ["the cat sat on the mat", "a dog ran in the park", "numbers 1 2 3 and words"] * 20
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory) -> Path:
+    """A tiny, valid causal-LM directory: config, safetensors in 3 shards, tokenizer."""
+    root = tmp_path_factory.mktemp("good")
+    tokenizer = train_bpe(TEXTS, vocab_size=300, show_progress=False)
+    config = ScratchformerConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    ScratchformerForCausalLM(config).save_pretrained(root / "single")
+    ScratchformerForCausalLM(config).save_pretrained(root / "sharded", max_shard_size="20KB")
+    for d in ("single", "sharded"):
+        tokenizer.save_pretrained(root / d)
+    return root
+
+
+def _truncate(d: Path) -> None:
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _drop_a_shard(d: Path) -> None:
+    weight_map = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    (d / sorted(set(weight_map.values()))[1]).unlink()
+
+
+def _edit_config(**changes):
+    def edit(d: Path) -> None:
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**config, **changes}))
+
+    return edit
+
+
+def _pickle_only(d: Path) -> None:
+    state = ScratchformerForCausalLM.from_pretrained(d).state_dict()
+    (d / "model.safetensors").unlink()
+    torch.save(state, d / "pytorch_model.bin")
+
+
+# (name, which good directory, how it is damaged, words the message must hold)
+DAMAGED = [
+    ("truncated safetensors", "single", _truncate, r"model\.safetensors is damaged or truncated.*download it again"),
+    ("a shard missing from the index", "sharded", _drop_a_shard,
+     r"lists \d+ weight shards but model-00002-of-\d+\.safetensors is missing.*whole directory again"),
+    ("config.json not JSON", "single", lambda d: (d / "config.json").write_text('{"model_type": "scratchf'),
+     r"config\.json is not valid JSON.*re-save the model"),
+    ("unknown model_type", "single", _edit_config(model_type="not-a-model"),
+     r"model_type 'not-a-model', which neither transformers nor scratchformer knows"),
+    ("another architecture", "single", _edit_config(model_type="bert", architectures=["BertForMaskedLM"]),
+     r"holds a BertForMaskedLM \(bert\).*ForCausalLM"),
+    ("no tokenizer.json", "single", lambda d: (d / "tokenizer.json").unlink(),
+     r"has no tokenizer\.json; save the tokenizer beside the model"),
+    ("pickle weights only", "single", _pickle_only,
+     r"holds weights only as pytorch_model\.bin \(pickle\).*arbitrary code.*use_safetensors=False\)\.save_pretrained"),
+    ("no weights at all", "single", lambda d: (d / "model.safetensors").unlink(), r"no weights \(model\.safetensors\)"),
+]  # fmt: skip
+
+
+@pytest.fixture(params=DAMAGED, ids=[case[0] for case in DAMAGED])
+def damaged(request, good_dir, tmp_path):
+    name, source, damage, message = request.param
+    d = tmp_path / "model"
+    shutil.copytree(good_dir / source, d)
+    damage(d)
+    return d, message
+
+
+def test_the_loader_refuses_a_damaged_directory_naming_file_and_fix(damaged):
+    d, message = damaged
+    with pytest.raises(CheckpointError, match=message):
+        load_model_dir(d, AutoModelForCausalLM, architectures=("ForCausalLM",))
+
+
+def test_generate_refuses_it_in_one_line(damaged, capsys):
+    d, message = damaged
+    assert generate.main(["--model", str(d), "--max-new-tokens", "2", "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    # generate's own checks (finetune.check_model_dir) may speak first, but name the same problem
+    first_words = {"config.json not JSON": "config.json", "unknown model_type": "not-a-model",
+                   "another architecture": "BertForMaskedLM", "no tokenizer.json": "tokenizer"}  # fmt: skip
+    assert any(w in err for w in [*first_words.values(), d.name]), err
+
+
+def test_inspect_refuses_it_with_its_own_error(damaged):
+    d, _ = damaged
+    with pytest.raises(ValueError):  # InspectError or CheckpointError: both ValueErrors with the message
+        inspect.load_model(d)
+
+
+def test_the_good_directories_load(good_dir):
+    for d in ("single", "sharded"):
+        model, tokenizer = load_model_dir(good_dir / d, AutoModelForCausalLM, architectures=("ForCausalLM",))
+        ids = tokenizer("the cat", return_tensors="pt").input_ids
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_transformers_is_never_allowed_to_fall_back_to_pickle(good_dir, tmp_path, monkeypatch):
+    d = tmp_path / "both"
+    shutil.copytree(good_dir / "single", d)
+    torch.save({}, d / "pytorch_model.bin")  # a stray pickle beside good safetensors is never opened
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    load_model_dir(d, AutoModelForCausalLM)
+
+
+def test_our_code_never_unpickles_without_weights_only():
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("training/*.py"), *root.glob("modeling/*.py"), *root.glob("tokenization/*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path.name}:{n}"
+            assert "import pickle" not in line and "pickle.load" not in line, f"{path.name}:{n}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Model inputs not covered in test_modeling.py
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64])
+def test_attention_mask_of_the_wrong_dtype(dtype):
+    config = ScratchformerConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                 max_position_embeddings=16)  # fmt: skip
+    model = ScratchformerForCausalLM(config).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    try:
+        mask = torch.ones(1, 3).to(dtype)
+    except (RuntimeError, TypeError):
+        pytest.skip(f"{dtype} tensors cannot be made here")
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.bool, torch.float32])
+def test_attention_mask_dtypes_that_are_accepted(dtype):
+    config = ScratchformerConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                 max_position_embeddings=16)  # fmt: skip
+    model = ScratchformerForCausalLM(config).eval()
+    out = model(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[0, 1, 1]]).to(dtype))
+    assert torch.isfinite(out.logits[:, 1:]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Data at the edges
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("tok")
+    train_bpe(TEXTS, vocab_size=300, show_progress=False).save_pretrained(d)
+    return str(d)
+
+
+def _cfg(tmp_path: Path, tokenizer_dir: str, train_file: Path, **overrides) -> PretrainConfig:
+    val = tmp_path / "val.txt"
+    val.write_text(" ".join(TEXTS))
+    return PretrainConfig(**{**dict(train_files=[str(train_file)], validation_files=[str(val)], tokenizer=tokenizer_dir,
+                                    size="tiny", hidden_size=32, block_size=32, per_device_train_batch_size=2,
+                                    max_train_steps=2, eval_steps=100, save_steps=100, report_to="none",
+                                    output_dir=str(tmp_path / "out")), **overrides})  # fmt: skip
+
+
+def test_a_single_document_shorter_than_a_block(tmp_path, tokenizer_dir):
+    doc = tmp_path / "short.jsonl"
+    doc.write_text(json.dumps({"text": "the cat sat"}) + "\n")
+    with pytest.raises(ValueError, match=r"training text holds fewer than 32 tokens.*lower --block_size"):
+        train(_cfg(tmp_path, tokenizer_dir, doc))
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_an_enormous_single_line_is_packed_not_refused(tmp_path, tokenizer_dir):
+    line = tmp_path / "one_line.txt"
+    line.write_text("the cat sat on the mat and " * 20_000)  # 540 kB, no newline at all
+    result = train(_cfg(tmp_path, tokenizer_dir, line))
+    assert result["steps"] == 2 and result["train_loss"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing reaches the network unless asked
+# ------------------------------------------------------------------------------------------------
+
+# sitecustomize for the child: every attempt to resolve or connect to a network address is written
+# down and refused. AF_UNIX sockets (used by nothing here, but harmless) are let through.
+_NO_NETWORK = """
+import os, socket, traceback
+_log = os.environ["SF_NETWORK_LOG"]
+def _refuse(what):
+    with open(_log, "a") as f:
+        f.write(what + "\\n" + "".join(traceback.format_stack()[-30:-12]))  # who asked, for the failure message
+    raise OSError(101, "network disabled by the test: " + what)
+_connect = socket.socket.connect
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _refuse(f"connect {address}")
+    return _connect(self, address)
+socket.socket.connect = connect
+socket.getaddrinfo = lambda host, *a, **k: _refuse(f"getaddrinfo {host}")
+"""
+
+_PRETRAIN_THEN_GENERATE = """
+import sys
+from scratchformer.training import generate, pretrain
+out, train_file, tok = sys.argv[1:4]
+code = pretrain.main(["--train_files", train_file, "--tokenizer", tok, "--size", "tiny", "--hidden_size", "32",
+                      "--block_size", "32", "--per_device_train_batch_size", "2", "--max_train_steps", "2",
+                      "--report_to", "none", "--output_dir", out])
+assert code == 0, code
+code = generate.main(["--model", out + "/model", "--max-new-tokens", "3", "--seed", "0", "the cat"])
+assert code == 0, code
+"""
+
+
+def test_pretrain_and_generate_make_no_network_call(tmp_path, tokenizer_dir):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent(_NO_NETWORK))
+    train_file = tmp_path / "train.txt"
+    train_file.write_text("\n".join(TEXTS * 5))
+    log = tmp_path / "network.log"
+    drop = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PYTHONPATH=str(hooks), SF_NETWORK_LOG=str(log), OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRETRAIN_THEN_GENERATE, str(tmp_path / "run"), str(train_file), tokenizer_dir],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not log.exists(), log.read_text()
+    # The hook is live: the same child does record a real attempt.
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('example.com', 80))"],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert probe.returncode != 0 and "getaddrinfo example.com" in log.read_text()
