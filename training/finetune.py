@@ -655,6 +655,10 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict[
     if args.lora_r:
         model = _wrap_lora(args, model)
 
+    if out.is_dir() and args.overwrite and not resuming:
+        # Only now, with the data and model checked: no file of the earlier run (an adapter, old
+        # checkpoints) may pass for this one's, but a mistyped flag must not cost the user that run.
+        shutil.rmtree(out)
     callbacks = []
     if args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
@@ -825,11 +829,15 @@ def _wrap_lora(args: FinetuneArguments, model):
 def write_card_and_curve(out: Path, results: dict, base_model: str) -> None:
     """`OUT/metrics.jsonl` (Trainer's log history), `OUT/loss_curve.png` when matplotlib is there,
     and `OUT/README.md`: the fine-tuning card, with the base model's card kept below it."""
-    from scratchformer.training.model_card import plot_loss_curve  # pretraining's plot reads the same records
+    from scratchformer.training.inspect import InspectError, plot_run  # the picture pretraining draws too
 
     metrics = out / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
-    results["has_loss_curve"] = plot_loss_curve(metrics, out / "loss_curve.png")
+    try:
+        plot_run(metrics, out / "loss_curve.png")
+        results["has_loss_curve"] = True
+    except (ImportError, InspectError):  # no matplotlib (an optional dependency), or nothing logged
+        results["has_loss_curve"] = False
     base_card = Path(base_model) / "README.md"
     card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None)
     (out / "README.md").write_text(card, encoding="utf-8")
