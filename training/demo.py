@@ -25,6 +25,7 @@ knows the language's grammar can spot, stayed near chance (0.45-0.63) at these s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     if steps < 1:
         raise DemoError("--steps must be at least 1")
     out = _prepare_out(Path(args.out))
-    _quiet_libraries()
+    with _quiet_libraries():
+        return _run_stages(args, plan, size, steps, out)
+
+
+def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out: Path) -> dict:
     started = time.perf_counter()
     source = ", ".join(args.files) if args.files else "Python's help topics (pydoc_data, embedded in every CPython)"
     _banner(f"scratchformer demo: {source} -> {out}/")
@@ -161,7 +166,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     # 3. Fresh process, transformers only
     prompts = args.prompt or (list(DEFAULT_PROMPTS) if not args.files else _prompts_from(args.files, args.seed))
     _stage(3, "Reload it in a fresh Python that cannot import scratchformer, and generate")
-    print(textwrap.indent(GENERATE_SNIPPET.format(model=model_dir), "    | "))
+    print(textwrap.indent(GENERATE_SNIPPET.format(model=model_dir, prompt=prompts[0]), "    | "))
     clock = time.perf_counter()
     _run_without_scratchformer(
         GENERATE_SCRIPT.format(model=str(model_dir), prompts=prompts, n=plan.max_new_tokens, seed=args.seed), out
@@ -189,7 +194,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     _done(clock)
 
     # 5. pipeline(), again without scratchformer
-    _stage(5, 'Classify unseen passages with pipeline("text-classification"), in a fresh process')
+    _stage(5, 'Classify held-out passages with pipeline("text-classification"), in a fresh process')
     clock = time.perf_counter()
     by_label = [[e for e in examples[::-1] if e[1] == label][:3] for label in LABELS]  # not the ones shown above
     shown = [e for pair in zip(*by_label) for e in pair]
@@ -217,7 +222,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     for name, path in rows:
         if path.exists():
             print(f"    {name:<18} {path}")
-    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=out / "classifier"), "    "))
+    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=out / "classifier", prompt=prompts[0]), "    "))
 
     summary = {
         "out": str(out),
@@ -357,7 +362,7 @@ GENERATE_SNIPPET = """\
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("{model}", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("{model}", trust_remote_code=True)
-model.generate(**tokenizer("The for statement", return_tensors="pt"), max_new_tokens=...)"""
+model.generate(**tokenizer({prompt!r}, return_tensors="pt"), max_new_tokens=...)"""
 
 # The scripts run in a fresh interpreter where `import scratchformer` fails: whatever they load
 # comes from the checkpoint directory's own files, through transformers' remote-code machinery.
@@ -398,8 +403,8 @@ for (text, truth), guess in zip(examples, classify([t for t, _ in examples])):
 
 NEXT_STEPS = """
 Next:
-  scratchformer generate --model {model} "The for statement"
-  scratchformer inspect attention --model {model} "A list is" --out attention.png
+  scratchformer generate --model {model} "{prompt}"
+  scratchformer inspect attention --model {model} "{prompt}" --out attention.png
   scratchformer finetune --model {model} --task classification --train-file your.jsonl --out your-classifier
   python -c "from transformers import pipeline; \\
     print(pipeline('text-classification', model='{clf}', trust_remote_code=True)('Tihs is sbrmalced'))\""""
@@ -451,18 +456,32 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _quiet_libraries() -> None:
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
     """Keep the story readable: the progress bars that matter (tokenizer, pretraining, Trainer)
-    stay; load/save bars, dataset-building bars and advisory warnings go."""
+    stay; load/save bars, dataset-building bars and advisory warnings go, until the demo ends."""
     import datasets
     from transformers.utils import logging as hf_logging
 
+    accelerate_logger = logging.getLogger("accelerate")
+    saved = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), datasets.are_progress_bars_disabled(),
+             accelerate_logger.level)  # fmt: skip
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    accelerate_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(saved[0])
+        if saved[1]:
+            hf_logging.enable_progress_bar()
+        if not saved[2]:
+            datasets.enable_progress_bars()
+        accelerate_logger.setLevel(saved[3])
 
 
 def _banner(text: str) -> None:
