@@ -1,10 +1,15 @@
 """`scratchformer finetune`: fine-tune a checkpoint with stock `transformers.Trainer`.
 
-    scratchformer finetune --model run/final --task classification --train-file train.csv --out clf
-    scratchformer finetune --model run/final --task token-classification --train-file ner.jsonl --out ner
-    scratchformer finetune --model run/final --task causal-lm --train-file chats.jsonl --assistant-only-loss --out sft
-    scratchformer finetune --model enc/final --task masked-lm --files notes.txt --out mlm
+    scratchformer finetune --model run/model --task classification --train-file train.csv --out clf
+    scratchformer finetune --model run/model --task token-classification --train-file ner.jsonl --out ner
+    scratchformer finetune --model run/model --task causal-lm --train-file chats.jsonl --assistant-only-loss --out sft
+    scratchformer finetune --model run/model --task masked-lm --bidirectional --train-file notes.txt --out encoder
     scratchformer finetune ... --lora-r 8 --learning_rate 1e-3 --num_train_epochs 5   # any TrainingArguments flag
+
+Data: .jsonl/.json/.csv/.parquet records (or .txt for the language-model tasks), a hub dataset or a
+`save_to_disk` folder. Classification reads "text" and "label" columns; token-classification
+"tokens" (a list of words) and "ner_tags" (one label per word); causal-lm a "messages" chat column
+if there is one, else "text". Labels may be strings or integers; `id2label` is saved in the config.
 
 Nothing here is a training loop: the task decides the Auto class, the preprocessing, the collator and
 the metrics, and `Trainer` does the rest, so every `TrainingArguments` flag works as documented
