@@ -263,8 +263,12 @@ def test_error_when_model_dir_is_not_a_model(tmp_path, capsys, data):
     assert "no such directory" in run_cli(["--model", str(tmp_path / "missing"), *base], capsys)
     (tmp_path / "empty").mkdir()
     assert "no config.json" in run_cli(["--model", str(tmp_path / "empty"), *base], capsys)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text('{"model_type": "not-a-model"}')
+    err = run_cli(["--model", str(tmp_path / "foreign"), *base], capsys)
+    assert "neither transformers nor scratchformer knows" in err
     (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "config.json").write_text("{}")
+    (tmp_path / "cfg" / "config.json").write_text('{"model_type": "scratchformer"}')
     assert "no weights" in run_cli(["--model", str(tmp_path / "cfg"), *base], capsys)
 
 

@@ -40,7 +40,6 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
     DataCollatorForTokenClassification,
@@ -55,6 +54,14 @@ from transformers import (
 from transformers.trainer_utils import IntervalStrategy
 
 import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* classes with the Auto classes)
+from scratchformer.training.checkpoint_io import (
+    CheckpointError,
+    check_tokenizer,
+    check_weights,
+    load_model_dir,
+    load_tokenizer_dir,
+    read_config,
+)
 from scratchformer.training.data import BUILDERS, check_utf8, default_corpus_dataset, load_text_dataset
 from scratchformer.training.packing import tokenize_and_pack
 
@@ -176,28 +183,14 @@ class FinetuneArguments:
 
 
 def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The checkpoint's config, after checking that `path` is a Hugging Face model directory with
-    weights and a tokenizer. Raises `FinetuneError` saying what is missing and how to get it."""
-    p = Path(path)
-    hint = (
-        "point --model at a model directory: the model/ folder of a `scratchformer pretrain` run, or any "
-        "save_pretrained output"
-    )
-    if not p.exists():
-        raise FinetuneError(f"{path}: no such directory; {hint}")
-    if not p.is_dir():
-        raise FinetuneError(f"{path} is a file, not a model directory; {hint}")
-    if not (p / "config.json").is_file():
-        raise FinetuneError(f"{path} has no config.json, so it is not a Hugging Face model directory; {hint}")
-    if not any((p / f).is_file() for f in WEIGHT_FILES):
-        raise FinetuneError(f"{path} has a config.json but no weights (model.safetensors); {hint}")
-    if not any((p / f).is_file() for f in TOKENIZER_FILES):
-        raise FinetuneError(
-            f"{path} has no tokenizer (tokenizer.json); save one beside the model with "
-            f"tokenizer.save_pretrained({str(path)!r})"
-        )
+    """The checkpoint's config, after `checkpoint_io`'s checks (the project's one gate for model
+    directories): config.json readable with a known model type, complete safetensors weights (never
+    pickles), a tokenizer. Raises `CheckpointError` / `FinetuneError` saying what is wrong and the fix."""
+    read_config(path, trust_remote_code)
+    check_weights(path)
+    check_tokenizer(path)
     try:
-        return AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as e:
         raise FinetuneError(f"{path}/config.json could not be read as a model config: {one_line(e)}") from e
 
@@ -623,7 +616,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict[
         raise FinetuneError(f"--out {out} exists and is not empty; choose another --out or pass --overwrite")
     _check_training_args(args, training_args)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer_dir(args.model, trust_remote_code=args.trust_remote_code)
     max_length = _max_length(args, tokenizer, config)
     train_raw, validation_raw = load_raw_splits(args, seed=training_args.seed)
 
@@ -775,22 +768,16 @@ def _max_length(args: FinetuneArguments, tokenizer: PreTrainedTokenizerBase, con
 
 
 def _load_model(args: FinetuneArguments, labels: list[str] | None, config: PretrainedConfig):
-    # The checked config goes in as is, so --bidirectional's is_causal=False is what gets built.
+    """(model, loading info) through `checkpoint_io.load_model_dir`. The checked config goes in as is,
+    so --bidirectional's is_causal=False is what gets built. A classifier checkpoint with another
+    label set gets a fresh head of the right size (its old one is reported among the new weights)."""
     kwargs: dict[str, Any] = dict(config=config, trust_remote_code=args.trust_remote_code, output_loading_info=True)
     if labels is not None:
         config.id2label = dict(enumerate(labels))  # also sets num_labels
         config.label2id = {name: i for i, name in enumerate(labels)}
-    auto = AUTO_CLASSES[args.task]
-    try:
-        model, loading = auto.from_pretrained(args.model, **kwargs)
-    except ValueError as e:
-        raise FinetuneError(f"cannot load {args.model} for --task {args.task}: {one_line(e)}") from e
-    if labels is not None and loading.get("mismatched_keys"):
-        # A classifier checkpoint with another label set: its head has the wrong shape.
-        raise FinetuneError(
-            f"{args.model} already has a {args.task} head of another size; start from the pretrained "
-            "(language-model) checkpoint instead"
-        )
+        kwargs["ignore_mismatched_sizes"] = True
+    (model, loading), _ = load_model_dir(args.model, AUTO_CLASSES[args.task], need_tokenizer=False, **kwargs)
+    loading["missing_keys"] = set(loading.get("missing_keys", ())) | {k for k, *_ in loading.get("mismatched_keys", ())}
     return model, loading
 
 
@@ -999,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, training_args = parse_args(argv)
         results = finetune(args, training_args)
-    except (FinetuneError, OSError, datasets.exceptions.DatasetsError) as e:
+    except (FinetuneError, CheckpointError, OSError, datasets.exceptions.DatasetsError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(format_results(results))
