@@ -224,6 +224,18 @@ def test_lora_trains_only_adapters_and_changes_the_output(lm, data, tmp_path):
     assert out[0]["label"] in ANIMALS
 
 
+def test_a_classifier_can_be_fine_tuned_again_for_other_labels(lm, data, tmp_path):
+    two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a} sat", "label": a} for a in ("cat", "dog") * 8])
+    first = FinetuneArguments(model=lm["dir"], task="classification", out=str(tmp_path / "two"), train_file=[two],
+                              validation_fraction=0.0)  # fmt: skip
+    finetune(first, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    second = FinetuneArguments(model=str(tmp_path / "two"), task="classification", out=str(tmp_path / "four"),
+                               train_file=[data["train"]], validation_fraction=0.0)  # fmt: skip
+    results = finetune(second, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    assert results["labels"] == sorted(ANIMALS)
+    assert results["new_weights"] == ["score.weight"]  # the 2-label head was replaced by a 4-label one
+
+
 def test_hf_flags_parse_with_task_defaults(tmp_path):
     args, training = parse_args(["--model", "m", "--task", "classification", "--out", str(tmp_path / "o"),
                                  "--num-train-epochs", "7", "--gradient_accumulation_steps", "2",
