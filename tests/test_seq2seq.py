@@ -16,7 +16,6 @@ from scratchformer.training.seq2seq import (
     cross_attention_maps,
     evaluate_translation,
     finetune_seq2seq,
-    main,
     noam_lr,
 )
 
@@ -253,16 +252,22 @@ def seq2seq_checkpoint(tmp_path):
     return tmp_path / "init"
 
 
-def test_command_line_trains_from_jsonl(tmp_path, seq2seq_checkpoint):
+def test_command_line_trains_from_jsonl(tmp_path, seq2seq_checkpoint, capsys):
     help_text = subprocess.run([sys.executable, "-m", "scratchformer.training.seq2seq", "--help"],
                                capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "--train-file" in help_text.stdout, help_text.stderr[-2000:]
     rows = [{"source": words(n), "target": digits(n)} for n in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
-    assert main(["--model", str(seq2seq_checkpoint), "--train-file", str(tmp_path / "train.jsonl"),
-                 "--eval-file", str(tmp_path / "eval.jsonl"), "--output-dir", str(tmp_path / "out"),
-                 "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2"]) == 0
+    # The user-facing command: `scratchformer finetune --task seq2seq` dispatches to seq2seq.main.
+    from scratchformer.training import finetune
+
+    common = ["--task", "seq2seq", "--model", str(seq2seq_checkpoint), "--train-file", str(tmp_path / "train.jsonl")]
+    assert finetune.main([*common, "--validation-file", str(tmp_path / "eval.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "use a .jsonl, .json or .csv file" in capsys.readouterr().err
+    assert finetune.main([*common, "--validation-file", str(tmp_path / "eval.jsonl"), "--out", str(tmp_path / "out"),
+                          "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2"]) == 0
+    assert '"bleu"' in capsys.readouterr().out
     trained = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
     assert type(trained) is ScratchformerForConditionalGeneration
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")

@@ -110,7 +110,9 @@ class FinetuneArguments:
     `TrainingArguments` field (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, ...)."""
 
     model: str = field(metadata={"help": "checkpoint directory (from `scratchformer pretrain` or any save_pretrained)"})
-    task: Task = field(metadata={"help": "what to fine-tune for"})
+    task: Task = field(
+        metadata={"help": "what to fine-tune for (`--task seq2seq` trains an encoder-decoder: see its --help)"}
+    )
     out: str = field(metadata={"help": "where the fine-tuned model goes (a Hugging Face directory)"})
     train_file: list[str] | None = field(
         default=None, metadata={"help": f"training data, one format: {', '.join(sorted(BUILDERS))}"}
@@ -983,6 +985,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FinetuneArguments, Tr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _seq2seq_requested(argv):
+        # The encoder-decoder trains through Seq2SeqTrainer with the paper's recipe: its own module.
+        from scratchformer.training import seq2seq
+
+        return seq2seq.main([a for a in argv if a not in ("--task", "seq2seq", "--task=seq2seq")])
     try:
         args, training_args = parse_args(argv)
         results = finetune(args, training_args)
@@ -991,6 +999,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_results(results))
     return 0
+
+
+def _seq2seq_requested(argv: list[str]) -> bool:
+    return "--task=seq2seq" in argv or any(a == "--task" and b == "seq2seq" for a, b in zip(argv, argv[1:]))
 
 
 def format_results(results: dict) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -276,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer)")
     p.add_argument("--train-file", required=True, help=".json/.jsonl/.csv with source and target columns")
-    p.add_argument("--eval-file", help="scored after training: exact match and BLEU")
+    p.add_argument("--eval-file", "--validation-file", help="scored after training: exact match and BLEU")
     p.add_argument("--source-column", default="source")
     p.add_argument("--target-column", default="target")
-    p.add_argument("--output-dir", default="out/seq2seq")
+    p.add_argument("--output-dir", "--out", default="out/seq2seq")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, help="peak lr; default: the paper's d_model^-0.5 * warmup^-0.5")
@@ -301,26 +302,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.learning_rate is not None:
         args["learning_rate"] = a.learning_rate
-    trainer, metrics = finetune_seq2seq(
-        a.model,
-        train_file=a.train_file,
-        source_column=a.source_column,
-        target_column=a.target_column,
-        training_args=args,
-        label_smoothing=a.label_smoothing,
-        inverse_sqrt_schedule=not a.no_paper_schedule,
-        warmup_steps=a.warmup_steps,
-    )
-    print(json.dumps(metrics))
-    if a.eval_file:
-        from datasets import load_dataset
-
-        kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}[Path(a.eval_file).suffix]
-        data = load_dataset(kind, data_files=a.eval_file, split="train")
-        scores = evaluate_translation(
-            trainer.model, trainer.processing_class, data[a.source_column], data[a.target_column], num_beams=a.num_beams
+    try:
+        eval_kind = None
+        if a.eval_file:
+            eval_kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(Path(a.eval_file).suffix)
+            if eval_kind is None:
+                raise ValueError(f"--eval-file {a.eval_file}: use a .jsonl, .json or .csv file.")
+        trainer, metrics = finetune_seq2seq(
+            a.model,
+            train_file=a.train_file,
+            source_column=a.source_column,
+            target_column=a.target_column,
+            training_args=args,
+            label_smoothing=a.label_smoothing,
+            inverse_sqrt_schedule=not a.no_paper_schedule,
+            warmup_steps=a.warmup_steps,
         )
-        print(json.dumps(scores))
+        print(json.dumps(metrics))
+        if eval_kind:
+            from datasets import load_dataset
+
+            data = load_dataset(eval_kind, data_files=a.eval_file, split="train")
+            scores = evaluate_translation(
+                trainer.model, trainer.processing_class, data[a.source_column], data[a.target_column],
+                num_beams=a.num_beams,
+            )
+            print(json.dumps(scores))
+    except (ValueError, OSError) as e:  # CheckpointError and the data errors are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
