@@ -143,57 +143,76 @@ class ScratchformerConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
     def _check(self) -> None:
-        def choice(field: str, options: tuple[str, ...]) -> None:
-            value = getattr(self, field)
-            if value not in options:
-                raise ValueError(f"{field}={value!r} is not supported: set {field} to one of {list(options)}.")
+        check_config(
+            self,
+            size_fields=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+            position_embeddings=POSITION_EMBEDDINGS,
+            token_fields=("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"),
+        )
 
-        choice("position_embedding", POSITION_EMBEDDINGS)
-        choice("norm_type", NORM_TYPES)
-        choice("norm_position", NORM_POSITIONS)
-        choice("mlp_type", MLP_TYPES)
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads:
+
+def check_config(
+    config: PreTrainedConfig,
+    *,
+    size_fields: tuple[str, ...],
+    position_embeddings: tuple[str, ...],
+    token_fields: tuple[str, ...],
+) -> None:
+    """The checks every scratchformer config shares (the encoder-decoder's too): each error names the
+    field and the fix, so a bad value never surfaces later as a shape error deep in a forward."""
+
+    def choice(field: str, options: tuple[str, ...]) -> None:
+        value = getattr(config, field)
+        if value not in options:
+            raise ValueError(f"{field}={value!r} is not supported: set {field} to one of {list(options)}.")
+
+    choice("position_embedding", position_embeddings)
+    choice("norm_type", NORM_TYPES)
+    choice("norm_position", NORM_POSITIONS)
+    choice("mlp_type", MLP_TYPES)
+    for field in size_fields:
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"hidden_size={config.hidden_size} is not divisible by num_attention_heads="
+            f"{config.num_attention_heads}: each head gets hidden_size / num_attention_heads channels. "
+            f"Pick a head count that divides {config.hidden_size}."
+        )
+    if config.num_attention_heads % config.num_key_value_heads:
+        raise ValueError(
+            f"num_attention_heads={config.num_attention_heads} is not divisible by num_key_value_heads="
+            f"{config.num_key_value_heads}: in grouped-query attention each key/value head serves an equal "
+            f"group of query heads. Pick a num_key_value_heads that divides {config.num_attention_heads}."
+        )
+    if config.position_embedding == "rope":
+        if config.head_dim % 2:
             raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                f"{self.num_attention_heads}: each head gets hidden_size / num_attention_heads channels. "
-                f"Pick a head count that divides {self.hidden_size}."
+                f"Rotary embeddings rotate channel pairs, so the head width (hidden_size / "
+                f"num_attention_heads = {config.head_dim}) must be even."
             )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
-                f"{self.num_key_value_heads}: in grouped-query attention each key/value head serves an equal "
-                f"group of query heads. Pick a num_key_value_heads that divides {self.num_attention_heads}."
-            )
-        if self.position_embedding == "rope" and self.head_dim % 2:
-            raise ValueError(
-                f"Rotary embeddings rotate channel pairs, so the head width (hidden_size / num_attention_heads "
-                f"= {self.head_dim}) must be even."
-            )
-        if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
-            raise ValueError(
-                f"Sinusoidal encodings pair sin and cos channels: hidden_size={self.hidden_size} must be even."
-            )
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}.")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}.")
-        for field in ("embedding_dropout", "hidden_dropout", "attention_dropout"):
-            value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{field} must be in [0, 1), got {value}.")
-        for field in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
-            value = getattr(self, field)
-            for token_id in value if isinstance(value, list) else [value]:
-                if token_id is not None and not 0 <= token_id < self.vocab_size:
-                    raise ValueError(
-                        f"{field}={token_id} is outside the vocabulary [0, {self.vocab_size}): set {field} to an "
-                        f"id your tokenizer has (e.g. tokenizer.{field}) or None."
-                    )
+        if config.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {config.rope_theta}.")
+    if config.position_embedding == "sinusoidal" and config.hidden_size % 2:
+        raise ValueError(
+            f"Sinusoidal encodings pair sin and cos channels: hidden_size={config.hidden_size} must be even."
+        )
+    if config.norm_eps <= 0:
+        raise ValueError(f"norm_eps must be positive, got {config.norm_eps}.")
+    for field in ("embedding_dropout", "hidden_dropout", "attention_dropout"):
+        value = getattr(config, field)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{field} must be in [0, 1), got {value}.")
+    for field in token_fields:
+        value = getattr(config, field)
+        for token_id in value if isinstance(value, list) else [value]:
+            if token_id is not None and not 0 <= token_id < config.vocab_size:
+                raise ValueError(
+                    f"{field}={token_id} is outside the vocabulary [0, {config.vocab_size}): set {field} to an "
+                    f"id your tokenizer has (e.g. tokenizer.{field}) or None."
+                )
 
 
 def default_intermediate_size(hidden_size: int, mlp_type: str) -> int:

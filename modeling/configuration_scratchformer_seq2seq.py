@@ -6,7 +6,7 @@ config unchanged. What is new is the shape of the thing: two stacks (`encoder_la
 `decoder_layers`) and the token the decoder starts from (`decoder_start_token_id`).
 
 This file is part of the remote-code payload copied next to every checkpoint: it imports only
-`transformers`.
+`transformers` and its sibling `configuration_scratchformer.py`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .configuration_scratchformer import check_config
+
+# Rotary positions are a decoder-only idea here: the paper's model adds its positions to the embeddings.
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
-NORM_TYPES = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("pre", "post")
-MLP_TYPES = ("relu", "gelu", "swiglu")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Vaswani et al. 2017, table 3 "base": N=6 encoder and 6 decoder layers, d_model=512, h=8,
@@ -126,48 +126,13 @@ class ScratchformerSeq2SeqConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
     def _check(self) -> None:
-        def choice(field: str, options: tuple[str, ...]) -> None:
-            value = getattr(self, field)
-            if value not in options:
-                raise ValueError(f"{field}={value!r} is not supported: set {field} to one of {list(options)}.")
-
-        choice("position_embedding", POSITION_EMBEDDINGS)
-        choice("norm_type", NORM_TYPES)
-        choice("norm_position", NORM_POSITIONS)
-        choice("mlp_type", MLP_TYPES)
-        for field in ("vocab_size", "hidden_size", "encoder_layers", "decoder_layers", "num_attention_heads",
-                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                f"{self.num_attention_heads}: each head gets hidden_size / num_attention_heads channels."
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
-                f"{self.num_key_value_heads}: each key/value head serves an equal group of query heads."
-            )
-        if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
-            raise ValueError(
-                f"Sinusoidal encodings pair sin and cos channels: hidden_size={self.hidden_size} must be even."
-            )
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}.")
-        for field in ("embedding_dropout", "hidden_dropout", "attention_dropout"):
-            value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{field} must be in [0, 1), got {value}.")
-        for field in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            value = getattr(self, field)
-            for token_id in value if isinstance(value, list) else [value]:
-                if token_id is not None and not 0 <= token_id < self.vocab_size:
-                    raise ValueError(
-                        f"{field}={token_id} is outside the vocabulary [0, {self.vocab_size}): set {field} to an "
-                        f"id your tokenizer has or None."
-                    )
+        check_config(
+            self,
+            size_fields=("vocab_size", "hidden_size", "encoder_layers", "decoder_layers", "num_attention_heads",
+                         "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+            position_embeddings=POSITION_EMBEDDINGS,
+            token_fields=("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"),
+        )
         if self.decoder_start_token_id is None:
             raise ValueError("decoder_start_token_id must be set: the decoder needs a first token to read.")
 
