@@ -13,8 +13,10 @@ from scratchformer.training import demo
 def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     # The demo's fresh processes copy remote code into $HF_HOME/modules: keep that inside tmp_path.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    # A relative --out, as `make demo` uses: the fresh processes run elsewhere and must still find it.
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo-out"
-    assert demo.main(["--quick", "--out", str(out)]) == 0
+    assert demo.main(["--quick", "--out", "demo-out"]) == 0
     printed = capsys.readouterr().out
 
     for stage in range(1, 7):

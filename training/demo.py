@@ -106,7 +106,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     steps = args.steps or plan.steps
     if steps < 1:
         raise DemoError("--steps must be at least 1")
-    out = _prepare_out(Path(args.out))
+    # Absolute: the fresh processes run with OUT as their working directory (see
+    # _run_without_scratchformer), where a relative --out such as the default would not resolve.
+    out = _prepare_out(Path(args.out).resolve())
     with _quiet_libraries():
         return _run_stages(args, plan, size, steps, out)
 
