@@ -112,12 +112,6 @@ class ScratchformerSeq2SeqConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @property
-    def is_causal(self) -> bool:
-        # Read by `ScratchformerAttention.__init__` (a decoder-only model has one answer per model).
-        # Here it is the decoder's answer; encoder layers switch their attention to bidirectional.
-        return True
-
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ScratchformerSeq2SeqConfig:
         """The named family ("paper": the base model of Vaswani et al. 2017), with any field overridden."""

@@ -210,7 +210,7 @@ def eager_attention_forward(
 class ScratchformerAttention(nn.Module):
     """Multi-head self-attention with optional grouped key/value heads and rotary positions."""
 
-    def __init__(self, config: ScratchformerConfig, layer_idx: int) -> None:
+    def __init__(self, config: ScratchformerConfig, layer_idx: int, is_causal: bool | None = None) -> None:
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -219,7 +219,8 @@ class ScratchformerAttention(nn.Module):
         self.scaling = self.K**-0.5
         self.attention_dropout = config.attention_dropout
         # Read by transformers' sdpa/flash kernels: a decoder's causal mask may be left to the kernel.
-        self.is_causal = config.is_causal
+        # The config decides, unless the caller says (the encoder-decoder has one stack of each).
+        self.is_causal = config.is_causal if is_causal is None else is_causal
         C, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(C, self.H * self.K, bias=bias)
         self.k_proj = nn.Linear(C, self.G * self.K, bias=bias)
@@ -312,10 +313,10 @@ class ScratchformerBlock(GradientCheckpointingLayer):
     x = x + sublayer(norm(x)); the residual stream is never normalised, so gradients reach early
     layers unattenuated and deep stacks train without warm-up tricks."""
 
-    def __init__(self, config: ScratchformerConfig, layer_idx: int) -> None:
+    def __init__(self, config: ScratchformerConfig, layer_idx: int, is_causal: bool | None = None) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.self_attn = ScratchformerAttention(config, layer_idx)
+        self.self_attn = ScratchformerAttention(config, layer_idx, is_causal)
         self.mlp = ScratchformerMLP(config)
         self.input_layernorm = make_norm(config)
         self.post_attention_layernorm = make_norm(config)

@@ -127,9 +127,8 @@ class ScratchformerSeq2SeqEncoderLayer(ScratchformerBlock):
     a source sentence is read whole, so every token may look at every other."""
 
     def __init__(self, config: ScratchformerSeq2SeqConfig, layer_idx: int) -> None:
-        super().__init__(config, layer_idx)
-        # Read by sdpa/flash: with no padding the mask is None, and the kernel must not add causality.
-        self.self_attn.is_causal = False
+        # Bidirectional, so with no padding (mask None) sdpa/flash must not add causality either.
+        super().__init__(config, layer_idx, is_causal=False)
 
 
 class ScratchformerSeq2SeqDecoderLayer(GradientCheckpointingLayer):
@@ -141,7 +140,7 @@ class ScratchformerSeq2SeqDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: ScratchformerSeq2SeqConfig, layer_idx: int) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.self_attn = ScratchformerAttention(config, layer_idx)
+        self.self_attn = ScratchformerAttention(config, layer_idx, is_causal=True)
         self.cross_attn = ScratchformerCrossAttention(config, layer_idx)
         self.mlp = ScratchformerMLP(config)
         self.input_layernorm = make_norm(config)
