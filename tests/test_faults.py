@@ -158,6 +158,43 @@ def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_loss(cor
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # a leftover temporary is cleared on the next save
 
 
+# The child SIGKILLs itself while removing the checkpoint that --save_total_limit retires, after the
+# first file of it is gone (what CI once hit by chance: a directory still named step-NNNNNN, with its
+# trainer_state.json, but no weights).
+_KILLED_WHILE_PRUNING = """
+import os, shutil, signal, sys
+real_rmtree = shutil.rmtree
+def rmtree(path, *args, **kwargs):
+    weights = os.path.join(path, "model.safetensors")
+    if "step-000002" in os.path.basename(path) and os.path.exists(weights):
+        os.remove(weights)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rmtree(path, *args, **kwargs)
+shutil.rmtree = rmtree
+from scratchformer.training.pretrain import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_an_old_checkpoint_is_removed_leaves_no_broken_checkpoint(corpus, tokenizer_dir, tmp_path):
+    common = dict(tokenizer=tokenizer_dir, preset="paper", max_train_steps=6, save_steps=2, eval_steps=100)
+    straight = train(run_config(tmp_path / "straight", corpus, **common))
+    run_dir = tmp_path / "killed"
+    cfg = run_config(run_dir, corpus, **common, resume="auto", save_total_limit=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_PRUNING, *_flags(cfg)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = run_dir / "checkpoints"
+    model = ScratchformerForCausalLM.from_pretrained(straight["output_dir"])
+    assert _assert_checkpoints_sound(ckpts, model) == [".step-000002.removed.tmp", "step-000004"]
+    assert complete_checkpoints(ckpts) == [ckpts / "step-000004"]
+
+    resumed = train(cfg)
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-5)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000006"]  # the half-removed one is cleared too
+
+
 # ------------------------------------------------------------------------------------------------
 # A rank of a two-process run dies, or hangs
 # ------------------------------------------------------------------------------------------------

@@ -876,7 +876,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
     if final.exists():  # this step was saved already (a resumed run ending where it resumed)
         return final
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed while saving
+        for leftover in root.glob(".step-*.tmp"):  # of a run killed while saving or while removing an old one
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
@@ -892,7 +893,11 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
     if accelerator.is_main_process:
         os.replace(tmp, final)
         for old in complete_checkpoints(root)[: -keep if keep else 0]:
-            shutil.rmtree(old)
+            # renamed first, so a kill part way through the removal cannot leave a half-deleted
+            # directory that still carries a checkpoint's name (and its trainer_state.json)
+            doomed = root / f".{old.name}.removed.tmp"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed)
     accelerator.wait_for_everyone()
     return final
 
