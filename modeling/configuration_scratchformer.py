@@ -77,6 +77,11 @@ class ScratchformerConfig(PreTrainedConfig):
     `mlp_bias`, `is_causal` (decoder, or bidirectional encoder for masked-LM), `scale_embeddings`
     (the paper's multiplication of embeddings by sqrt(C)).
 
+    Speed: `fused_lm_loss` (default True) computes a training step's LM head and cross-entropy
+    together, chunk by chunk, so the (tokens x vocab) float32 logits never exist in full; such a
+    step returns `loss` and `logits=None`. Evaluation, generation and `torch.no_grad()` are
+    unchanged. Set it False if a training loop reads `outputs.logits`.
+
     Start from a family with `ScratchformerConfig.from_preset("paper" | "gpt2" | "llama", **sizes)`.
     """
 
@@ -122,12 +127,15 @@ class ScratchformerConfig(PreTrainedConfig):
     mask_token_id: int | None = 4
     tie_word_embeddings: bool = True
     use_cache: bool = True
+    fused_lm_loss: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.hidden_size, self.mlp_type)
+        if not isinstance(self.fused_lm_loss, bool):
+            raise ValueError(f"fused_lm_loss must be True or False, got {self.fused_lm_loss!r}.")
         self._check()
         super().__post_init__(**kwargs)
 

@@ -4,6 +4,7 @@ Dimension key (shape suffixes on every activation):
     B  batch          L  query length        M  key/value length (cache + new tokens)
     C  model width    H  query heads         G  key/value heads (grouped-query attention)
     K  head width     F  feed-forward width  V  vocabulary         P  positions
+    N  tokens, flattened (B * L)                 R  rows of one loss chunk
 
 The file reads bottom-up, as the model is built: norms, positional encodings, attention, MLP,
 block, then the pretrained-model plumbing, the model, and the task heads. Every concept choice
@@ -15,6 +16,7 @@ transformers and its sibling configuration file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -65,7 +67,10 @@ class ScratchformerLayerNorm(nn.Module):
 class ScratchformerRMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight. No centring, no bias:
     cheaper than LayerNorm and, in practice, as good. Computed in float32 because squaring bf16
-    activations loses the small ones; the result is cast back before the weight, as in Llama."""
+    activations loses the small ones; the result is cast back before the weight, as in Llama.
+
+    Written with F.rms_norm, which computes exactly x * rsqrt(mean(x^2) + eps) (bit for bit on CPU,
+    in one fused kernel on GPU, where the formula spelled out is five kernels and four tensors)."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -73,10 +78,8 @@ class ScratchformerRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        dtype = x_BLC.dtype
-        x_BLC = x_BLC.float()
-        x_BLC = x_BLC * torch.rsqrt(x_BLC.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x_BLC.to(dtype)
+        normed_BLC = F.rms_norm(x_BLC.float(), x_BLC.shape[-1:], eps=self.eps)
+        return self.weight * normed_BLC.to(x_BLC.dtype)
 
 
 def make_norm(config: ScratchformerConfig) -> nn.Module:
@@ -306,6 +309,12 @@ class ScratchformerMLP(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+def make_dropout(p: float) -> nn.Module:
+    # At p = 0 (the GPT-2 and Llama presets) an Identity: a Dropout module would still cost a Python
+    # call per use, which shows in small models' per-token decoding time.
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class ScratchformerBlock(GradientCheckpointingLayer):
     """Attention then MLP, each wrapped in a residual connection and a norm.
 
@@ -321,7 +330,7 @@ class ScratchformerBlock(GradientCheckpointingLayer):
         self.input_layernorm = make_norm(config)
         self.post_attention_layernorm = make_norm(config)
         # The paper's residual dropout: on each sub-layer's output, before it joins the residual.
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = make_dropout(config.hidden_dropout)
 
     def forward(
         self,
@@ -416,7 +425,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         # The paper multiplies embeddings by sqrt(C) so that they are not drowned by the
         # unit-amplitude sinusoids they are added to.
         self.embed_scale = math.sqrt(C) if config.scale_embeddings else 1.0
-        self.dropout = nn.Dropout(config.embedding_dropout)
+        self.dropout = make_dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(ScratchformerBlock(config, i) for i in range(config.num_hidden_layers))
         # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
         # blocks already end in one.
@@ -468,12 +477,16 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # Caller-given positions may restart inside a row (packed documents); the mask builder reads
+        # them to keep documents apart, which costs a host sync. Positions made here are one plain
+        # range, so the mask builder is not shown them and the training step stays sync-free.
+        given_position_ids = position_ids
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None]
         self._check_positions(position_ids, past + L)
         self._check_attention_mask(attention_mask, B, past + L)
 
-        x_BLC = inputs_embeds * self.embed_scale
+        x_BLC = inputs_embeds * self.embed_scale if self.embed_scale != 1.0 else inputs_embeds
         rotary_BLK = None
         if config.position_embedding == "rope":
             rotary_BLK = self.rotary_emb(x_BLC, position_ids)
@@ -494,7 +507,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
                 inputs_embeds=x_BLC,
                 attention_mask=attention_mask,
                 past_key_values=past_key_values,
-                position_ids=position_ids,
+                position_ids=given_position_ids,
             )
         else:
             mask_B1LM = create_bidirectional_mask(
@@ -575,6 +588,119 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
 
 # ----------------------------------------------------------------------------------------------
+# The language-model loss, fused with the head
+# ----------------------------------------------------------------------------------------------
+
+# Rows per chunk: 2**24 float32 logits (64 MiB) at a time, however large the vocabulary.
+LOSS_CHUNK_ELEMENTS = 2**24
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """cross_entropy(x @ weight.T, labels, reduction="sum") / denominator, without the (N, V) logits.
+
+    The textbook step keeps the float32 logits, their log-softmax and then their gradient: three
+    N x V tensors, which at GPT-2's vocabulary outweigh the whole model. But the gradient of the
+    loss with respect to the logits is known as soon as the logits are: (softmax - onehot) / denominator.
+    So each chunk of R rows is projected, turned into its loss and its gradient, and multiplied
+    back into the gradients of x and weight, and the chunk is freed before the next one. Backward
+    only hands the stored gradients on (scaled, if the loss was scaled after this function)."""
+
+    @staticmethod
+    def forward(ctx, x_NC, weight_VC, labels_N, ignore_index: int, denominator) -> torch.Tensor:
+        N, V = x_NC.shape[0], weight_VC.shape[0]
+        ctx.in_dtypes = (x_NC.dtype, weight_VC.dtype)
+        device = x_NC.device.type
+        autocast = torch.amp.is_autocast_available(device)
+        if autocast and torch.is_autocast_enabled(device):
+            # Do autocast's casts once, here, rather than once per chunk.
+            dtype = torch.get_autocast_dtype(device)
+            x_NC, weight_VC = x_NC.to(dtype), weight_VC.to(dtype)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid_N = labels_N != ignore_index
+        target_N = torch.where(valid_N, labels_N, 0)
+        # Each row's share of d loss / d logits: 1 / denominator where it has a label, else 0.
+        weight_N = valid_N / denominator
+        loss = torch.zeros((), dtype=torch.float32, device=x_NC.device)
+        grad_x_NC = torch.empty_like(x_NC) if needs_grad else None
+        grad_weight_VC = None  # float32 whatever the weight's dtype: it sums over chunks
+        chunks = max(1, -(-N * V // LOSS_CHUNK_ELEMENTS))
+        R = -(-N // chunks)
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
+            for start in range(0, N, R):
+                rows = slice(start, start + R)
+                x_RC, target_R, valid_R, weight_R = x_NC[rows], target_N[rows], valid_N[rows], weight_N[rows]
+                logits_RV = (x_RC @ weight_VC.T).float()  # float32, as transformers' loss upcasts
+                target_logit_R = logits_RV.gather(1, target_R[:, None])[:, 0]
+                # softmax and logsumexp from one exponential, computed in the logits' own memory
+                max_R = logits_RV.amax(dim=-1)
+                exp_RV = logits_RV.sub_(max_R[:, None]).exp_()
+                sum_R = exp_RV.sum(dim=-1)
+                # -log softmax(logits)[target] = logsumexp(logits) - logits[target]
+                loss += torch.where(valid_R, max_R + sum_R.log() - target_logit_R, 0.0).sum()
+                if not needs_grad:
+                    continue
+                grad_RV = exp_RV.mul_((weight_R / sum_R)[:, None])  # softmax, weighted
+                grad_RV.scatter_add_(1, target_R[:, None], -weight_R[:, None].to(grad_RV.dtype))  # - onehot
+                grad_RV = grad_RV.to(x_NC.dtype)
+                torch.mm(grad_RV, weight_VC, out=grad_x_NC[rows])
+                if grad_weight_VC is None:
+                    grad_weight_VC = (grad_RV.T @ x_RC).float()
+                elif grad_weight_VC.dtype == x_RC.dtype:
+                    grad_weight_VC.addmm_(grad_RV.T, x_RC)
+                else:
+                    grad_weight_VC += grad_RV.T @ x_RC
+        if needs_grad:
+            ctx.save_for_backward(grad_x_NC, grad_weight_VC)
+        return loss / denominator
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x_NC, grad_weight_VC = ctx.saved_tensors
+        x_dtype, weight_dtype = ctx.in_dtypes
+        # loss.backward() sends 1: the stored gradients are final. Testing for it reads the value,
+        # which is free on CPU; elsewhere that read would be a host sync, so the scaling runs.
+        on_cpu = grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not on_cpu or grad_loss.item() != 1.0:
+            grad_x_NC, grad_weight_VC = grad_x_NC * grad_loss.to(grad_x_NC.dtype), grad_weight_VC * grad_loss
+        return (
+            grad_x_NC.to(x_dtype) if ctx.needs_input_grad[0] else None,
+            grad_weight_VC.to(weight_dtype) if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
+
+
+def fused_causal_lm_loss(
+    x_BLC: torch.Tensor,
+    weight_VC: torch.Tensor,
+    labels_BL: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """transformers' ForCausalLMLoss (same shift, same ignore_index, same averaging), computed from
+    the final hidden states and the head's weight by LinearCrossEntropy."""
+    if shift_labels is None:
+        # Position t predicts token t+1: the label of position t is the token at t+1, and the last
+        # position has none.
+        shift_labels = F.pad(labels_BL, (0, 1), value=ignore_index)[:, 1:]
+    labels_N = shift_labels.reshape(-1).to(x_BLC.device)
+    if num_items_in_batch is None:
+        # A mean over the tokens that have a label (nan when none has one, as in transformers).
+        denominator = (labels_N != ignore_index).sum()
+    else:
+        # Gradient accumulation: this micro-batch's sum over the tokens of the whole batch.
+        denominator = num_items_in_batch
+        if torch.is_tensor(denominator):
+            denominator = denominator.to(x_BLC.device)
+    x_NC = x_BLC.reshape(-1, x_BLC.shape[-1])
+    return LinearCrossEntropy.apply(x_NC, weight_VC, labels_N, ignore_index, denominator)
+
+
+# ----------------------------------------------------------------------------------------------
 # Heads
 # ----------------------------------------------------------------------------------------------
 
@@ -596,6 +722,19 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def _fuses_loss(self) -> bool:
+        """The fused loss serves training steps only (evaluation and metrics want logits), and only a
+        plain bias-free head: a head that PEFT wrapped or a hook watches must run as a module."""
+        head = self.lm_head
+        return (
+            self.config.fused_lm_loss
+            and self.training
+            and torch.is_grad_enabled()
+            and type(head) is nn.Linear
+            and head.bias is None
+            and not (head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook"))
+        )
 
     @can_return_tuple
     def forward(
@@ -623,16 +762,25 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             **kwargs,
         )
-        # Generation needs only the last position's logits: skip the V-wide projection elsewhere.
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits_BLV = self.lm_head(out.last_hidden_state[:, keep, :])
-
-        loss = None
+        x_BLC = out.last_hidden_state
+        loss, logits_BLV = None, None
         if labels is not None:
-            _check_labels(labels, logits_BLV.shape[:2], "labels must have the shape of input_ids")
-            # Position t predicts token t+1: the shift happens inside loss_function. **kwargs carry
-            # num_items_in_batch, so gradient accumulation averages over tokens, not micro-batches.
-            loss = self.loss_function(logits=logits_BLV, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            _check_labels(labels, x_BLC.shape[:2], "labels must have the shape of input_ids")
+            _check_label_ids(labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
+        if labels is not None and self._fuses_loss():
+            # A training step: head and loss in one, chunk by chunk (see LinearCrossEntropy); the
+            # full logits are never built, so none are returned.
+            loss = fused_causal_lm_loss(x_BLC, self.lm_head.weight, labels, **kwargs)
+        else:
+            # Generation needs only the last position's logits: skip the V-wide projection elsewhere.
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits_BLV = self.lm_head(x_BLC[:, keep, :])
+            if labels is not None:
+                # Position t predicts token t+1: the shift happens inside loss_function. **kwargs carry
+                # num_items_in_batch, so gradient accumulation averages over tokens, not micro-batches.
+                loss = self.loss_function(
+                    logits=logits_BLV, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+                )
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -814,6 +962,22 @@ class ScratchformerForMaskedLM(ScratchformerPreTrainedModel):
 def _check_labels(labels: torch.Tensor, expected: torch.Size, what: str) -> None:
     if tuple(labels.shape) != tuple(expected):
         raise ValueError(f"{what} {tuple(expected)}, got {tuple(labels.shape)} (use -100 for positions to ignore).")
+
+
+def _check_label_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+    # As for input ids: values are read on CPU only, where reading them is free.
+    if labels.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    real = labels[labels != ignore_index]
+    if real.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(real))
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"labels contain {bad}, outside the vocabulary [0, {vocab_size}): labels are token ids, "
+            f"or {ignore_index} for positions that carry no loss."
+        )
 
 
 __all__ = [

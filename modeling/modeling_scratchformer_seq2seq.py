@@ -250,7 +250,9 @@ def _embed(module: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: tor
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     if input_ids is not None:
         vocab = module.embed_tokens.num_embeddings
-        if input_ids.numel() and not torch.compiler.is_compiling():
+        # Value reads are free on CPU; on an accelerator they would sync the host every forward,
+        # so there the embedding's own device-side assert is the guard.
+        if input_ids.numel() and input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
             low, high = (int(v) for v in torch.aminmax(input_ids))
             if low < 0 or high >= vocab:
                 raise ValueError(f"input ids contain {low if low < 0 else high}, outside the vocabulary [0, {vocab}).")
@@ -264,11 +266,16 @@ def _positions(config: ScratchformerSeq2SeqConfig) -> nn.Module:
     return ScratchformerSinusoidalEmbedding(config.max_position_embeddings, config.hidden_size)
 
 
-def _check_positions(config: ScratchformerSeq2SeqConfig, position_ids: torch.Tensor, where: str) -> None:
+def _check_positions(config: ScratchformerSeq2SeqConfig, position_ids: torch.Tensor, bound: int, where: str) -> None:
+    """`bound` is the largest position the shapes allow. On CPU the exact largest position is free
+    to read; on an accelerator reading it would be a host sync every forward, so the bound serves."""
     limit = config.max_position_embeddings
-    if not torch.compiler.is_compiling() and int(position_ids.max()) >= limit:
+    if torch.compiler.is_compiling():
+        return
+    highest = int(position_ids.max()) if position_ids.device.type == "cpu" else bound
+    if highest >= limit:
         raise ValueError(
-            f"The {where} needs positions up to {int(position_ids.max())}, but this model has positions "
+            f"The {where} needs positions up to {highest}, but this model has positions "
             f"0..{limit - 1} (max_position_embeddings={limit}). Truncate it to {limit} tokens."
         )
 
@@ -324,7 +331,7 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
             position_ids_BS = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         else:
             position_ids_BS = torch.arange(S, device=x_BSC.device)[None].expand(B, S)
-        _check_positions(config, position_ids_BS, "source")
+        _check_positions(config, position_ids_BS, S - 1, "source")
         x_BSC = self.dropout(x_BSC * self.embed_scale + self.embed_positions(position_ids_BS))
 
         mask_B1SS = create_bidirectional_mask(
@@ -390,7 +397,7 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
             raise TypeError("An encoder-decoder needs an EncoderDecoderCache (self- and cross-attention caches).")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         position_ids_BT = torch.arange(past, past + T, device=x_BTC.device)[None].expand(B, T)
-        _check_positions(config, position_ids_BT, "target")
+        _check_positions(config, position_ids_BT, past + T - 1, "target")
         x_BTC = self.dropout(x_BTC * self.embed_scale + self.embed_positions(position_ids_BT))
 
         mask_config = _eager_mask_config(config, output_attentions)
@@ -399,7 +406,9 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
             inputs_embeds=x_BTC,
             attention_mask=attention_mask,
             past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
-            position_ids=position_ids_BT,
+            # Not position_ids_BT: they are one plain range, and shown them the mask builder would
+            # look for packed documents with a host sync.
+            position_ids=None,
         )
         cross_mask_B1TS = create_bidirectional_mask(
             config=mask_config,

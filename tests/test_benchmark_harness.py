@@ -69,3 +69,14 @@ def test_outputs_are_written(compare, tmp_path):
     assert len(data["rows"]) == 2 and data["command"] == "test"
     assert "| headline | gpt2 | toy | train |" in (tmp_path / "compare_cpu_quick.md").read_text()
     assert (tmp_path / "compare_cpu_quick.png").stat().st_size > 1000
+
+
+def test_gpu_suite_timing_rows_run_in_bfloat16(compare):
+    # Every timing row of the gpu suite's quick plan, at toy size on the CPU: the bf16 model building,
+    # the training step and generate() paths the GPU run will take (only CUDA itself is missing).
+    jobs = [(fn, args, kw) for fn, args, kw in compare.plan("gpu", quick=True) if fn is compare.time_pair]
+    assert jobs and all(kw["dtype"] == torch.bfloat16 for _, _, kw in jobs)
+    for fn, (section, preset, _size, task), kw in jobs:
+        kw = {**kw, "device": "cpu", "repeats": 1, "warmup": 0, "new_tokens": 2, "peak_tflops": 1.0}
+        row = fn(section, preset, "toy", task, **kw)
+        assert row.ref > 0 and row.ours > 0, (preset, task)

@@ -535,6 +535,19 @@ def test_labels_of_the_wrong_shape(tiny_config):
         build(ScratchformerForSequenceClassification, tiny_config(num_labels=3))(x, labels=torch.tensor([0, 1, 2]))
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("bad", [97, -1, -7])
+def test_causal_lm_labels_outside_the_vocabulary(tiny_config, train, bad):
+    lm = build(ScratchformerForCausalLM, tiny_config()).train(train)
+    x = ids(2, 9)
+    labels = x.clone()
+    labels[1, 3] = bad
+    with pytest.raises(ValueError, match=f"labels contain {bad}, outside the vocabulary"):
+        lm(x, labels=labels)
+    labels[1, 3] = -100  # ignored positions are fine
+    assert torch.isfinite(lm(x, labels=labels).loss)
+
+
 def test_masked_lm_refuses_a_causal_config(tiny_config):
     from transformers import AutoModelForMaskedLM
 

