@@ -992,12 +992,23 @@ def _log(accelerator: Accelerator, path: Path, record: dict) -> None:
 
 
 def _truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drops the records a killed run logged after its checkpoint, and a line torn by the kill;
+    the shortened log is written beside the old one and renamed over it."""
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a write cut short
+        if isinstance(record, dict) and record.get("step", 0) <= after_step:
+            kept.append(line)
     if len(kept) != len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
 
 def _plot_curves(metrics_path: Path, png: Path) -> bool:
