@@ -116,6 +116,7 @@ def test_causal_lm_on_text_learns_and_writes_a_hub_directory(lm):
                  "finetune_results.json", "metrics.jsonl"):  # fmt: skip
         assert (Path(out) / name).is_file(), name
     assert not (Path(out) / "checkpoints").exists()  # not asked to keep them
+    assert not (Path(out) / ".final.tmp").exists()  # the staging directory is gone once moved in
     card = open(f"{out}/README.md").read()
     assert "pipeline_tag: text-generation" in card and "validation perplexity" in card
 
@@ -234,6 +235,26 @@ def test_a_classifier_can_be_fine_tuned_again_for_other_labels(lm, data, tmp_pat
     results = finetune(second, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
     assert results["labels"] == sorted(ANIMALS)
     assert results["new_weights"] == ["score.weight"]  # the 2-label head was replaced by a 4-label one
+
+
+def test_a_crash_while_saving_leaves_no_half_written_model(lm, tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerFast
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)  # after the weights were written
+    two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a} sat", "label": a} for a in ("cat", "dog") * 8])
+    args = FinetuneArguments(model=lm["dir"], task="classification", out=str(tmp_path / "out"), train_file=[two],
+                             validation_fraction=0.0)  # fmt: skip
+    with pytest.raises(OSError, match="No space"):
+        finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    top = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert not {"model.safetensors", "config.json", "README.md"} & set(top), top  # only in the hidden staging
+    monkeypatch.undo()
+    args.overwrite = True  # the rerun (told to replace what is there) clears the staging leftover
+    results = finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    assert results["labels"] == ["cat", "dog"] and not (tmp_path / "out" / ".final.tmp").exists()
 
 
 def test_hf_flags_parse_with_task_defaults(tmp_path):

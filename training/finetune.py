@@ -677,13 +677,18 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict[
     if "eval_loss" in eval_metrics and args.task in ("causal-lm", "masked-lm"):
         eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
 
+    # Everything the run leaves at the top of OUT is written into a hidden staging directory first
+    # and moved in file by file once complete, so a crash while saving leaves no half-written file.
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run killed while saving
+    staging.mkdir()
     final = trainer.model
     if args.lora_r:
-        final.save_pretrained(out / "adapter")  # the adapter alone, for sharing beside the base model
+        final.save_pretrained(staging / "adapter")  # the adapter alone, for sharing beside the base model
         final = final.merge_and_unload()  # and the merged model, which needs no peft to load
-    out.mkdir(parents=True, exist_ok=True)
-    final.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    final.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
 
     results = {
         "task": args.task,
@@ -718,13 +723,25 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict[
         },
         "log_history": trainer.state.log_history,
     }
-    write_card_and_curve(out, results, args.model)
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    write_card_and_curve(staging, results, args.model)
+    (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    _move_into(staging, out)
 
     checkpoints = Path(training_args.output_dir)
     if not args.keep_checkpoints and checkpoints == out / CHECKPOINTS_DIR and checkpoints.is_dir():
         shutil.rmtree(checkpoints)  # the best model is at the top of OUT; the rest was only for resuming
     return results
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Renames each entry of `staging` into `out` (same file system: each rename is atomic),
+    replacing what an earlier attempt left there, then removes `staging`."""
+    for entry in sorted(staging.iterdir()):
+        dest = out / entry.name
+        if entry.is_dir() and dest.is_dir():
+            shutil.rmtree(dest)  # e.g. the adapter of a finished earlier attempt
+        os.replace(entry, dest)
+    staging.rmdir()
 
 
 def describe_data(args: FinetuneArguments) -> str:
