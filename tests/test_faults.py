@@ -104,12 +104,17 @@ def _assert_checkpoints_sound(ckpts: Path, model: torch.nn.Module) -> list[str]:
     return names
 
 
-def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_loss(corpus, tokenizer_dir, tmp_path):
-    common = dict(tokenizer=tokenizer_dir, preset="paper", max_train_steps=24, save_steps=2, eval_steps=100)
+def _straight_then_resumable(corpus, tokenizer_dir, tmp_path, steps: int, keep: int) -> tuple[dict, PretrainConfig]:
+    """An uninterrupted run of `steps` (checkpoint every 2), and the config of the same run in
+    `tmp_path/killed` that resumes automatically and keeps `keep` checkpoints."""
+    common = dict(tokenizer=tokenizer_dir, preset="paper", max_train_steps=steps, save_steps=2, eval_steps=100)
     straight = train(run_config(tmp_path / "straight", corpus, **common))
+    return straight, run_config(tmp_path / "killed", corpus, **common, resume="auto", save_total_limit=keep)
 
+
+def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_loss(corpus, tokenizer_dir, tmp_path):
+    straight, cfg = _straight_then_resumable(corpus, tokenizer_dir, tmp_path, steps=24, keep=3)
     run_dir = tmp_path / "killed"
-    cfg = run_config(run_dir, corpus, **common, resume="auto", save_total_limit=3)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     model = ScratchformerForCausalLM.from_pretrained(straight["output_dir"])
     rng = random.Random(1234)
@@ -177,10 +182,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_kill_while_an_old_checkpoint_is_removed_leaves_no_broken_checkpoint(corpus, tokenizer_dir, tmp_path):
-    common = dict(tokenizer=tokenizer_dir, preset="paper", max_train_steps=6, save_steps=2, eval_steps=100)
-    straight = train(run_config(tmp_path / "straight", corpus, **common))
+    straight, cfg = _straight_then_resumable(corpus, tokenizer_dir, tmp_path, steps=6, keep=1)
     run_dir = tmp_path / "killed"
-    cfg = run_config(run_dir, corpus, **common, resume="auto", save_total_limit=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _KILLED_WHILE_PRUNING, *_flags(cfg)], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
