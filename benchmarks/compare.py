@@ -81,17 +81,21 @@ def build_reference(preset: str, size: str, context: int | None = None):
     return (LlamaForCausalLM if preset == "llama" else GPT2LMHeadModel)(config)
 
 
-def build_pair(preset: str, size: str, attn: str = "sdpa", dtype=torch.float32, device="cpu", context=None):
-    """The reference and its scratchformer conversion: same sizes, same weights, same attention kernel."""
+def build_pair(preset: str, size: str, attn: str = "sdpa", dtype=torch.float32, device="cpu", context=None,
+               fused: bool = True):
+    """The reference and its scratchformer conversion: same sizes, same weights, same attention kernel.
+    `fused`: our training steps use the fused LM head + loss, as `scratchformer pretrain` trains
+    (False: the config's default, whose training outputs carry logits like the reference's)."""
     torch.manual_seed(0)
     ref = build_reference(preset, size, context)
     ref.set_attn_implementation(attn)
     ours = convert_model(ref)
+    ours.config.fused_lm_loss = fused
     ours.set_attn_implementation(attn)
     return ref.to(device=device, dtype=dtype), ours.to(device=device, dtype=dtype)
 
 
-def build_one(side: str, preset: str, size: str, attn: str, dtype, device, context=None):
+def build_one(side: str, preset: str, size: str, attn: str, dtype, device, context=None, fused: bool = True):
     """One side only (for memory): ours is built straight from the converted config, so the
     reference's weights never count against it."""
     torch.manual_seed(0)
@@ -100,7 +104,9 @@ def build_one(side: str, preset: str, size: str, attn: str, dtype, device, conte
         model = (LlamaForCausalLM if preset == "llama" else GPT2LMHeadModel)(config)
     else:
         to_ours = llama_config_to_scratchformer if preset == "llama" else gpt2_config_to_scratchformer
-        model = ScratchformerForCausalLM(to_ours(config))
+        ours_config = to_ours(config)
+        ours_config.fused_lm_loss = fused
+        model = ScratchformerForCausalLM(ours_config)
     model.set_attn_implementation(attn)
     return model.to(device=device, dtype=dtype)
 
@@ -219,9 +225,9 @@ def summarise(row: Row, rates: dict[str, list[float]]) -> Row:
 
 
 def time_pair(section, preset, size, task, *, attn="sdpa", compiled=False, batch=1, context=None, new_tokens=32,
-              repeats=5, warmup=1, device="cpu", dtype=torch.float32, peak_tflops=None) -> Row:
+              repeats=5, warmup=1, device="cpu", dtype=torch.float32, peak_tflops=None, fused=True) -> Row:
     context = context or SIZES[size]["context"]
-    ref, ours = build_pair(preset, size, attn, dtype, device, context)
+    ref, ours = build_pair(preset, size, attn, dtype, device, context, fused)
     makers = {
         "train": lambda m: make_train_step(m, batch, context, device, compiled),
         "prefill": lambda m: make_prefill(m, batch, context, device),
@@ -251,7 +257,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure_memory_here(side, preset, size, task, attn, batch, context, device, dtype_name) -> float:
+def measure_memory_here(side, preset, size, task, attn, batch, context, device, dtype_name, fused=True) -> float:
     """Runs in the child: MB that building `side` and running `task` twice added on top of the process
     as it stood after imports. CPU: peak resident memory, sampled every millisecond by a thread
     (ru_maxrss alone cannot tell the model's peak from the import's); GPU: max_memory_allocated."""
@@ -270,7 +276,7 @@ def measure_memory_here(side, preset, size, task, attn, batch, context, device, 
     sampler.start()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = build_one(side, preset, size, attn, dtype, device, context)
+    model = build_one(side, preset, size, attn, dtype, device, context, fused)
     step = {
         "train": lambda: make_train_step(model, batch, context, device),
         "prefill": lambda: make_prefill(model, batch, context, device),
@@ -287,12 +293,13 @@ def measure_memory_here(side, preset, size, task, attn, batch, context, device, 
 
 
 def memory_pair(section, preset, size, task, *, attn="sdpa", batch=1, context=None, device="cpu",
-                dtype_name="float32", threads=2) -> Row:
+                dtype_name="float32", threads=2, fused=True) -> Row:
     context = context or SIZES[size]["context"]
     values = {}
     for side in ("ref", "ours"):
         spec = json.dumps(dict(side=side, preset=preset, size=size, task=task, attn=attn, batch=batch,
-                               context=context, device=device, dtype_name=dtype_name, threads=threads))
+                               context=context, device=device, dtype_name=dtype_name, threads=threads,
+                               fused=fused))
         out = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True,
                              check=True)
         values[side] = json.loads(out.stdout.strip().splitlines()[-1])["mb"]
@@ -332,6 +339,9 @@ def plan(suite: str, quick: bool) -> list[tuple[Callable, tuple, dict]]:
             for b in (1, 8):
                 jobs.append((time_pair, ("headline", preset, size, "decode"),
                              dict(batch=b, new_tokens=8 if quick else 16, **dev, **reps)))
+            if not quick:  # our config's default: training outputs carry the full logits, as the reference's do
+                jobs.append((time_pair, ("unfused", preset, size, "train"),
+                             dict(batch=train_batch, fused=False, **dev, **sweep)))
         if quick:
             continue
         # Growth with context length (fixed tokens per step, so tokens/s compare across rows) and batch.
@@ -360,6 +370,8 @@ def plan(suite: str, quick: bool) -> list[tuple[Callable, tuple, dict]]:
             jobs.append((memory_pair, ("memory", preset, size, "train"), dict(batch=8 if gpu else 2, **mem)))
             if not quick:
                 jobs.append((memory_pair, ("memory", preset, size, "decode"), dict(batch=8, **mem)))
+                jobs.append((memory_pair, ("unfused", preset, size, "train"),
+                             dict(batch=8 if gpu else 2, fused=False, **mem)))
         if not gpu and not quick:
             jobs.append((memory_pair, ("vocab", preset, "baby-50k", "train"), dict(batch=2, **mem)))
     return jobs
@@ -388,6 +400,9 @@ def to_markdown(rows: list[Row], info: dict, command: str) -> str:
         f" {info['threads']} threads. Command: `{command}`.",
         "",
         "ratio = ours / reference (median of per-repeat ratios; speed: > 1 is faster, memory: < 1 is smaller).",
+        "Our training rows use the fused LM head + loss, as `scratchformer pretrain` trains; the `unfused` rows "
+        "use the config's default (`fused_lm_loss=False`: training outputs carry the full logits, as the "
+        "reference's do).",
         "",
         "| section | preset | size | task | attn | compiled | batch | context / new tokens | unit | reference | "
         "scratchformer | ratio |",

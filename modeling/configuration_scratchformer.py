@@ -77,10 +77,12 @@ class ScratchformerConfig(PreTrainedConfig):
     `mlp_bias`, `is_causal` (decoder, or bidirectional encoder for masked-LM), `scale_embeddings`
     (the paper's multiplication of embeddings by sqrt(C)).
 
-    Speed: `fused_lm_loss` (default True) computes a training step's LM head and cross-entropy
-    together, chunk by chunk, so the (tokens x vocab) float32 logits never exist in full; such a
-    step returns `loss` and `logits=None`. Evaluation, generation and `torch.no_grad()` are
-    unchanged. Set it False if a training loop reads `outputs.logits`.
+    Speed: `fused_lm_loss=True` computes a training step's LM head and cross-entropy together,
+    chunk by chunk, so the (tokens x vocab) float32 logits never exist in full; such a step returns
+    `loss` and `logits=None`. Evaluation, generation and `torch.no_grad()` are unchanged. It is off
+    by default because some trainers read training logits (TRL's SFTTrainer computes its token
+    accuracy from them); `scratchformer pretrain` turns it on for its own loop, and `Trainer` is
+    fine with it on.
 
     Start from a family with `ScratchformerConfig.from_preset("paper" | "gpt2" | "llama", **sizes)`.
     """
@@ -127,7 +129,7 @@ class ScratchformerConfig(PreTrainedConfig):
     mask_token_id: int | None = 4
     tie_word_embeddings: bool = True
     use_cache: bool = True
-    fused_lm_loss: bool = True
+    fused_lm_loss: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.num_key_value_heads is None:

@@ -40,6 +40,18 @@ def test_time_pair_gives_a_ratio(compare, task):
         assert 0 < row.extra["mfu_ours"] < 1
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_rows_run_the_loss_path_they_name(compare, fused):
+    # Default rows train as `scratchformer pretrain` does (fused head + loss, no logits); the
+    # `unfused` rows use the config default, whose training outputs carry logits like the reference's.
+    ref, ours = compare.build_pair("llama", "toy", fused=fused)
+    ids = torch.randint(3, 128, (2, 16))
+    assert (ours.train()(ids, labels=ids).logits is None) == fused
+    mine = compare.build_one("ours", "llama", "toy", "sdpa", torch.float32, "cpu", fused=fused)
+    assert mine.config.fused_lm_loss is fused
+    assert any(args[0] == "unfused" and kw["fused"] is False for _, args, kw in compare.plan("cpu", quick=False))
+
+
 def test_interleave_alternates_order(compare):
     calls = []
     steps = {"ref": lambda: calls.append("ref") or 1, "ours": lambda: calls.append("ours") or 1}

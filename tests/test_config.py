@@ -62,9 +62,15 @@ def test_every_concept_combination_builds_runs_and_trains(tiny_config, position,
         logits = model(ids).logits
     assert logits.shape == (2, 9, config.vocab_size)
     assert torch.isfinite(logits).all()
-    out = model(ids, labels=ids)  # a training step: the fused loss, no logits
-    assert out.logits is None
+    torch.manual_seed(0)
+    out = model(ids, labels=ids)  # a training step, as stock transformers does it: loss and logits
+    assert out.logits.shape == (2, 9, config.vocab_size)
     assert 3.0 < out.loss.item() < 6.0  # ~ln(97) = 4.57 at initialisation
+    model.config.fused_lm_loss = True
+    torch.manual_seed(0)  # the same dropout masks
+    out = model(ids, labels=ids)  # the fused head + loss: the same loss, no logits
+    assert out.logits is None
+    assert 3.0 < out.loss.item() < 6.0
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -219,7 +225,7 @@ NON_DEFAULT = dict(
     norm_type="layernorm", norm_position="post", norm_eps=1e-4, mlp_type="gelu", attention_bias=True,
     mlp_bias=True, is_causal=False, scale_embeddings=True, embedding_dropout=0.05, hidden_dropout=0.1,
     attention_dropout=0.15, initializer_range=0.05, pad_token_id=3, bos_token_id=5, eos_token_id=[6, 7],
-    mask_token_id=8, tie_word_embeddings=False, use_cache=False, fused_lm_loss=False,
+    mask_token_id=8, tie_word_embeddings=False, use_cache=False, fused_lm_loss=True,
 )
 
 

@@ -1,6 +1,6 @@
 """The fused LM-head + cross-entropy of a training step against transformers' own loss.
 
-Model A runs the fused path (`fused_lm_loss=True`, the default); model B is a copy with it off, so
+Model A runs the fused path (`fused_lm_loss=True`); model B is a copy with it off (the default), so
 its loss is transformers' `ForCausalLMLoss` over full logits. Same weights, same batch: losses and
 every parameter's gradient must agree to float32 rounding.
 """
@@ -20,7 +20,7 @@ from scratchformer.modeling import modeling_scratchformer as msf
 def pair(tiny_config):
     def make(preset: str = "llama", **overrides):
         torch.manual_seed(0)
-        fused = ScratchformerForCausalLM(tiny_config(preset=preset, **overrides)).train()
+        fused = ScratchformerForCausalLM(tiny_config(preset=preset, **{"fused_lm_loss": True, **overrides})).train()
         plain = copy.deepcopy(fused)
         plain.config.fused_lm_loss = False
         return fused, plain
@@ -135,7 +135,7 @@ def test_bfloat16_autocast(pair):
 
 def test_the_fused_loss_trains(tiny_config):
     torch.manual_seed(0)
-    model = ScratchformerForCausalLM(tiny_config(preset="llama")).train()
+    model = ScratchformerForCausalLM(tiny_config(preset="llama", fused_lm_loss=True)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = torch.arange(40).remainder(7).add(3).repeat(4, 1)  # a repeating pattern
     losses = []

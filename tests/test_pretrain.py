@@ -215,6 +215,26 @@ def test_gradient_accumulation_matches_a_full_batch(corpus, tokenizer_dir, tmp_p
     assert accumulated["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-5)
 
 
+def test_the_fused_loss_is_this_loops_choice_and_not_saved(corpus, tokenizer_dir, tmp_path, monkeypatch):
+    from scratchformer.modeling import modeling_scratchformer as msf
+
+    calls = []
+    real = msf.fused_causal_lm_loss
+    monkeypatch.setattr(msf, "fused_causal_lm_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    common = dict(tokenizer=tokenizer_dir, max_train_steps=4, eval_steps=100, save_steps=100)
+    fused = train(run_config(tmp_path / "fused", corpus, **common))
+    assert len(calls) == 4  # the default: every training step went through the fused head + loss
+    plain = train(run_config(tmp_path / "plain", corpus, **common, fused_lm_loss=False))
+    assert len(calls) == 4
+    a, b = logged_losses(tmp_path / "fused"), logged_losses(tmp_path / "plain")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    assert fused["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-5)
+    # Whoever loads the model gets stock outputs: a training step with labels returns logits.
+    assert json.loads((Path(fused["output_dir"]) / "config.json").read_text())["fused_lm_loss"] is False
+
+
 def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     corpus, tokenizer_dir, tmp_path, monkeypatch
 ):

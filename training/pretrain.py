@@ -214,6 +214,13 @@ class PretrainConfig:
         default=None, metadata={"help": "Autocast precision (unset: accelerate's config, else no)."}
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
+    fused_lm_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the LM head and the loss together, chunk by chunk, so the full logits never exist "
+            "(faster, less memory). A choice of this loop: the saved model's config keeps it off."
+        },
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30%% slower."}
     )
@@ -303,6 +310,7 @@ def train(cfg: PretrainConfig) -> dict:
 
     # -- model and optimizer --
     model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer))
+    model.config.fused_lm_loss = cfg.fused_lm_loss  # this loop reads only the loss of a training step
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -1063,6 +1071,9 @@ def _write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg,
     # The model classes carry `_auto_class` and a full `auto_map`, so save_pretrained also
     # copies the remote-code files: stock transformers loads the directory on its own.
     unwrapped.generation_config = generation_config(unwrapped.config)
+    # The fused loss was this loop's choice; whoever loads the model gets the stock behaviour
+    # (training outputs carry logits), which every Hugging Face trainer can use.
+    unwrapped.config.fused_lm_loss = False
     unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
