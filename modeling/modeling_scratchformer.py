@@ -549,12 +549,10 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
-        if input_ids.numel() == 0 or input_ids.device.type != "cpu" or torch.compiler.is_compiling():
-            return
-        low, high = (int(v) for v in torch.aminmax(input_ids))
-        if low < 0 or high >= self.config.vocab_size:
+        bad = id_outside_vocabulary(input_ids, self.config.vocab_size)
+        if bad is not None:
             raise ValueError(
-                f"input_ids contain {low if low < 0 else high}, outside the vocabulary [0, {self.config.vocab_size}). "
+                f"input_ids contain {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
                 "Use the tokenizer the model was trained with, or resize_token_embeddings(len(tokenizer)) "
                 "after adding tokens."
             )
@@ -964,16 +962,23 @@ def _check_labels(labels: torch.Tensor, expected: torch.Size, what: str) -> None
         raise ValueError(f"{what} {tuple(expected)}, got {tuple(labels.shape)} (use -100 for positions to ignore).")
 
 
+def id_outside_vocabulary(ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> int | None:
+    """An id of `ids` outside [0, vocab_size) (entries equal to `ignore_index` aside), or None. Values
+    are read only where that is free: on CPU and not while compiling; on an accelerator the read
+    would be a host sync every forward, so there the embedding's device-side assert is the guard."""
+    if ids.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if ignore_index is not None:
+        ids = ids[ids != ignore_index]
+    if ids.numel() == 0:
+        return None
+    low, high = (int(v) for v in torch.aminmax(ids))
+    return low if low < 0 else high if high >= vocab_size else None
+
+
 def _check_label_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
-    # As for input ids: values are read on CPU only, where reading them is free.
-    if labels.device.type != "cpu" or torch.compiler.is_compiling():
-        return
-    real = labels[labels != ignore_index]
-    if real.numel() == 0:
-        return
-    low, high = (int(v) for v in torch.aminmax(real))
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
+    bad = id_outside_vocabulary(labels, vocab_size, ignore_index)
+    if bad is not None:
         raise ValueError(
             f"labels contain {bad}, outside the vocabulary [0, {vocab_size}): labels are token ids, "
             f"or {ignore_index} for positions that carry no loss."

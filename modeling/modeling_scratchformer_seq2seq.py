@@ -47,6 +47,7 @@ from .modeling_scratchformer import (
     ScratchformerRMSNorm,
     ScratchformerSinusoidalEmbedding,
     eager_attention_forward,
+    id_outside_vocabulary,
     make_norm,
     sinusoidal_table,
 )
@@ -250,12 +251,9 @@ def _embed(module: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: tor
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     if input_ids is not None:
         vocab = module.embed_tokens.num_embeddings
-        # Value reads are free on CPU; on an accelerator they would sync the host every forward,
-        # so there the embedding's own device-side assert is the guard.
-        if input_ids.numel() and input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-            low, high = (int(v) for v in torch.aminmax(input_ids))
-            if low < 0 or high >= vocab:
-                raise ValueError(f"input ids contain {low if low < 0 else high}, outside the vocabulary [0, {vocab}).")
+        bad = id_outside_vocabulary(input_ids, vocab)
+        if bad is not None:
+            raise ValueError(f"input ids contain {bad}, outside the vocabulary [0, {vocab}).")
         inputs_embeds = module.embed_tokens(input_ids)
     return inputs_embeds
 

@@ -310,7 +310,6 @@ def train(cfg: PretrainConfig) -> dict:
 
     # -- model and optimizer --
     model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer))
-    model.config.fused_lm_loss = cfg.fused_lm_loss  # this loop reads only the loss of a training step
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -585,6 +584,7 @@ def build_model_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         mask_token_id=tokenizer.mask_token_id,
+        fused_lm_loss=cfg.fused_lm_loss,  # this loop reads only the loss of a training step
         **overrides,
     )
 
