@@ -90,7 +90,9 @@ class ScratchformerConfig(PreTrainedConfig):
     model_type = "scratchformer"
     # save_pretrained copies this file next to config.json, so remote code can rebuild the config.
     _auto_class = "AutoConfig"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Output fields Trainer's prediction loop must not take for logits: the cache, under its name
+    # before and after transformers 5.24 renamed it.
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # GPT-2 style aliases, so code written against GPT2Config reads our config too.
     attribute_map = {
         "n_embd": "hidden_size",

@@ -62,7 +62,9 @@ class ScratchformerSeq2SeqConfig(PreTrainedConfig):
 
     model_type = "scratchformer-seq2seq"
     _auto_class = "AutoConfig"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Output fields Trainer's prediction loop must not take for logits: the cache, under its name
+    # before and after transformers 5.24 renamed it.
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # transformers' generic code (cache construction, gradient-checkpointing helpers) asks for
     # `num_hidden_layers`; the decoder's count is the one a key/value cache needs.
     attribute_map = {"d_model": "hidden_size", "num_hidden_layers": "decoder_layers"}

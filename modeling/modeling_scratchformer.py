@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -42,6 +44,54 @@ from transformers.utils import can_return_tuple, logging
 from .configuration_scratchformer import ScratchformerConfig
 
 logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# The KV cache's name, which transformers changed in 5.24
+# ----------------------------------------------------------------------------------------------
+# Up to 5.23, generate() hands the KV cache to forward() as `past_key_values=`, the output classes
+# hold it in a field of that name and create_causal_mask() takes it so. 5.24 renamed all three to
+# `cache` (the old names work until 5.40, with a warning). This file is frozen into every saved
+# checkpoint and must run on both sides of the rename: inside, the model calls it `cache`; at the
+# boundary it speaks the installed release's name, decided here, once.
+CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def accepts_past_key_values(forward: Callable) -> Callable:
+    """Lets a `forward(..., cache=...)` also be called with `past_key_values=`, the name generate()
+    passes up to 5.23 and that users' code still spells."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if "past_key_values" in kwargs:
+            old = kwargs.pop("past_key_values")
+            if old is not None and kwargs.get("cache") is not None:
+                raise ValueError("Pass the KV cache once, as cache= (past_key_values= before transformers 5.24).")
+            kwargs["cache"] = old if old is not None else kwargs.get("cache")
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def cache_field(cache: Cache | None) -> dict[str, Cache | None]:
+    """The cache as a keyword of transformers' output classes, under the installed release's name."""
+    return {CACHE_NAME: cache}
+
+
+def cache_of(output) -> Cache | None:
+    """The cache held by one of transformers' output classes (the field named CACHE_NAME)."""
+    return getattr(output, CACHE_NAME)
+
+
+def causal_mask(
+    config, x_BLC: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None, position_ids=None
+):
+    """transformers' create_causal_mask, with the cache passed under the installed release's name."""
+    return create_causal_mask(
+        config=config, inputs_embeds=x_BLC, attention_mask=attention_mask, position_ids=position_ids,
+        **cache_field(cache),
+    )
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,34 +170,31 @@ class ScratchformerSinusoidalEmbedding(nn.Module):
         return self.table[position_ids_BL]
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    """Rotary frequencies theta^(-2i/K) for the K/2 channel pairs (Su et al. 2021)."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """Rotary frequencies theta^(-2i/K) for the K/2 channel pairs (Su et al. 2021), in float32."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
 class ScratchformerRotaryEmbedding(nn.Module):
     """Rotary position embedding: instead of adding a position vector, rotate each (query, key)
     channel pair by an angle proportional to the position. The dot product of a query at position
-    m and a key at position n then depends on m - n only, which is what attention should see."""
+    m and a key at position n then depends on m - n only, which is what attention should see.
+
+    The frequencies are computed from the config at every forward instead of kept in a buffer. A
+    buffer would be rounded by model.to(torch.bfloat16) (8 mantissa bits: position x rounded
+    frequency drifts by whole radians at long contexts), and would hold garbage after
+    from_pretrained or to_empty() (meta-device construction, FSDP) until rebuilt. K/2 numbers, once
+    per forward for all layers, cost nothing measurable."""
 
     def __init__(self, config: ScratchformerConfig) -> None:
         super().__init__()
-        self.theta = config.rope_theta
-        self.register_buffer("inv_freq", rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
-
-    def _apply(self, fn, recurse: bool = True):
-        # model.to(torch.bfloat16) would round the frequencies to 8 mantissa bits, and position x
-        # rounded frequency drifts by whole radians at long contexts. Keep them float32 (as
-        # from_pretrained rebuilds them); only moves between devices apply.
-        inv_freq = self.inv_freq
-        super()._apply(fn, recurse)
-        self.inv_freq = inv_freq.to(self.inv_freq.device)
-        return self
+        self.head_dim, self.theta = config.head_dim, config.rope_theta
 
     @torch.no_grad()
     def forward(self, x_BLC: torch.Tensor, position_ids_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq_D = rope_inv_freq(self.head_dim, self.theta, device=x_BLC.device)
         # Angles in float32: position * frequency loses whole radians in bf16 at long contexts.
-        freqs_BLD = position_ids_BL[..., None].float() * self.inv_freq.float()
+        freqs_BLD = position_ids_BL[..., None].float() * inv_freq_D
         # Llama's layout: the first half of the head's channels pairs with the second half.
         angle_BLK = torch.cat((freqs_BLD, freqs_BLD), dim=-1)
         return angle_BLK.cos().to(x_BLC.dtype), angle_BLK.sin().to(x_BLC.dtype)
@@ -236,7 +283,7 @@ class ScratchformerAttention(nn.Module):
         x_BLC: torch.Tensor,
         mask_B1LM: torch.Tensor | None,
         rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -246,9 +293,9 @@ class ScratchformerAttention(nn.Module):
         v_BGLK = self.v_proj(x_BLC).view(B, L, self.G, self.K).transpose(1, 2)
         if rotary_BLK is not None:
             q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
-        if past_key_values is not None:
+        if cache is not None:
             # The cache appends this step's keys/values and returns all M of them.
-            k_BGMK, v_BGMK = past_key_values.update(k_BGLK, v_BGLK, self.layer_idx)
+            k_BGMK, v_BGMK = cache.update(k_BGLK, v_BGLK, self.layer_idx)
         else:
             k_BGMK, v_BGMK = k_BGLK, v_BGLK
 
@@ -337,19 +384,19 @@ class ScratchformerBlock(GradientCheckpointingLayer):
         x_BLC: torch.Tensor,
         mask_B1LM: torch.Tensor | None = None,
         rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pre_norm:
             attn_BLC, probs_BHLM = self.self_attn(
-                self.input_layernorm(x_BLC), mask_B1LM, rotary_BLK, past_key_values, output_attentions, **kwargs
+                self.input_layernorm(x_BLC), mask_B1LM, rotary_BLK, cache, output_attentions, **kwargs
             )
             x_BLC = x_BLC + self.dropout(attn_BLC)
             x_BLC = x_BLC + self.dropout(self.mlp(self.post_attention_layernorm(x_BLC)))
         else:
             attn_BLC, probs_BHLM = self.self_attn(
-                x_BLC, mask_B1LM, rotary_BLK, past_key_values, output_attentions, **kwargs
+                x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, **kwargs
             )
             x_BLC = self.input_layernorm(x_BLC + self.dropout(attn_BLC))
             x_BLC = self.post_attention_layernorm(x_BLC + self.dropout(self.mlp(x_BLC)))
@@ -378,7 +425,7 @@ class ScratchformerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # both names: see CACHE_NAME
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -400,8 +447,6 @@ class ScratchformerPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
         elif isinstance(module, ScratchformerSinusoidalEmbedding):
             init.copy_(module.table, sinusoidal_table(*module.table.shape))
-        elif isinstance(module, ScratchformerRotaryEmbedding):
-            init.copy_(module.inv_freq, rope_inv_freq(self.config.head_dim, module.theta))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,12 +485,13 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         self.embed_tokens = value
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -474,9 +520,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             )
         B, L, _ = inputs_embeds.shape
 
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        past = cache.get_seq_length() if cache is not None else 0
         # Caller-given positions may restart inside a row (packed documents); the mask builder reads
         # them to keep documents apart, which costs a host sync. Positions made here are one plain
         # range, so the mask builder is not shown them and the training step stays sync-free.
@@ -502,13 +548,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             mask_config = copy.copy(config)
             mask_config._attn_implementation = "eager"
         if config.is_causal:
-            mask_B1LM = create_causal_mask(
-                config=mask_config,
-                inputs_embeds=x_BLC,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values,
-                position_ids=given_position_ids,
-            )
+            mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache, position_ids=given_position_ids)
         else:
             mask_B1LM = create_bidirectional_mask(
                 config=mask_config, inputs_embeds=x_BLC, attention_mask=attention_mask
@@ -523,7 +563,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
                 x_BLC,
                 mask_B1LM=mask_B1LM,
                 rotary_BLK=rotary_BLK,
-                past_key_values=past_key_values,
+                cache=cache,
                 output_attentions=bool(output_attentions),
                 **kwargs,
             )
@@ -535,7 +575,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
         return BaseModelOutputWithPast(
             last_hidden_state=x_BLC,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(cache if use_cache else None),
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
@@ -735,12 +775,13 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
         )
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -753,7 +794,7 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -783,7 +824,7 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits_BLV,
-            past_key_values=out.past_key_values,
+            **cache_field(cache_of(out)),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
@@ -804,12 +845,13 @@ class ScratchformerForSequenceClassification(ScratchformerPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -821,7 +863,7 @@ class ScratchformerForSequenceClassification(ScratchformerPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -850,7 +892,7 @@ class ScratchformerForSequenceClassification(ScratchformerPreTrainedModel):
         return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_BN,
-            past_key_values=out.past_key_values,
+            **cache_field(cache_of(out)),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )

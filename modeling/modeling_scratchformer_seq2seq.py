@@ -27,7 +27,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -46,6 +46,10 @@ from .modeling_scratchformer import (
     ScratchformerMLP,
     ScratchformerRMSNorm,
     ScratchformerSinusoidalEmbedding,
+    accepts_past_key_values,
+    cache_field,
+    cache_of,
+    causal_mask,
     eager_attention_forward,
     id_outside_vocabulary,
     make_norm,
@@ -85,22 +89,22 @@ class ScratchformerCrossAttention(nn.Module):
         x_BTC: torch.Tensor,
         enc_BSC: torch.Tensor,
         mask_B1TS: torch.Tensor | None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x_BTC.shape
         q_BHTK = self.q_proj(x_BTC).view(B, T, self.H, self.K).transpose(1, 2)
-        cache = past_key_values.cross_attention_cache if past_key_values is not None else None
-        if cache is not None and past_key_values.is_updated.get(self.layer_idx):
-            k_BGSK, v_BGSK = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        cross_cache = cache.cross_attention_cache if cache is not None else None
+        if cross_cache is not None and cache.is_updated.get(self.layer_idx):
+            k_BGSK, v_BGSK = cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
         else:
             S = enc_BSC.shape[1]
             k_BGSK = self.k_proj(enc_BSC).view(B, S, self.G, self.K).transpose(1, 2)
             v_BGSK = self.v_proj(enc_BSC).view(B, S, self.G, self.K).transpose(1, 2)
-            if cache is not None:
-                k_BGSK, v_BGSK = cache.update(k_BGSK, v_BGSK, self.layer_idx)
-                past_key_values.is_updated[self.layer_idx] = True
+            if cross_cache is not None:
+                k_BGSK, v_BGSK = cross_cache.update(k_BGSK, v_BGSK, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
 
         # The same seam as self-attention; maps (output_attentions) always come from the eager path.
         implementation = "eager" if output_attentions else self.config._attn_implementation
@@ -155,11 +159,11 @@ class ScratchformerSeq2SeqDecoderLayer(GradientCheckpointingLayer):
         enc_BSC: torch.Tensor,
         self_mask_B1TM: torch.Tensor | None = None,
         cross_mask_B1TS: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
+        self_cache = cache.self_attention_cache if cache is not None else None
 
         h_BTC = self.input_layernorm(x_BTC) if self.pre_norm else x_BTC
         attn_BTC, self_probs_BHTM = self.self_attn(h_BTC, self_mask_B1TM, None, self_cache, output_attentions, **kwargs)
@@ -167,7 +171,7 @@ class ScratchformerSeq2SeqDecoderLayer(GradientCheckpointingLayer):
 
         h_BTC = self.cross_attention_layernorm(x_BTC) if self.pre_norm else x_BTC
         attn_BTC, cross_probs_BHTS = self.cross_attn(
-            h_BTC, enc_BSC, cross_mask_B1TS, past_key_values, output_attentions, **kwargs
+            h_BTC, enc_BSC, cross_mask_B1TS, cache, output_attentions, **kwargs
         )
         x_BTC = self._residual(x_BTC, attn_BTC, self.cross_attention_layernorm)
 
@@ -199,7 +203,7 @@ class ScratchformerSeq2SeqPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchformerSeq2SeqEncoderLayer", "ScratchformerSeq2SeqDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # both names: see CACHE_NAME
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -367,13 +371,14 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -389,25 +394,20 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
         x_BTC = _embed(self, input_ids, inputs_embeds)
         B, T, _ = x_BTC.shape
 
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
             raise TypeError("An encoder-decoder needs an EncoderDecoderCache (self- and cross-attention caches).")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         position_ids_BT = torch.arange(past, past + T, device=x_BTC.device)[None].expand(B, T)
         _check_positions(config, position_ids_BT, past + T - 1, "target")
         x_BTC = self.dropout(x_BTC * self.embed_scale + self.embed_positions(position_ids_BT))
 
         mask_config = _eager_mask_config(config, output_attentions)
-        self_mask_B1TM = create_causal_mask(
-            config=mask_config,
-            inputs_embeds=x_BTC,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
-            # Not position_ids_BT: they are one plain range, and shown them the mask builder would
-            # look for packed documents with a host sync.
-            position_ids=None,
-        )
+        # Not position_ids_BT: they are one plain range, and shown them the mask builder would look for
+        # packed documents with a host sync.
+        self_cache = cache.self_attention_cache if cache is not None else None
+        self_mask_B1TM = causal_mask(mask_config, x_BTC, attention_mask, self_cache)
         cross_mask_B1TS = create_bidirectional_mask(
             config=mask_config,
             inputs_embeds=x_BTC,
@@ -425,7 +425,7 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
                 encoder_hidden_states,
                 self_mask_B1TM=self_mask_B1TM,
                 cross_mask_B1TS=cross_mask_B1TS,
-                past_key_values=past_key_values,
+                cache=cache,
                 output_attentions=output_attentions,
                 **kwargs,
             )
@@ -437,7 +437,7 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
             all_hidden_states += (x_BTC,)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x_BTC,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(cache if use_cache else None),
             hidden_states=all_hidden_states,
             attentions=all_self,
             cross_attentions=all_cross,
@@ -474,6 +474,7 @@ class ScratchformerSeq2SeqModel(ScratchformerSeq2SeqPreTrainedModel):
         self.decoder.embed_tokens = value
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -481,7 +482,7 @@ class ScratchformerSeq2SeqModel(ScratchformerSeq2SeqPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -506,7 +507,7 @@ class ScratchformerSeq2SeqModel(ScratchformerSeq2SeqPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -515,7 +516,7 @@ class ScratchformerSeq2SeqModel(ScratchformerSeq2SeqPreTrainedModel):
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_out.last_hidden_state,
-            past_key_values=decoder_out.past_key_values,
+            **cache_field(cache_of(decoder_out)),
             decoder_hidden_states=decoder_out.hidden_states,
             decoder_attentions=decoder_out.attentions,
             cross_attentions=decoder_out.cross_attentions,
@@ -550,6 +551,7 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
         self.lm_head = value
 
     @can_return_tuple
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -557,7 +559,7 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -575,7 +577,7 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -602,7 +604,7 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits_BTV,
-            past_key_values=out.past_key_values,
+            **cache_field(cache_of(out)),
             decoder_hidden_states=out.decoder_hidden_states,
             decoder_attentions=out.decoder_attentions,
             cross_attentions=out.cross_attentions,

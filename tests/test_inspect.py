@@ -119,7 +119,9 @@ def test_position_encodings_and_their_picture(tokenizer, kind):
     base = model.model
     if kind == "rope":
         assert table.shape == (64, 8)
-        angles = np.arange(64)[:, None] * base.rotary_emb.inv_freq.numpy()
+        # The formula, head width K = 8 (theta 10000 by default): not the model's own helper.
+        inv_freq = np.array([10000.0 ** (-2 * i / 8) for i in range(4)])
+        angles = np.arange(64)[:, None] * inv_freq
         np.testing.assert_allclose(table[:, 0::2], np.sin(angles), atol=1e-6)
     else:
         expected = base.embed_positions.table if kind == "sinusoidal" else base.embed_positions.weight

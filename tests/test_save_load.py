@@ -148,9 +148,12 @@ def test_non_persistent_buffers_are_rebuilt_on_load(tmp_path, tiny_config):
         sin_model = AutoModelForCausalLM.from_pretrained(sin_dir)
         torch.testing.assert_close(sin_model.model.embed_positions.table.double(), table, atol=1e-5, rtol=0)
         rope_model = AutoModelForCausalLM.from_pretrained(rope_dir)
-        assert rope_model.model.rotary_emb.inv_freq.dtype == torch.float32
-        torch.testing.assert_close(rope_model.model.rotary_emb.inv_freq.double(), inv_freq, atol=1e-7, rtol=0)
         assert math.isclose(rope_model.model.rotary_emb.theta, 500.0)
+        # The rotation the loaded model applies, against the formula (frequencies for K/2 pairs, Llama's halves).
+        cos, sin = rope_model.model.rotary_emb(torch.zeros(1, 64, 32), torch.arange(64)[None])
+        angles = torch.cat([positions * inv_freq] * 2, dim=-1)
+        torch.testing.assert_close(cos[0].double(), angles.cos(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sin[0].double(), angles.sin(), atol=1e-5, rtol=0)
 
 
 def test_sharded_checkpoint_reloads_identically(tmp_path, tiny_config):
@@ -161,7 +164,7 @@ def test_sharded_checkpoint_reloads_identically(tmp_path, tiny_config):
     shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
     assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert set(index["weight_map"]) == set(lm.state_dict()) - {"model.rotary_emb.inv_freq"}
+    assert set(index["weight_map"]) == set(lm.state_dict())
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     x = ids()
     assert torch.equal(reloaded(x).logits, lm(x).logits)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from scratchformer.modeling.modeling_scratchformer import rope_inv_freq
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -558,7 +560,8 @@ def position_encodings(model: PreTrainedModel, num_positions: int | None = None)
         table = base.embed_positions.table if kind == "sinusoidal" else base.embed_positions.weight
         return table[:P].detach().float().cpu().numpy()
     if kind == "rope":
-        inv_freq_D = base.rotary_emb.inv_freq.detach().double().cpu().numpy()
+        rotary = base.rotary_emb
+        inv_freq_D = rope_inv_freq(rotary.head_dim, rotary.theta).double().numpy()
         angle_PD = np.arange(P, dtype=np.float64)[:, None] * inv_freq_D
         table = np.empty((P, 2 * len(inv_freq_D)), dtype=np.float32)
         table[:, 0::2], table[:, 1::2] = np.sin(angle_PD), np.cos(angle_PD)
