@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine (Python >= 3.10, no venv yet):
 #   make demo   the main job end to end on the embedded default corpus
-#   make test   lint + the test suite
+#   make test   lint + the test suite on the pinned set + the compatibility matrix (what CI runs)
+# Day to day: make test-pinned (lint + the suite on the pinned set, no matrix).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test lint bench clean
+.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest lint bench clean
 
 install: $(STAMP)
 
@@ -25,9 +26,20 @@ demo-quick: install
 lint: install
 	$(BIN)/ruff check .
 
-test: install
+test: test-pinned compat
+
+test-pinned: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The compat suite in fresh environments at both ends of the supported range (.ci/compat-leg).
+compat: compat-lowest compat-newest
+
+compat-lowest:
+	PYTHON=$(PYTHON) .ci/compat-leg lowest
+
+compat-newest:
+	PYTHON=$(PYTHON) .ci/compat-leg newest
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-compat-* build *.egg-info .pytest_cache .ruff_cache

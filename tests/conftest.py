@@ -80,3 +80,72 @@ def run_without_scratchformer() -> Callable[..., subprocess.CompletedProcess]:
     where `import scratchformer` raises ImportError, HF_HOME points inside `cwd` and the Hub is offline.
     Returns the CompletedProcess (text stdout/stderr); assert on `returncode` yourself."""
     return _run_without_scratchformer
+
+
+def _assert_same_decoding(
+    a, b, input_ids: torch.Tensor, *, a_kwargs: dict | None = None, b_kwargs: dict | None = None,
+    min_distinct: int = 4, atol: float = 1e-5, **kwargs,
+) -> torch.Tensor:
+    """Greedy (or beam, via kwargs) decoding with `a` and `b` must agree token for token AND step for
+    step: every step's logits within `atol`. Tokens alone are not enough: a model that repeats one
+    token hides a cache bug, so each row's continuation must also hold `min_distinct` distinct
+    tokens. Returns the sequences."""
+    runs = []
+    for model, extra in ((a, a_kwargs or {}), (b, b_kwargs or {})):
+        with torch.no_grad():
+            runs.append(
+                model.generate(input_ids, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                               **kwargs, **extra)
+            )
+    first, second = runs
+    assert torch.equal(first.sequences, second.sequences), (
+        f"tokens differ:\n{first.sequences.tolist()}\n{second.sequences.tolist()}"
+    )
+    assert len(first.logits) == len(second.logits)
+    for step, (la, lb) in enumerate(zip(first.logits, second.logits, strict=True)):
+        # Relative to the logits' scale: float32 rounds logits of 10 at ~1e-6 relative, while a cache
+        # bug (an empty slot attended, a position off by one) moves them by a tenth or more.
+        scale = max(1.0, la.float().abs().max().item())
+        diff = (la.float() - lb.float()).abs().max().item()
+        assert diff <= atol * scale, f"step {step}: logits differ by {diff:.2e} (> {atol:.0e} x {scale:.1f})"
+    # An encoder-decoder's sequences are the decoder's: its start token, then the new tokens.
+    prompt_length = 1 if a.config.is_encoder_decoder else input_ids.shape[1]
+    new_tokens = first.sequences[:, prompt_length:]
+    distinct = [len(set(row.tolist())) for row in new_tokens]
+    assert min(distinct) >= min_distinct, f"decoding is degenerate ({distinct} distinct tokens a row): liven the model"
+    return first.sequences
+
+
+@pytest.fixture
+def assert_same_decoding() -> Callable[..., torch.Tensor]:
+    """`assert_same_decoding(model_a, model_b, input_ids, a_kwargs=..., b_kwargs=..., **generate_kwargs)`:
+    the one way two decoders are compared in this suite (see `_assert_same_decoding`)."""
+    return _assert_same_decoding
+
+
+# The compatibility suite (`pytest -m compat`, run by `make compat` on the lowest supported and the
+# newest released transformers): every test is in it unless its file is listed here, so a new test
+# is checked across versions by default. Left out, with the reason:
+NOT_COMPAT = {
+    "test_faults.py": "kill -9 / disk-full runs of our own checkpoint code: 50 s, the pinned run covers them",
+    "test_benchmark_harness.py": "the benchmark scripts' own arithmetic",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in NOT_COMPAT:
+            item.add_marker(pytest.mark.compat)
+
+
+def pytest_report_header(config) -> str:
+    import importlib.metadata
+
+    names = ("transformers", "torch", "tokenizers", "accelerate", "datasets", "huggingface_hub", "peft")
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return "versions: " + ", ".join(versions)

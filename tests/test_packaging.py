@@ -59,3 +59,47 @@ def test_modeling_imports_nothing_of_ours():
                 continue
             for module in modules:
                 assert module.split(".")[0] not in ("scratchformer", *BARE), f"{file.name} imports {module}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _requirements() -> list:
+    """The installed distribution's requirements (pyproject.toml as pip read it): the core ones and
+    the optional extras users install (plots, tracking, peft); dev tools are not runtime claims."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    kept = []
+    for line in importlib.metadata.requires("scratchformer") or []:
+        requirement = Requirement(line)
+        marker = str(requirement.marker or "")
+        if not marker or any(f'extra == "{extra}"' in marker for extra in ("plots", "tracking", "peft")):
+            kept.append(requirement)
+    return kept
+
+
+def test_declared_lower_bounds_are_the_versions_the_lowest_ci_leg_installs():
+    """pyproject.toml claims each `>=` floor works; .ci/compat-leg lowest installs exactly those
+    floors and runs the compat suite. The two lists must agree, or the claim is untested."""
+    pins = {}
+    for line in (REPO / ".ci" / "constraints-lowest.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    from packaging.version import Version
+
+    floors = {}
+    for requirement in _requirements():
+        lower = [s.version for s in requirement.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{requirement}: one >= lower bound, tested by the lowest leg"
+        floors[requirement.name.lower()] = lower[0]
+    assert set(floors) == set(pins)
+    for name, floor in floors.items():
+        assert Version(pins[name]) == Version(floor), f"{name}: pyproject says >={floor}, the lowest leg: {pins[name]}"
+
+
+def test_transformers_upper_bound_is_the_next_major_release():
+    (transformers,) = [r for r in _requirements() if r.name == "transformers"]
+    assert "<6" in str(transformers.specifier)

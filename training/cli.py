@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
     "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),
     "inspect": ("inspect", "pictures: attention and cross-attention maps, embeddings, positions, training curves"),
+    "upgrade-checkpoint": ("upgrade", "replace a checkpoint's model code with this version's (weights untouched)"),
 }
 
 

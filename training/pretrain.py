@@ -744,7 +744,11 @@ def _data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samples_per_
     _check_not_empty(train_ds, "training", block_size)
     _check_not_empty(val_ds, "validation", block_size)
     if cfg.max_eval_samples is not None:
-        val_ds = val_ds.take(cfg.max_eval_samples)
+        if not isinstance(val_ds, datasets.IterableDataset):
+            # select, not take: datasets 3.0 raises when asked for more rows than there are.
+            val_ds = val_ds.select(range(min(cfg.max_eval_samples, len(val_ds))))
+        else:  # streamed: take stops where the stream does
+            val_ds = val_ds.take(cfg.max_eval_samples)
     val_loader = DataLoader(val_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
     batch = cfg.per_device_train_batch_size
     if cfg.streaming:
