@@ -520,6 +520,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             )
         B, L, _ = inputs_embeds.shape
 
+        # A cache made here starts empty: the mask builder is not shown it, which changes nothing for
+        # the mask but lets it recognise packed rows (it looks for them only when there is no cache).
+        cache_for_mask = cache
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
         past = cache.get_seq_length() if cache is not None else 0
@@ -529,7 +532,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         given_position_ids = position_ids
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None]
-        self._check_positions(position_ids, past + L)
+        check_positions(config, position_ids, highest=past + L - 1 if given_position_ids is None else None)
         self._check_attention_mask(attention_mask, B, past + L)
 
         x_BLC = inputs_embeds * self.embed_scale if self.embed_scale != 1.0 else inputs_embeds
@@ -548,7 +551,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             mask_config = copy.copy(config)
             mask_config._attn_implementation = "eager"
         if config.is_causal:
-            mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache, position_ids=given_position_ids)
+            mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache_for_mask, position_ids=given_position_ids)
         else:
             mask_B1LM = create_bidirectional_mask(
                 config=mask_config, inputs_embeds=x_BLC, attention_mask=attention_mask
@@ -595,19 +598,6 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
                 f"input_ids contain {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
                 "Use the tokenizer the model was trained with, or resize_token_embeddings(len(tokenizer)) "
                 "after adding tokens."
-            )
-
-    def _check_positions(self, position_ids: torch.Tensor, total_length: int) -> None:
-        limit = self.config.max_position_embeddings
-        if self.config.position_embedding == "rope" or torch.compiler.is_compiling():
-            return  # rotary angles exist for every position
-        on_cpu = position_ids.device.type == "cpu"
-        out_of_range = on_cpu and (int(position_ids.min()) < 0 or int(position_ids.max()) >= limit)
-        if total_length > limit or out_of_range:
-            raise ValueError(
-                f"This model has {self.config.position_embedding} positions for 0..{limit - 1} "
-                f"(max_position_embeddings={limit}); the input needs positions up to {total_length - 1}. "
-                f"Truncate the input to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))."
             )
 
     @staticmethod
@@ -1016,6 +1006,31 @@ def id_outside_vocabulary(ids: torch.Tensor, vocab_size: int, ignore_index: int 
         return None
     low, high = (int(v) for v in torch.aminmax(ids))
     return low if low < 0 else high if high >= vocab_size else None
+
+
+def check_positions(config, position_ids: torch.Tensor, highest: int | None, where: str = "input") -> None:
+    """Learned and sinusoidal tables end at max_position_embeddings - 1 (rotary angles never end).
+
+    `highest` is the largest position when the shapes tell it (positions the model made: a range
+    from the cache length, free to check on any device). None means only the values tell: positions
+    a caller gave may restart inside a row, as vLLM and padding-free collators pack several sequences
+    into one, so a row longer than the table can be fine. Those are read on CPU; on an accelerator
+    the read would be a host sync every forward, so there the embedding's device-side assert guards."""
+    if config.position_embedding == "rope" or torch.compiler.is_compiling():
+        return
+    if highest is None:
+        if position_ids.device.type != "cpu":
+            return
+        lowest, highest = (int(v) for v in torch.aminmax(position_ids))
+        if lowest < 0:
+            raise ValueError(f"position_ids contain {lowest}: positions count from 0 in every sequence.")
+    limit = config.max_position_embeddings
+    if highest >= limit:
+        raise ValueError(
+            f"The {where} needs positions up to {highest}, but this model has {config.position_embedding} "
+            f"positions for 0..{limit - 1} (max_position_embeddings={limit}). Truncate it to {limit} tokens "
+            f"(tokenizer(..., truncation=True, max_length={limit}))."
+        )
 
 
 def _check_label_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:

@@ -50,6 +50,7 @@ from .modeling_scratchformer import (
     cache_field,
     cache_of,
     causal_mask,
+    check_positions,
     eager_attention_forward,
     id_outside_vocabulary,
     make_norm,
@@ -268,20 +269,6 @@ def _positions(config: ScratchformerSeq2SeqConfig) -> nn.Module:
     return ScratchformerSinusoidalEmbedding(config.max_position_embeddings, config.hidden_size)
 
 
-def _check_positions(config: ScratchformerSeq2SeqConfig, position_ids: torch.Tensor, bound: int, where: str) -> None:
-    """`bound` is the largest position the shapes allow. On CPU the exact largest position is free
-    to read; on an accelerator reading it would be a host sync every forward, so the bound serves."""
-    limit = config.max_position_embeddings
-    if torch.compiler.is_compiling():
-        return
-    highest = int(position_ids.max()) if position_ids.device.type == "cpu" else bound
-    if highest >= limit:
-        raise ValueError(
-            f"The {where} needs positions up to {highest}, but this model has positions "
-            f"0..{limit - 1} (max_position_embeddings={limit}). Truncate it to {limit} tokens."
-        )
-
-
 def _eager_mask_config(config: ScratchformerSeq2SeqConfig, output_attentions: bool) -> ScratchformerSeq2SeqConfig:
     # Masks are built in the chosen kernel's form (sdpa may get None); the eager path, which is the
     # one that returns attention maps, always needs an explicit tensor.
@@ -333,7 +320,8 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
             position_ids_BS = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         else:
             position_ids_BS = torch.arange(S, device=x_BSC.device)[None].expand(B, S)
-        _check_positions(config, position_ids_BS, S - 1, "source")
+        # From a mask the values tell the largest position (a long left-padded source may still fit).
+        check_positions(config, position_ids_BS, None if attention_mask is not None else S - 1, "source")
         x_BSC = self.dropout(x_BSC * self.embed_scale + self.embed_positions(position_ids_BS))
 
         mask_B1SS = create_bidirectional_mask(
@@ -400,7 +388,7 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
             raise TypeError("An encoder-decoder needs an EncoderDecoderCache (self- and cross-attention caches).")
         past = cache.get_seq_length() if cache is not None else 0
         position_ids_BT = torch.arange(past, past + T, device=x_BTC.device)[None].expand(B, T)
-        _check_positions(config, position_ids_BT, past + T - 1, "target")
+        check_positions(config, position_ids_BT, past + T - 1, "target")
         x_BTC = self.dropout(x_BTC * self.embed_scale + self.embed_positions(position_ids_BT))
 
         mask_config = _eager_mask_config(config, output_attentions)
