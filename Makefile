@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine (Python >= 3.10, no venv yet):
 #   make demo   the main job end to end on the embedded default corpus
-#   make test   lint + the test suite on the pinned set + the compatibility matrix (what CI runs)
+#   make test   lint + the suite on the pinned set + the compatibility matrix + the interop suite
+#               (what CI runs)
 # Day to day: make test-pinned (lint + the suite on the pinned set, no matrix).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest lint bench clean
+.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest interop interop-ci interop-vllm lint bench clean
 
 install: $(STAMP)
 
@@ -26,7 +27,7 @@ demo-quick: install
 lint: install
 	$(BIN)/ruff check .
 
-test: test-pinned compat
+test: test-pinned compat interop-ci
 
 test-pinned: install
 	$(BIN)/ruff check .
@@ -41,5 +42,16 @@ compat-lowest:
 compat-newest:
 	PYTHON=$(PYTHON) .ci/compat-leg newest
 
+# Real external tools on real checkpoints (tests/interop, their own environment .venv-interop).
+interop-ci:
+	PYTHON=$(PYTHON) .ci/interop ci
+
+interop:
+	PYTHON=$(PYTHON) .ci/interop full
+
+# vLLM for CPU pins its own torch and transformers: a separate environment (.venv-vllm).
+interop-vllm:
+	PYTHON=$(PYTHON) .ci/interop-vllm
+
 clean:
-	rm -rf $(VENV) .venv-compat-* build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-compat-* .venv-interop .venv-vllm build *.egg-info .pytest_cache .ruff_cache

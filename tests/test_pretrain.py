@@ -152,6 +152,8 @@ def test_output_is_a_hub_style_directory(run):
     assert config["auto_map"]["AutoConfig"] == "configuration_scratchformer.ScratchformerConfig"
     generation = json.loads((model_dir / "generation_config.json").read_text())
     assert generation["do_sample"] is True and generation["eos_token_id"] == config["eos_token_id"]
+    # No saved length: it would override a caller's own limit (lm-eval's max_gen_toks, max_length).
+    assert "max_new_tokens" not in generation and "max_length" not in generation
     args = json.loads((model_dir / "training_args.json").read_text())
     assert args["max_train_steps"] == 16 and args["hidden_size"] == 32 and args["num_processes"] == 1
     card = (model_dir / "README.md").read_text()

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a checkpoint with transformers.Trainer"),
     "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
     "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),
+    "export": ("export", "export to a stock LlamaForCausalLM / GPT2LMHeadModel directory or a GGUF file"),
     "inspect": ("inspect", "pictures: attention and cross-attention maps, embeddings, positions, training curves"),
     "upgrade-checkpoint": ("upgrade", "replace a checkpoint's model code with this version's (weights untouched)"),
 }

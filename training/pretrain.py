@@ -1088,14 +1088,14 @@ def _write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg,
 
 def generation_config(config: ScratchformerConfig) -> GenerationConfig:
     """Sampling defaults that read well from a small model: a little below temperature 1, with the
-    unlikely tail cut (top-k and nucleus), and a length that leaves room for a prompt within the
-    trained context (learned positions end there)."""
+    unlikely tail cut (top-k and nucleus), as hub models ship theirs. No length: a saved
+    `max_new_tokens` would override the limit a caller sets another way (lm-eval's `max_gen_toks`,
+    a pipeline's `max_length`), so the length is each caller's to choose."""
     return GenerationConfig(
         do_sample=True,
         temperature=0.8,
         top_k=50,
         top_p=0.95,
-        max_new_tokens=min(256, config.max_position_embeddings // 2),
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
