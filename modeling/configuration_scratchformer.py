@@ -93,6 +93,23 @@ class ScratchformerConfig(PreTrainedConfig):
     # Output fields Trainer's prediction loop must not take for logits: the cache, under its name
     # before and after transformers 5.24 renamed it.
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # Tensor parallelism (from_pretrained(..., tp_plan="auto"), vLLM) and pipeline parallelism, in
+    # Llama's vocabulary, which our module names share: projections into the heads are split by
+    # columns (each rank gets whole heads), projections out of them by rows, then summed.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
     # GPT-2 style aliases, so code written against GPT2Config reads our config too.
     attribute_map = {
         "n_embd": "hidden_size",
@@ -141,6 +158,8 @@ class ScratchformerConfig(PreTrainedConfig):
         if not isinstance(self.fused_lm_loss, bool):
             raise ValueError(f"fused_lm_loss must be True or False, got {self.fused_lm_loss!r}.")
         self._check()
+        if self.mlp_type != "swiglu":  # only the gated MLP has a gate_proj to split
+            self.base_model_tp_plan = {k: v for k, v in type(self).base_model_tp_plan.items() if "gate_proj" not in k}
         super().__post_init__(**kwargs)
 
     @property

@@ -288,9 +288,11 @@ class ScratchformerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, L, _ = x_BLC.shape
-        q_BHLK = self.q_proj(x_BLC).view(B, L, self.H, self.K).transpose(1, 2)
-        k_BGLK = self.k_proj(x_BLC).view(B, L, self.G, self.K).transpose(1, 2)
-        v_BGLK = self.v_proj(x_BLC).view(B, L, self.G, self.K).transpose(1, 2)
+        # -1 where H or G stands: under tensor parallelism (base_model_tp_plan) each rank holds
+        # H/n query and G/n key/value heads of the projections, and computes attention for those.
+        q_BHLK = self.q_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
+        k_BGLK = self.k_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
+        v_BGLK = self.v_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
         if rotary_BLK is not None:
             q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
         if cache is not None:
@@ -313,7 +315,7 @@ class ScratchformerAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        out_BLC = out_BLHK.reshape(B, L, self.H * self.K)
+        out_BLC = out_BLHK.reshape(B, L, -1)
         return self.o_proj(out_BLC), probs_BHLM
 
 
@@ -430,6 +432,9 @@ class ScratchformerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # A decoding step with a static cache compiles as one graph (tests/test_performance_paths.py), so
+    # generate() may compile it by itself (compile_config / cache_implementation="static").
+    _can_compile_fullgraph = True
     # With `_auto_class` set, save_pretrained copies this file and its sibling config next to the
     # weights; the full AUTO_MAP (set in __init__) makes every head loadable from one directory.
     _auto_class = "AutoModel"
@@ -738,6 +743,9 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
 
     _auto_class = "AutoModelForCausalLM"
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Tensor and pipeline parallelism in Llama's vocabulary (the body's plans are on the config).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: ScratchformerConfig) -> None:
         super().__init__(config)

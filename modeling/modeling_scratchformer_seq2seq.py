@@ -95,14 +95,14 @@ class ScratchformerCrossAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x_BTC.shape
-        q_BHTK = self.q_proj(x_BTC).view(B, T, self.H, self.K).transpose(1, 2)
+        q_BHTK = self.q_proj(x_BTC).view(B, T, -1, self.K).transpose(1, 2)
         cross_cache = cache.cross_attention_cache if cache is not None else None
         if cross_cache is not None and cache.is_updated.get(self.layer_idx):
             k_BGSK, v_BGSK = cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
         else:
             S = enc_BSC.shape[1]
-            k_BGSK = self.k_proj(enc_BSC).view(B, S, self.G, self.K).transpose(1, 2)
-            v_BGSK = self.v_proj(enc_BSC).view(B, S, self.G, self.K).transpose(1, 2)
+            k_BGSK = self.k_proj(enc_BSC).view(B, S, -1, self.K).transpose(1, 2)
+            v_BGSK = self.v_proj(enc_BSC).view(B, S, -1, self.K).transpose(1, 2)
             if cross_cache is not None:
                 k_BGSK, v_BGSK = cross_cache.update(k_BGSK, v_BGSK, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
@@ -120,7 +120,7 @@ class ScratchformerCrossAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        return self.o_proj(out_BTHK.reshape(B, T, self.H * self.K)), probs_BHTS
+        return self.o_proj(out_BTHK.reshape(B, T, -1)), probs_BHTS
 
 
 # ----------------------------------------------------------------------------------------------

@@ -108,6 +108,26 @@ def check_exportable(config, target: str) -> list[str]:
     return notes
 
 
+def exportable_config(model_dir: str | os.PathLike):
+    """The checkpoint's config, read without its weights, checked to be a scratchformer causal LM."""
+    from transformers import AutoConfig
+
+    from scratchformer.training.checkpoint_io import read_config
+
+    raw = read_config(model_dir)
+    heads = raw.get("architectures") or []
+    if heads and not any(h.endswith("ForCausalLM") for h in heads):
+        raise ExportError(
+            f"{model_dir} holds a {heads[0]}; export writes causal language models (a checkpoint whose "
+            "architecture ends in ForCausalLM, e.g. the model/ of a `scratchformer pretrain` run)"
+        )
+    if raw.get("model_type") != "scratchformer":  # the encoder-decoder, or another library's model
+        return AutoConfig.from_pretrained(model_dir)
+    from scratchformer.modeling import ScratchformerConfig
+
+    return ScratchformerConfig.from_pretrained(model_dir)
+
+
 def _token_ids(config) -> dict[str, Any]:
     return {name: getattr(config, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
 
@@ -223,9 +243,8 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
         raise ExportError(f"export_stock writes llama or gpt2, not {target!r}")
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first")
-    model, tokenizer = load_model_dir(source, AutoModelForCausalLM, architectures=("ForCausalLM",),
-                                      need_tokenizer=False)
-    notes = check_exportable(model.config, target)
+    notes = check_exportable(exportable_config(source), target)  # before any weight is read
+    model, _ = load_model_dir(source, AutoModelForCausalLM, architectures=("ForCausalLM",), need_tokenizer=False)
     model.eval()
     config, sd = stock_checkpoint(model, target)
     config.dtype = model.dtype
