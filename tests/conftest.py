@@ -154,3 +154,87 @@ def pytest_report_header(config) -> str:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     return "versions: " + ", ".join(versions)
+
+
+# Lively models: a default-initialised model decodes one token over and over, with or without a
+# working cache, so every decoding comparison runs on a model trained for a second or two on a task
+# that needs its context. Built once per session for each config.
+_LIVELY: dict = {}
+
+
+def _learn_lag_4_successor(model, steps: int = 300):
+    """Token t is a fixed permutation of token t-4: predicting it takes attention four positions
+    back, so a decoding step that loses its context (an empty cache slot, a position off by one)
+    picks other tokens."""
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    succ = torch.arange(V)
+    succ[3:] = 3 + torch.randperm(V - 3, generator=g)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        x = torch.randint(3, V, (16, 4), generator=g)
+        while x.shape[1] < 24:
+            x = torch.cat([x, succ[x[:, -4:-3]]], dim=1)
+        loss = model(input_ids=x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _learn_to_reverse(model, steps: int = 600):
+    """An untrained encoder-decoder's output barely depends on its own input; learning to reverse
+    the source makes every decoding step depend on both the source and the target so far."""
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        source = torch.randint(3, V, (16, 10), generator=g)
+        loss = model(input_ids=source, labels=source.flip(1)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture
+def lively_lm() -> Callable[..., torch.nn.Module]:
+    """`lively_lm(preset=None, **overrides)`: a tiny ScratchformerForCausalLM (TINY sizes, no eos, no
+    dropout, init spread 0.2) trained on the lag-4 task, in eval mode; the same object for the same
+    arguments."""
+    from scratchformer.modeling import ScratchformerForCausalLM
+
+    def make(preset: str | None = None, **overrides):
+        key = ("lm", preset, tuple(sorted(overrides.items())))
+        if key not in _LIVELY:
+            # A spread of 0.2 lets the embeddings be heard over unit-amplitude sinusoids within 300 steps.
+            fields = {**TINY, "eos_token_id": None, "hidden_dropout": 0.0, "embedding_dropout": 0.0,
+                      "attention_dropout": 0.0, "initializer_range": 0.2, **overrides}
+            config = ScratchformerConfig.from_preset(preset, **fields) if preset else ScratchformerConfig(**fields)
+            torch.manual_seed(0)
+            _LIVELY[key] = _learn_lag_4_successor(ScratchformerForCausalLM(config))
+        return _LIVELY[key]
+
+    return make
+
+
+@pytest.fixture
+def lively_seq2seq() -> Callable[..., torch.nn.Module]:
+    """`lively_seq2seq(**overrides)`: a tiny paper-preset encoder-decoder (vocabulary 31) trained to
+    reverse its source, in eval mode; the same object for the same arguments."""
+    from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
+
+    def make(**overrides):
+        key = ("seq2seq", tuple(sorted(overrides.items())))
+        if key not in _LIVELY:
+            fields = dict(vocab_size=31, hidden_size=32, encoder_layers=2, decoder_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, embedding_dropout=0.0,
+                          hidden_dropout=0.0, attention_dropout=0.0, eos_token_id=None, **overrides)
+            torch.manual_seed(0)
+            model = ScratchformerForConditionalGeneration(ScratchformerSeq2SeqConfig.from_preset("paper", **fields))
+            _LIVELY[key] = _learn_to_reverse(model)
+        return _LIVELY[key]
+
+    return make

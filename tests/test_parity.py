@@ -18,9 +18,10 @@ from scratchformer.training import convert
 V = 101
 
 
-def random_llama(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa") -> LlamaForCausalLM:
+def random_llama(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa", init: float = 0.02) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
+        initializer_range=init,
         vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=kv_heads, max_position_embeddings=64, tie_word_embeddings=tie,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-6,
@@ -30,9 +31,10 @@ def random_llama(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa") -> Ll
     return model
 
 
-def random_gpt2(attn: str = "sdpa") -> GPT2LMHeadModel:
+def random_gpt2(attn: str = "sdpa", init: float = 0.02) -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    config = GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2,
+                        initializer_range=init)
     model = GPT2LMHeadModel(config).eval()
     # GPT-2's weights start with zero biases and unit norms; randomise them so a swapped or
     # untransposed tensor cannot hide.
@@ -56,9 +58,9 @@ def left_padded() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 REFERENCES = {
-    "llama-gqa": lambda attn: random_llama(kv_heads=2, attn=attn),
-    "llama-mqa-tied": lambda attn: random_llama(tie=True, kv_heads=1, attn=attn),
-    "llama-mha": lambda attn: random_llama(kv_heads=4, attn=attn),
+    "llama-gqa": lambda attn, init=0.02: random_llama(kv_heads=2, attn=attn, init=init),
+    "llama-mqa-tied": lambda attn, init=0.02: random_llama(tie=True, kv_heads=1, attn=attn, init=init),
+    "llama-mha": lambda attn, init=0.02: random_llama(kv_heads=4, attn=attn, init=init),
     "gpt2": random_gpt2,
 }
 
@@ -112,18 +114,16 @@ def test_converted_logits_match_with_left_padding(name):
 
 
 @pytest.mark.parametrize("name", list(REFERENCES))
-def test_generate_is_token_identical(name):
-    ref = REFERENCES[name]("sdpa")
+def test_generate_is_token_identical(name, assert_same_decoding):
+    # Initialised with a spread of 0.5: at 0.02 greedy decoding repeats one token on both sides,
+    # which would hide a decoding step attending to an empty cache slot or running a position late.
+    ref = REFERENCES[name]("sdpa", init=0.5)
     ours = convert.convert_model(ref)
     ids, mask = left_padded()
-    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
-    want = ref.generate(ids, attention_mask=mask, **kwargs)
-    got = ours.generate(ids, attention_mask=mask, **kwargs)
-    assert torch.equal(want, got)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, pad_token_id=0, eos_token_id=None)
+    assert_same_decoding(ref, ours, ids, min_distinct=5, **kwargs)
     # Beam search goes through the cache reordering path as well.
-    beams = dict(kwargs, num_beams=3)
-    want = ref.generate(ids, attention_mask=mask, **beams)
-    assert torch.equal(want, ours.generate(ids, attention_mask=mask, **beams))
+    assert_same_decoding(ref, ours, ids, num_beams=3, atol=1e-4, min_distinct=3, **kwargs)
 
 
 def test_tied_llama_stores_embedding_once(tmp_path):

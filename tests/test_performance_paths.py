@@ -119,16 +119,14 @@ def test_decoding_step_with_a_static_cache_compiles_as_one_graph(tiny_config, pr
 
 
 @pytest.mark.parametrize("preset", ["llama", "gpt2", "paper"])
-def test_static_cache_generates_the_tokens_the_dynamic_cache_does(tiny_config, preset):
-    model = lm(tiny_config, preset)
+def test_static_cache_generates_the_tokens_the_dynamic_cache_does(lively_lm, preset, assert_same_decoding):
+    model = lively_lm(preset, num_key_value_heads=2 if preset == "llama" else 4)
     x = ids(3, 7, seed=1)
     mask = torch.ones_like(x)
     x[0, :3], mask[0, :3] = 0, 0  # one left-padded row
-    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
-    dynamic = model.generate(x, **kwargs)
-    static = model.generate(x, cache_implementation="static", **kwargs)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, pad_token_id=0, eos_token_id=None)
+    static = assert_same_decoding(model, model, x, a_kwargs={"cache_implementation": "static"}, **kwargs)
     assert static.shape == (3, 19)
-    assert torch.equal(static, dynamic)
 
 
 @pytest.mark.parametrize("preset", ["llama", "gpt2"])
