@@ -1,0 +1,389 @@
+"""`scratchformer export --to gguf`, read back with the gguf package's own reader (no llama.cpp needed):
+every tensor under llama.cpp's name and shape with our values once the rotary permutation is undone,
+every hyper-parameter, the tokenizer exactly as tokenizer.json has it, and the refusals.
+
+tests/interop/test_llama_cpp.py runs the same files through the real llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.modeling.modeling_scratchformer import apply_rotary, rope_inv_freq
+from scratchformer.tokenization.bpe import train_bpe
+from scratchformer.training.export import ExportError, main
+from scratchformer.training.gguf_export import GPT2_SPLIT_REGEX, rotary_rows_to_ggml, write_gguf
+
+TEXT = ("The import statement finds a module, loads it and binds a name. Don't repeat yourself; it's "
+        "2024 and 3.14159 is pi. def f(x):\n    return x * 2\n") * 20
+
+
+def field(reader: gguf.GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+def tensors_of(reader: gguf.GGUFReader) -> dict[str, gguf.ReaderTensor]:
+    return {t.name: t for t in reader.tensors}
+
+
+def from_ggml_rows(w_OC: np.ndarray, n_heads: int) -> torch.Tensor:
+    """Undo the rotary permutation, written independently of the exporter: within each head, rows
+    (2i, 2i+1) go back to (i, i + K/2)."""
+    O, C = w_OC.shape
+    K = O // n_heads
+    return torch.from_numpy(np.array(w_OC)).reshape(n_heads, K // 2, 2, C).transpose(1, 2).reshape(O, C)
+
+
+def expected_tensors(model) -> dict[str, tuple[str, int | None]]:
+    """llama.cpp name -> (our state-dict key, heads to unpermute or None)."""
+    c = model.config
+    names: dict[str, tuple[str, int | None]] = {
+        "token_embd.weight": ("model.embed_tokens.weight", None),
+        "output_norm.weight": ("model.norm.weight", None),
+    }
+    if not c.tie_word_embeddings:
+        names["output.weight"] = ("lm_head.weight", None)
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names |= {
+            f"blk.{i}.attn_norm.weight": (p + "input_layernorm.weight", None),
+            f"blk.{i}.attn_q.weight": (p + "self_attn.q_proj.weight", c.num_attention_heads),
+            f"blk.{i}.attn_k.weight": (p + "self_attn.k_proj.weight", c.num_key_value_heads),
+            f"blk.{i}.attn_v.weight": (p + "self_attn.v_proj.weight", None),
+            f"blk.{i}.attn_output.weight": (p + "self_attn.o_proj.weight", None),
+            f"blk.{i}.ffn_norm.weight": (p + "post_attention_layernorm.weight", None),
+            f"blk.{i}.ffn_gate.weight": (p + "mlp.gate_proj.weight", None),
+            f"blk.{i}.ffn_up.weight": (p + "mlp.up_proj.weight", None),
+            f"blk.{i}.ffn_down.weight": (p + "mlp.down_proj.weight", None),
+        }
+    return names
+
+
+def check_tensors(path: Path, model, dtype: str) -> None:
+    reader = gguf.GGUFReader(path)
+    found = tensors_of(reader)
+    names = expected_tensors(model)
+    assert sorted(found) == sorted(names)
+    sd = model.state_dict()
+    for name, (key, heads) in names.items():
+        ours = sd[key].detach().float()
+        t = found[name]
+        # ggml lists dimensions innermost first: (in, out) for a PyTorch (out, in) weight.
+        assert list(t.shape) == list(reversed(ours.shape)), name
+        matrix = ours.dim() == 2
+        want_type = gguf.GGMLQuantizationType.F16 if dtype == "f16" and matrix else gguf.GGMLQuantizationType.F32
+        assert t.tensor_type == want_type, name
+        data = np.asarray(t.data).reshape(tuple(ours.shape))
+        theirs = from_ggml_rows(data, heads) if heads else torch.from_numpy(np.array(data))
+        if want_type == gguf.GGMLQuantizationType.F32:
+            assert torch.equal(theirs, ours), name
+        else:
+            # float16 rounds to nearest: within half a unit in the last place (2^-11 relative), and
+            # identical to PyTorch's own rounding.
+            assert torch.equal(theirs, ours.half()), name
+            assert torch.all((theirs.float() - ours).abs() <= ours.abs() * 2.0**-11 + 2.0**-25), name
+
+
+def make_checkpoint(path: Path, preset: str, tokenizer, **overrides) -> Path:
+    """A tiny random checkpoint of `preset` with `tokenizer` beside it, as save_pretrained writes them."""
+    fields = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    config = ScratchformerConfig.from_preset(preset, **{**fields, **overrides})
+    torch.manual_seed(0)
+    ScratchformerForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe([TEXT], vocab_size=320, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(trained_checkpoint) -> Path:
+    return trained_checkpoint("llama")
+
+
+@pytest.fixture(scope="module")
+def exported(llama_dir, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gguf")
+    files = {}
+    for dtype in ("f32", "f16"):
+        files[dtype], notes = write_gguf(llama_dir, out / f"model-{dtype}.gguf", dtype=dtype)
+        assert notes == []
+    return files
+
+
+@pytest.fixture(scope="module")
+def trained(llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_tensors_are_ours(exported, trained, dtype):
+    assert trained.config.tie_word_embeddings  # llama.cpp then reads the output matrix from token_embd
+    check_tensors(exported[dtype], trained, dtype)
+
+
+def test_tensor_names_are_llama_cpps(exported, trained):
+    # The names llama.cpp's "llama" architecture loads, from the gguf package's own table.
+    arch = gguf.MODEL_ARCH.LLAMA
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch]}
+    for name in tensors_of(gguf.GGUFReader(exported["f32"])):
+        stem = name.removesuffix(".weight")
+        generic = stem.replace(f"blk.{stem.split('.')[1]}.", "blk.{bid}.") if stem.startswith("blk.") else stem
+        assert generic in known, name
+
+
+def test_hyper_parameters(exported, trained, llama_dir):
+    c = trained.config
+    for dtype, file_type in (("f32", gguf.LlamaFileType.ALL_F32), ("f16", gguf.LlamaFileType.MOSTLY_F16)):
+        r = gguf.GGUFReader(exported[dtype])
+        assert field(r, "general.architecture") == "llama"
+        assert field(r, "general.type") == "model"
+        assert field(r, "general.file_type") == file_type
+        assert field(r, "general.name") == llama_dir.parent.name  # the run's name, not "model"
+        expected = {
+            "llama.vocab_size": c.vocab_size,
+            "llama.context_length": c.max_position_embeddings,
+            "llama.embedding_length": c.hidden_size,
+            "llama.block_count": c.num_hidden_layers,
+            "llama.feed_forward_length": c.intermediate_size,
+            "llama.attention.head_count": c.num_attention_heads,
+            "llama.attention.head_count_kv": c.num_key_value_heads,
+            "llama.attention.key_length": c.head_dim,
+            "llama.attention.value_length": c.head_dim,
+            "llama.rope.dimension_count": c.head_dim,
+        }
+        assert {k: field(r, k) for k in expected} == expected
+        assert field(r, "llama.rope.freq_base") == pytest.approx(c.rope_theta, rel=1e-7)
+        assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(c.norm_eps, rel=1e-6)
+        # generation_config.json samples; llama.cpp's tools take these as their defaults.
+        generation = json.loads((llama_dir / "generation_config.json").read_text(encoding="utf-8"))
+        assert field(r, "general.sampling.temp") == pytest.approx(generation["temperature"])
+        assert field(r, "general.sampling.top_k") == generation["top_k"]
+        assert field(r, "general.sampling.top_p") == pytest.approx(generation["top_p"])
+
+
+def test_tokenizer_metadata(exported, llama_dir):
+    r = gguf.GGUFReader(exported["f32"])
+    spec = json.loads((llama_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    vocab = {**spec["model"]["vocab"], **{a["content"]: a["id"] for a in spec["added_tokens"]}}
+    assert field(r, "tokenizer.ggml.model") == "gpt2"
+    assert field(r, "tokenizer.ggml.pre") == "gpt-2"
+    assert field(r, "tokenizer.ggml.pretokenizer") == GPT2_SPLIT_REGEX
+    tokens = field(r, "tokenizer.ggml.tokens")
+    assert len(tokens) == len(vocab) == field(r, "llama.vocab_size")
+    assert {t: i for i, t in enumerate(tokens)} == vocab
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    assert field(r, "tokenizer.ggml.merges") == merges
+    special = {a["id"] for a in spec["added_tokens"] if a["special"]}
+    assert special == set(range(9))  # <pad> <s> </s> <unk> <mask> <|system|> <|user|> <|assistant|> <|end|>
+    types = field(r, "tokenizer.ggml.token_type")
+    assert types == [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    ids = {k: field(r, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "padding", "unknown", "mask", "eot")}
+    assert ids == dict(bos=tok.bos_token_id, eos=tok.eos_token_id, padding=tok.pad_token_id,
+                       unknown=tok.unk_token_id, mask=tok.mask_token_id, eot=tok.convert_tokens_to_ids("<|end|>"))
+    assert (ids["bos"], ids["eos"], ids["eot"]) == (1, 2, 8)
+    # Our post-processor prepends <s> and appends nothing.
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    assert field(r, "tokenizer.ggml.add_bos_token") is True
+    assert field(r, "tokenizer.ggml.add_eos_token") is False
+    assert field(r, "tokenizer.ggml.add_space_prefix") is False
+    assert field(r, "tokenizer.chat_template") == tok.chat_template
+
+
+def test_untied_grouped_query_checkpoint(tokenizer, tmp_path):
+    # The trained fixture is tied and has as many key/value heads as query heads; this one is neither,
+    # so output.weight is written and the keys are permuted with their own head count.
+    src = make_checkpoint(tmp_path / "untied", "llama", tokenizer, tie_word_embeddings=False, num_key_value_heads=2)
+    model = ScratchformerForCausalLM.from_pretrained(src).eval()
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    for dtype in ("f32", "f16"):
+        path, _ = write_gguf(src, tmp_path / f"untied-{dtype}.gguf", dtype=dtype)
+        check_tensors(path, model, dtype)
+        r = gguf.GGUFReader(path)
+        assert field(r, "llama.attention.head_count_kv") == 2
+        assert "output.weight" in tensors_of(r)
+    # Our test tokenizer has no generation_config.json beside it: no sampling defaults are invented.
+    assert "general.sampling.temp" not in gguf.GGUFReader(tmp_path / "untied-f32.gguf").fields
+
+
+def test_rotary_permutation_keeps_attention_scores():
+    """The permutation is right iff ggml's rope (adjacent channel pairs) on permuted projections gives
+    the same q.k as our rope (channel i with i + K/2) on the original ones."""
+    torch.manual_seed(0)
+    H, K, C, L, theta = 2, 8, 16, 5, 10000.0
+    w_q, w_k = torch.randn(H * K, C), torch.randn(H * K, C)
+    x_LC = torch.randn(L, C)
+    pos_L = torch.arange(L, dtype=torch.float32)
+
+    def ours(w_OC: torch.Tensor) -> torch.Tensor:
+        angle_LK = (pos_L[:, None] * rope_inv_freq(K, theta)).repeat(1, 2)
+        x_1HLK = (x_LC @ w_OC.T).view(L, H, K).transpose(0, 1)[None]
+        q_1HLK, _ = apply_rotary(x_1HLK, x_1HLK, angle_LK.cos()[None], angle_LK.sin()[None])
+        return q_1HLK[0]
+
+    def ggml_rope(w_OC: torch.Tensor) -> torch.Tensor:  # GGML_ROPE_TYPE_NORM, as ggml_rope_ext computes it
+        x_HLK = (x_LC @ w_OC.T).view(L, H, K).transpose(0, 1)
+        angle_LD = pos_L[:, None] * theta ** (-torch.arange(0, K, 2, dtype=torch.float32) / K)
+        x0, x1 = x_HLK[..., 0::2], x_HLK[..., 1::2]
+        out = torch.empty_like(x_HLK)
+        out[..., 0::2] = x0 * angle_LD.cos() - x1 * angle_LD.sin()
+        out[..., 1::2] = x0 * angle_LD.sin() + x1 * angle_LD.cos()
+        return out
+
+    scores_ours = ours(w_q) @ ours(w_k).transpose(-1, -2)
+    scores_ggml = ggml_rope(rotary_rows_to_ggml(w_q, H)) @ ggml_rope(rotary_rows_to_ggml(w_k, H)).transpose(-1, -2)
+    torch.testing.assert_close(scores_ggml, scores_ours, rtol=1e-5, atol=1e-5)
+    # ...and without the permutation they differ: the test can fail.
+    scores_unpermuted = ggml_rope(w_q) @ ggml_rope(w_k).transpose(-1, -2)
+    assert not torch.allclose(scores_unpermuted, scores_ours, rtol=1e-3, atol=1e-3)
+
+
+def test_vocabulary_padded_beyond_the_tokenizer(tokenizer, tmp_path):
+    src = make_checkpoint(tmp_path / "padded", "llama", tokenizer, vocab_size=len(tokenizer) + 3)
+    path, notes = write_gguf(src, tmp_path / "padded.gguf", dtype="f32")
+    r = gguf.GGUFReader(path)
+    n = len(tokenizer)
+    assert field(r, "tokenizer.ggml.tokens")[n:] == [f"[PAD{i}]" for i in range(n, n + 3)]
+    assert field(r, "tokenizer.ggml.token_type")[n:] == [gguf.TokenType.UNUSED] * 3
+    assert any("3 embedding rows no token uses" in note for note in notes)
+
+
+def test_added_tokens_are_user_defined(tmp_path):
+    # Tokens added after training (tokenizer.add_tokens) are matched in raw text on both sides and are
+    # not special: USER_DEFINED, stored as their raw text (not byte-level symbols).
+    tok = train_bpe([TEXT], vocab_size=320, show_progress=False)
+    tok.add_tokens(["scratchformer", "日本"])
+    src = make_checkpoint(tmp_path / "added", "llama", tok)
+    r = gguf.GGUFReader(write_gguf(src, tmp_path / "added.gguf", dtype="f32")[0])
+    tokens, types = field(r, "tokenizer.ggml.tokens"), field(r, "tokenizer.ggml.token_type")
+    assert tokens[-2:] == ["scratchformer", "日本"]
+    assert types[-2:] == [gguf.TokenType.USER_DEFINED] * 2
+
+
+@pytest.mark.parametrize("preset, field_name", [("gpt2", "position_embedding='learned'"),
+                                                ("paper", "position_embedding='sinusoidal'")])
+def test_refuses_what_llama_cpp_cannot_represent(tokenizer, tmp_path, preset, field_name):
+    src = make_checkpoint(tmp_path / preset, preset, tokenizer)
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ExportError, match="cannot export to gguf exactly") as e:
+        write_gguf(src, out)
+    message = str(e.value)
+    assert field_name in message and "--preset llama" in message
+    assert ("norm_position='post'" in message) == (preset == "paper")
+    assert list(tmp_path.glob("*.gguf*")) == [] and list(tmp_path.glob(".out.gguf.*")) == []
+
+
+def test_refuses_an_existing_output_file(tokenizer, tmp_path):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    out = tmp_path / "taken.gguf"
+    out.write_bytes(b"someone's file")
+    with pytest.raises(FileExistsError, match="taken.gguf already exists"):
+        write_gguf(src, out)
+    assert out.read_bytes() == b"someone's file"
+
+
+def test_refuses_an_unknown_dtype(tokenizer, tmp_path):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    with pytest.raises(ExportError, match="unknown GGUF dtype 'q4'"):
+        write_gguf(src, tmp_path / "m.gguf", dtype="q4")
+
+
+def test_refuses_values_float16_cannot_hold(tokenizer, tmp_path):
+    src = make_checkpoint(tmp_path / "big", "llama", tokenizer)
+    model = ScratchformerForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = 1e5
+    model.save_pretrained(src)
+    with pytest.raises(ExportError, match=r"blk\.1\.ffn_down\.weight .* float16 range.*--dtype f32"):
+        write_gguf(src, tmp_path / "big-f16.gguf", dtype="f16")
+    path, _ = write_gguf(src, tmp_path / "big-f32.gguf", dtype="f32")
+    assert float(tensors_of(gguf.GGUFReader(path))["blk.1.ffn_down.weight"].data[0, 0]) == 1e5
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda spec: spec.update(normalizer={"type": "Lowercase"}), "normalizer"),
+    (lambda spec: spec["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
+    (lambda spec: spec["model"].update(ignore_merges=True), "ignore_merges"),
+])
+def test_refuses_tokenizers_llama_cpp_would_not_reproduce(tokenizer, tmp_path, change, message):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    change(spec)
+    (src / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ExportError, match=message):
+        write_gguf(src, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_failed_write_leaves_nothing(tokenizer, tmp_path, monkeypatch):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    written = []
+
+    def fail_on_third(self, tensor, *args, **kwargs):
+        written.append(tensor.shape)
+        if len(written) == 3:
+            raise OSError("No space left on device")
+        return original(self, tensor, *args, **kwargs)
+
+    original = gguf.GGUFWriter.write_tensor_data
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", fail_on_third)
+    with pytest.raises(OSError, match="No space left"):
+        write_gguf(src, out_dir / "m.gguf")
+    assert list(out_dir.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_without_the_gguf_package(tokenizer, tmp_path, monkeypatch):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    with pytest.raises(ExportError, match="pip install gguf"):
+        write_gguf(src, tmp_path / "m.gguf")
+
+
+def test_cli_end_to_end(llama_dir, tmp_path, capsys):
+    out = tmp_path / "cli.gguf"
+    assert main(["--model", str(llama_dir), "--to", "gguf", "--output_file", str(out), "--dtype", "f32"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    r = gguf.GGUFReader(out)
+    assert field(r, "general.file_type") == gguf.LlamaFileType.ALL_F32
+    # The default is f16.
+    assert main(["--model", str(llama_dir), "--to", "gguf", "--output_file", str(tmp_path / "d.gguf")]) == 0
+    assert field(gguf.GGUFReader(tmp_path / "d.gguf"), "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
+    capsys.readouterr()
+    # Twice to the same file: refused, the first one kept.
+    size = out.stat().st_size
+    assert main(["--model", str(llama_dir), "--to", "gguf", "--output_file", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {out} already exists")  # before any weight is read
+    assert out.stat().st_size == size
+
+
+def test_cli_error_line_for_a_refused_config(tokenizer, tmp_path, capsys):
+    src = make_checkpoint(tmp_path / "paper", "paper", tokenizer)
+    out = tmp_path / "paper.gguf"
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["--model", str(src), "--to", "gguf", "--output_file", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    # One line, and before any weight is read (no loading progress bar on stderr).
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("error: cannot export to gguf exactly: position_embedding=")
+    assert not out.exists()
+    assert main(["--model", str(src), "--to", "gguf"]) == 2
+    assert "give --output_file NAME.gguf" in capsys.readouterr().err
+
