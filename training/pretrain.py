@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -288,6 +289,11 @@ def train(cfg: PretrainConfig) -> dict:
     ckpt_root, metrics_path = out / "checkpoints", out / "metrics.jsonl"
 
     # -- accelerator: devices, processes, precision, accumulation --
+    # accelerate keeps precision and the compile backend in a process-wide singleton that a later
+    # Accelerator() inherits: a second run in one process (a notebook, tests) would silently keep the
+    # first one's --mixed_precision and --torch_compile, or refuse its own. Each run starts from its
+    # flags (the process group, in PartialState, is kept), as transformers' TrainingArguments does.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=_trackers(cfg.report_to) or None,

@@ -275,19 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scratchformer finetune --task seq2seq", description="Train an encoder-decoder on (source, target) pairs."
     )
-    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer)")
-    p.add_argument("--train-file", required=True, help=".json/.jsonl/.csv with source and target columns")
-    p.add_argument("--eval-file", "--validation-file", help="scored after training: exact match and BLEU")
-    p.add_argument("--source-column", default="source")
-    p.add_argument("--target-column", default="target")
-    p.add_argument("--output-dir", "--out", default="out/seq2seq")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, help="peak lr; default: the paper's d_model^-0.5 * warmup^-0.5")
-    p.add_argument("--warmup-steps", type=int, default=4000)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--no-paper-schedule", action="store_true", help="linear decay instead of inverse sqrt")
-    p.add_argument("--num-beams", type=int, default=1)
+
+    def add(*flags: str, **kwargs: Any) -> None:
+        # Reached through `scratchformer finetune`, whose flags take dashes or underscores: so do these
+        # (--learning_rate was an "unrecognized argument" here).
+        p.add_argument(*flags, *("--" + f[2:].replace("-", "_") for f in flags if "-" in f[2:]), **kwargs)
+
+    add("--model", required=True, help="checkpoint directory (model + tokenizer)")
+    add("--train-file", required=True, help=".json/.jsonl/.csv with source and target columns")
+    add("--eval-file", "--validation-file", help="scored after training: exact match and BLEU")
+    add("--source-column", default="source")
+    add("--target-column", default="target")
+    add("--output-dir", "--out", default="out/seq2seq")
+    add("--epochs", type=float, default=3.0)
+    add("--batch-size", type=int, default=32)
+    add("--learning-rate", type=float, help="peak lr; default: the paper's d_model^-0.5 * warmup^-0.5")
+    add("--warmup-steps", type=int, help="default: 4000 with the paper's schedule, none with --no-paper-schedule")
+    add("--label-smoothing", type=float, default=0.1)
+    add("--no-paper-schedule", action="store_true", help="linear decay instead of inverse sqrt")
+    add("--num-beams", type=int, default=1)
     return p
 
 
@@ -302,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.learning_rate is not None:
         args["learning_rate"] = a.learning_rate
+    if a.warmup_steps is not None:
+        # Given explicitly, it applies to either schedule: --no-paper-schedule used to drop it.
+        args["warmup_steps"] = a.warmup_steps
     try:
         eval_kind = None
         if a.eval_file:
@@ -316,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             training_args=args,
             label_smoothing=a.label_smoothing,
             inverse_sqrt_schedule=not a.no_paper_schedule,
-            warmup_steps=a.warmup_steps,
+            warmup_steps=4000 if a.warmup_steps is None else a.warmup_steps,
         )
         print(json.dumps(metrics))
         if eval_kind:
