@@ -219,3 +219,13 @@ def test_iter_text_batches_skips_missing_and_empty_and_streams():
     assert list(iter_text_batches(ds.to_iterable_dataset(), batch_size=7)) == [["a", "b", " ", "c", "d"]]
     other = datasets.Dataset.from_dict({"body": ["x"]})
     assert list(iter_text_batches(other, text_column="body")) == [["x"]]
+
+
+def test_a_malformed_row_far_into_a_file_is_named_with_its_cause(tmp_path):
+    """The first rows read fine (the lazy check passes); the full read then meets bad JSON.
+    datasets says only "An error occurred while generating the dataset": we name file and cause."""
+    path = tmp_path / "big.jsonl"
+    good = "\n".join(json.dumps({"text": f"row {i}"}) for i in range(30_000))
+    path.write_text(good + '\n{"text": "broken\n')
+    with pytest.raises(ValueError, match=r"could not read .*big\.jsonl as json: .*JSON parse error"):
+        load_text_dataset(files=[str(path)])

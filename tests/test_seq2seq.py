@@ -292,3 +292,20 @@ def test_inspect_cross_attention_command(tmp_path, seq2seq_checkpoint, capsys, t
     ScratchformerForCausalLM(tiny_config()).save_pretrained(tmp_path / "decoder_only")
     assert inspect.main(["cross-attention", "--model", str(tmp_path / "decoder_only"), "--source", "a"]) == 2
     assert "not an encoder-decoder" in capsys.readouterr().err
+
+
+def test_targets_end_in_eos_and_do_not_repeat_the_start_token_with_our_tokenizer():
+    """With scratchformer's own BPE tokenizer (which frames text `<s> text`), the decoder's labels are
+    the target's tokens then `</s>`: it must learn to stop, and its start token is already `<s>`."""
+    import datasets
+
+    from scratchformer.tokenization import train_bpe
+    from scratchformer.training.seq2seq import tokenize_pairs
+
+    tok = train_bpe(["one two three four", "1 2 3 4"] * 50, vocab_size=300)
+    ds = datasets.Dataset.from_dict({"source": ["one two", "four"], "target": ["1 2", "4"]})
+    rows = tokenize_pairs(ds, tok, "source", "target", max_target_length=3)
+    for labels, target in zip(rows["labels"], ["1 2", "4"], strict=True):
+        assert labels[-1] == tok.eos_token_id and tok.bos_token_id not in labels
+        assert tok.decode(labels[:-1]) == target[: len(tok.decode(labels[:-1]))]
+        assert len(labels) <= 3  # truncation keeps room for eos

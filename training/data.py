@@ -142,7 +142,14 @@ def _load_files(files: list[str], text_column: str, streaming: bool) -> datasets
         raise ValueError(f"no text in {source}: no rows")
     columns = list(view.column_names or first)
     checked = _checked(view, text_column, source, columns)
-    return checked if streaming else _only_text(load(False), text_column)
+    if streaming:
+        return checked
+    try:
+        full = load(False)
+    except Exception as e:  # a bad row past the first ones: datasets wraps the parser's error
+        cause = e.__cause__ or e.__context__ or e
+        raise ValueError(f"could not read {source} as {builder}: {type(cause).__name__}: {cause}") from e
+    return _only_text(full, text_column)
 
 
 def _builder_for(files: list[str]) -> str:

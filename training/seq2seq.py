@@ -70,12 +70,18 @@ def tokenize_pairs(
     max_source_length: int = 256,
     max_target_length: int = 256,
 ):
-    """Source ids for the encoder, target ids (ending in eos) as labels for the decoder."""
+    """Source ids for the encoder; as labels for the decoder, the target's tokens then eos, and no
+    bos: the decoder starts from its own start token (decoder_start_token_id), and eos is what it
+    learns to stop on. (The tokenizer would frame the target `<s> text`, as it frames prompts.)"""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: an encoder-decoder learns to stop on it; set eos_token")
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(batch[source_column], truncation=True, max_length=max_source_length)
-        labels = tokenizer(text_target=batch[target_column], truncation=True, max_length=max_target_length)
-        enc["labels"] = labels["input_ids"]
+        targets = tokenizer(batch[target_column], add_special_tokens=False, truncation=True,
+                            max_length=max_target_length - 1)["input_ids"]
+        enc["labels"] = [ids + [eos] for ids in targets]
         return enc
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
