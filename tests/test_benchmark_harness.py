@@ -1,10 +1,14 @@
 """benchmarks/compare.py runs: its functions on toy sizes, one repeat, including the GPU-only paths
 (MFU accounting, the gpu suite's plan) that CI, having no GPU, can reach on CPU."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,3 +96,58 @@ def test_gpu_suite_timing_rows_run_in_bfloat16(compare):
         kw = {**kw, "device": "cpu", "repeats": 1, "warmup": 0, "new_tokens": 2, "peak_tflops": 1.0}
         row = fn(section, preset, "toy", task, **kw)
         assert row.ref > 0 and row.ours > 0, (preset, task)
+
+
+# -- the direction of the ratios -------------------------------------------------------------------
+# README and compare.py: "ratio = scratchformer / reference; speed: > 1 is faster, memory: < 1 is
+# smaller". Stub sides whose cost is known exactly must come out as that number, the right way up.
+
+
+class _Side:
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+
+
+def test_a_side_twice_as_fast_reads_as_ratio_two(compare, monkeypatch):
+    # A fake clock that only the steps advance: the timing is exact, so this checks the harness's
+    # arithmetic and direction, not this machine's noise.
+    clock = [0.0]
+    monkeypatch.setattr(compare, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(compare, "build_pair", lambda *a, **k: (_Side(0.02), _Side(0.01)))  # (reference, ours)
+
+    def make(side, *args, **kwargs):
+        def step() -> int:
+            clock[0] += side.seconds
+            return 100  # tokens
+
+        return step
+
+    for name in ("make_train_step", "make_prefill", "make_decode"):
+        monkeypatch.setattr(compare, name, make)
+    for task in ("train", "prefill", "decode"):
+        row = compare.time_pair("headline", "llama", "toy", task, repeats=3, warmup=1)
+        assert (row.ref, row.ours) == (pytest.approx(100 / 0.02), pytest.approx(100 / 0.01)), task  # tokens/s
+        assert row.ratio == pytest.approx(2.0), task
+    table = compare.to_markdown([row], {"cpu": "test", "torch": "x", "threads": 1}, "test")
+    assert table.splitlines()[-1].endswith("| tokens/s | 5,000 | 10,000 | **2.00** |")  # reference, then ours
+
+
+def test_a_side_using_half_the_memory_reads_as_ratio_one_half(compare, monkeypatch):
+    # Each side's "model" is a buffer of known size with every page written (so resident), measured
+    # by the real child code (`--memory-child` and measure_memory_here), run in this process so the
+    # stubs apply.
+    sizes_mb = {"ref": 200, "ours": 100}
+    monkeypatch.setattr(compare, "build_one", lambda side, *a, **k: torch.ones(sizes_mb[side] << 20, dtype=torch.uint8))
+    monkeypatch.setattr(compare, "make_train_step", lambda model, *a, **k: lambda: 0)
+
+    def run_child(cmd, **kwargs):
+        assert cmd[2] == "--memory-child", cmd
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert compare.main(cmd[2:]) == 0
+        return subprocess.CompletedProcess(cmd, 0, out.getvalue(), "")
+
+    monkeypatch.setattr(compare, "subprocess", SimpleNamespace(run=run_child))
+    row = compare.memory_pair("memory", "llama", "toy", "train", threads=1)
+    assert row.ref == pytest.approx(200, rel=0.1) and row.ours == pytest.approx(100, rel=0.1)
+    assert row.ratio == pytest.approx(0.5, abs=0.05)

@@ -112,23 +112,35 @@ def test_long_prompts_are_cut_to_fit_learned_positions(dirs, capsys):
 
 # -- errors: one line, exit status 2 ---------------------------------------------------------------
 
+# Each case's own message, most of a sentence: a bare flag name or a word like "model" also appears in
+# argparse's usage text and in the path itself, so it would pass whatever went wrong.
+EMPTY = "error: empty prompt: give the text to continue, as an argument"
+
 
 @pytest.mark.parametrize(
     "argv, stdin, message",
     [
-        (["MODEL", ""], None, "empty prompt"),
-        (["MODEL", "   "], None, "empty prompt"),
-        (["MODEL"], "\n  \n", "empty prompt"),
-        (["MODEL", "--temperature", "-1", "x"], None, "--temperature"),
-        (["MODEL", "--max-new-tokens", "0", "x"], None, "--max-new-tokens"),
-        (["encoder", "x"], None, "bidirectional encoder"),
-        (["classifier", "x"], None, "pipeline('text-classification'"),
-        (["missing", "x"], None, "no such directory"),
+        (["MODEL", ""], None, EMPTY),
+        (["MODEL", "   "], None, EMPTY),
+        (["MODEL"], "\n  \n", EMPTY),
+        (["MODEL", "--temperature", "-1", "x"], None, "error: --temperature=-1.0 must be 0 (greedy) or positive"),
+        (["MODEL", "--max-new-tokens", "0", "x"], None, "error: --max-new-tokens=0 must be at least 1"),
+        (["MODEL", "--top-p", "1.5", "x"], None, "error: --top-p=1.5 must be in (0, 1]"),
+        (["learned", "--max-new-tokens", "64", "x"], None,
+         "does not fit this model's context of 64 positions; ask for fewer than 64"),
+        (["encoder", "x"], None,
+         "is a bidirectional encoder (is_causal=False): it fills in blanks but cannot continue text. "
+         "Use pipeline('fill-mask', model=...)"),
+        (["classifier", "x"], None,
+         "holds a ScratchformerForSequenceClassification, not a language model, so it cannot generate text. "
+         "Use it with pipeline('text-classification', model=...)"),
+        (["missing", "x"], None, "/nonexistent/model: no such directory; pass a model directory"),
     ],
-)
+)  # fmt: skip
 def test_errors_name_the_fix(dirs, capsys, monkeypatch, argv, stdin, message):
     name, *rest = argv
     model = dirs["lm"] if name == "MODEL" else dirs.get(name, "/nonexistent/model")
     code, _, err = run(["--model", model, *rest], capsys, stdin=stdin, monkeypatch=monkeypatch)
     assert code == 2
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err

@@ -159,15 +159,105 @@ def test_cli_writes_pictures(checkpoint, tmp_path, capsys):
     assert "+1.000  ␣cat" in capsys.readouterr().out
 
 
-def test_cli_errors_are_one_clear_line(checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def peaked_checkpoint(tokenizer, tmp_path_factory):
+    """A rotary, grouped-query checkpoint whose queries and keys are scaled up, so its heads attend
+    sharply and differently: a freshly initialised model's maps are all close to uniform, and a
+    wrong layer, head or row would pass an approximate comparison with them."""
+    path = tmp_path_factory.mktemp("peaked")
+    model = tiny(tokenizer, position_embedding="rope", num_key_value_heads=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(12.0)
+            layer.self_attn.k_proj.weight.mul_(12.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _models_own_maps(checkpoint, text):
+    """The maps the model itself returns with output_attentions=True, loaded with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    ids = AutoTokenizer.from_pretrained(checkpoint)(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        attentions = model(input_ids=ids, output_attentions=True).attentions
+    return torch.stack([a[0] for a in attentions]).numpy()
+
+
+def test_cli_draws_the_models_own_attention_maps(peaked_checkpoint, tmp_path, monkeypatch):
+    expected = _models_own_maps(peaked_checkpoint, TEXT)
+    L = expected.shape[-1]
+    future = np.triu(np.ones((L, L), bool), k=1)
+    # Not near-uniform: in most rows the strongest weight is over twice 1/(number of keys seen).
+    assert np.mean(expected.max(-1) > 2.0 / np.arange(1, L + 1)) > 0.5
+    figures = []
+    monkeypatch.setattr(inspect, "save", lambda fig, path, **kw: figures.append(fig) or path)
+    page = tmp_path / "a.html"
+    assert inspect.main(["attention", "--model", str(peaked_checkpoint), TEXT, "--html", str(page)]) == 0
+    assert inspect.main(["attention", "--model", str(peaked_checkpoint), TEXT, "--layer", "-1", "--head", "2"]) == 0
+
+    grid, single = figures
+    panels = [ax for ax in grid.axes if ax.images]
+    assert len(panels) == 2 * 4  # every layer and every query head (4 of them over 2 key/value heads)
+    for ax in panels:
+        layer, head = map(int, re.fullmatch(r"layer (\d+), head (\d+)", ax.get_title()).groups())
+        drawn = ax.images[0].get_array()
+        # The future is masked (drawn grey); every visible cell is the model's own weight, bit for bit.
+        np.testing.assert_array_equal(np.ma.getmaskarray(drawn), future)
+        np.testing.assert_array_equal(drawn.filled(0.0), expected[layer, head])
+    (one,) = [ax for ax in single.axes if ax.images]
+    np.testing.assert_array_equal(one.images[0].get_array().filled(0.0), expected[-1, 2])
+
+    payload = json.loads(page.read_text("utf-8").split('id="data">')[1].split("</script>")[0])
+    np.testing.assert_allclose(payload["maps"], expected, atol=5e-5)  # the page rounds to 4 decimals
+
+
+# Every `scratchformer inspect` error the user can reach: exit 2 and one line naming the problem
+# and the fix. {ckpt}, {bare} and {tmp} are filled in by the test.
+CLI_ERRORS = [
+    (["attention", "--model", "{tmp}", "hi"], "{tmp} is not a model directory (no config.json). Pass --model DIR"),
+    (["attention", "--model", "{bare}", "hi"],
+     "No tokenizer in {bare} (a model saved on its own has none). Pass --tokenizer DIR"),
+    (["attention", "--model", "{ckpt}", "hi", "--layer", "7"],
+     "--layer 7 is out of range: this model has 2 layers (0..1)."),
+    (["attention", "--model", "{ckpt}", "hi", "--head", "-5"],
+     "--head -5 is out of range: this model has 4 heads (0..3)."),
+    (["embeddings", "--model", "{ckpt}", "--token", "catdogmatlog"],
+     "'catdogmatlog' is not a single token in this vocabulary; it splits into"),
+    (["embeddings", "--model", "{ckpt}", "--token", "cat", "--k", "0"], "k must be at least 1, got 0."),
+    (["embeddings", "--model", "{ckpt}", "--token", "cat", "--k", "1"],
+     "A projection needs at least two distinct tokens."),
+    (["run", "{tmp}/nowhere"], "{tmp}/nowhere does not exist: pass a pretraining run's output directory"),
+    (["run", "{bare}"], "No *.jsonl metrics log in {bare}: is it the output directory of `scratchformer pretrain`?"),
+    (["run", "{tmp}/empty.jsonl"], "{tmp}/empty.jsonl has no metrics to plot (looked for loss, train_loss,"),
+    (["cross-attention", "--model", "{ckpt}", "--source", "hi"],
+     "{ckpt} is not an encoder-decoder: cross-attention needs a source and a target."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", CLI_ERRORS, ids=[f"{i}-{a[0]}" for i, (a, _) in enumerate(CLI_ERRORS)])
+def test_cli_errors_are_one_clear_line(checkpoint, tmp_path, capsys, argv, message):
     bare = tmp_path / "bare"
     ScratchformerForCausalLM.from_pretrained(checkpoint).save_pretrained(bare)
-    assert inspect.main(["attention", "--model", str(bare), "hi"]) == 2
-    assert "--tokenizer DIR" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text('{"step": 1}\n', "utf-8")
+    where = dict(ckpt=checkpoint, bare=bare, tmp=tmp_path)
+    capsys.readouterr()
+    assert inspect.main([a.format(**where) for a in argv]) == 2
+    err = capsys.readouterr().err
+    # One error line, no traceback (a "Loading weights" progress bar may come before it).
+    (line,) = [line for line in err.split("\n") if "error" in line.lower()]
+    assert line.startswith(f"scratchformer inspect {argv[0]}: error: ") and "Traceback" not in err, err
+    assert message.format(**where) in line, err
+
+
+def test_a_checkpoint_without_a_tokenizer_works_with_tokenizer_given(checkpoint, tmp_path):
+    bare = tmp_path / "bare"
+    ScratchformerForCausalLM.from_pretrained(checkpoint).save_pretrained(bare)
     assert inspect.main(["attention", "--model", str(bare), "--tokenizer", str(checkpoint), "hi",
                          "--out", str(tmp_path / "ok.png")]) == 0
-    assert inspect.main(["attention", "--model", str(checkpoint), "hi", "--layer", "7"]) == 2
-    assert "out of range" in capsys.readouterr().err
+    _png(tmp_path / "ok.png")
 
 
 def test_plot_run_tolerates_a_log_being_written(tmp_path):

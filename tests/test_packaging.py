@@ -103,3 +103,22 @@ def test_declared_lower_bounds_are_the_versions_the_lowest_ci_leg_installs():
 def test_transformers_upper_bound_is_the_next_major_release():
     (transformers,) = [r for r in _requirements() if r.name == "transformers"]
     assert "<6" in str(transformers.specifier)
+
+
+def test_console_script_help_of_every_subcommand(tmp_path):
+    # The README's promise: `scratchformer <command> --help` lists every option. Through the installed
+    # console script, as a user runs it, so a command whose module fails to import or whose parser
+    # breaks fails here, not on a user's machine. Every command is run before failing, to name them all.
+    from scratchformer.training.cli import SUBCOMMANDS
+
+    script = Path(sys.executable).parent / "scratchformer"
+    problems = {}
+    for name in SUBCOMMANDS:
+        proc = subprocess.run([str(script), name, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        usage = " ".join(proc.stdout.split())  # argparse wraps a long usage line
+        if proc.returncode != 0:
+            problems[name] = f"exit {proc.returncode}: {proc.stderr[-1500:]}"
+        elif not usage.startswith(f"usage: scratchformer {name} ") or "-h, --help" not in proc.stdout:
+            problems[name] = f"usage does not name the command: {proc.stdout[:300]!r}"
+    assert not problems, problems

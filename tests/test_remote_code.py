@@ -16,6 +16,8 @@ from scratchformer.modeling import (
 )
 
 PAYLOAD = ("configuration_scratchformer.py", "modeling_scratchformer.py")
+# An encoder-decoder checkpoint ships its own pair beside the decoder-only pair, whose blocks it reuses.
+SEQ2SEQ_PAYLOAD = (*PAYLOAD, "configuration_scratchformer_seq2seq.py", "modeling_scratchformer_seq2seq.py")
 AUTO_CLASSES = {
     "AutoConfig",
     "AutoModel",
@@ -80,9 +82,12 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def assert_payload_is_self_contained(directory: Path) -> None:
-    siblings = {Path(name).stem for name in PAYLOAD}
-    for name in PAYLOAD:
+def assert_payload_is_self_contained(directory: Path, payload: tuple[str, ...] = PAYLOAD) -> None:
+    """Every file of `payload` imports only torch, transformers, the standard library and the other
+    files of the same payload: a decoder-only checkpoint does not carry the seq2seq pair, so its files
+    must not reach for them."""
+    siblings = {Path(name).stem for name in payload}
+    for name in payload:
         imports = _imports(directory / name)
         assert imports, name
         for level, module in imports:
@@ -149,7 +154,22 @@ def test_checkpoint_loads_and_runs_without_scratchformer(tmp_path, tiny_config, 
 
 def test_source_payload_is_self_contained():
     """The same check on the source files, so a bad import fails here before any checkpoint is saved."""
-    assert_payload_is_self_contained(Path(scratchformer.modeling.__file__).parent)
+    source_dir = Path(scratchformer.modeling.__file__).parent
+    assert_payload_is_self_contained(source_dir)
+    assert_payload_is_self_contained(source_dir, SEQ2SEQ_PAYLOAD)
+
+
+def test_seq2seq_checkpoint_payload_is_self_contained(tmp_path):
+    from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
+
+    config = ScratchformerSeq2SeqConfig(vocab_size=97, hidden_size=32, encoder_layers=1, decoder_layers=1,
+                                        num_attention_heads=4, max_position_embeddings=64)  # fmt: skip
+    ScratchformerForConditionalGeneration(config).save_pretrained(tmp_path)
+    source_dir = Path(scratchformer.modeling.__file__).parent
+    assert {p.name for p in tmp_path.glob("*.py")} == set(SEQ2SEQ_PAYLOAD)
+    for file in SEQ2SEQ_PAYLOAD:
+        assert (tmp_path / file).read_bytes() == (source_dir / file).read_bytes(), file
+    assert_payload_is_self_contained(tmp_path, SEQ2SEQ_PAYLOAD)
 
 
 def test_the_subprocess_really_cannot_import_scratchformer(tmp_path, run_without_scratchformer):

@@ -168,3 +168,56 @@ def test_failure_while_saving_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         train_tokenizer(tmp_path / "tok", files=[_corpus(tmp_path, "txt")], vocab_size=300, show_progress=False)
     assert not (tmp_path / "tok").exists() and _leftovers(tmp_path) == []
+
+
+# -- several files: the vocabulary comes from all of them --------------------------------------------
+
+
+def _lines_with(word):
+    # A word that occurs only in this file, often enough (190 training rows) that BPE makes it a token.
+    return [f"{line} The {word} again." for line in LINES]
+
+
+def _one_token(tok, word):
+    ids = tok.encode(" " + word, add_special_tokens=False)
+    return len(ids) == 1 and tok.convert_ids_to_tokens(ids) == ["Ġ" + word]
+
+
+def _trained_bytes(*files_rows):
+    # Rows are numbered across the files in order; every 20th one is held out of training.
+    rows = [row for rows in files_rows for row in rows]
+    return sum(len(row.encode("utf-8")) for i, row in enumerate(rows, 1) if i % 20)
+
+
+def test_several_text_files_all_feed_the_vocabulary(tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("\n".join(_lines_with("aardvark")) + "\n", encoding="utf-8")
+    second.write_text("\n".join(_lines_with("zygomorphic")) + "\n", encoding="utf-8")
+    out = tmp_path / "tok"
+    assert main(["--out", str(out), "--files", str(first), str(second), "--vocab-size", "400", "--quiet"]) == 0
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert _one_token(tok, "aardvark") and _one_token(tok, "zygomorphic")  # one from each file
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["documents"] + stats["heldout_documents"] == 2 * len(LINES)
+    # .txt rows keep their "\n"
+    assert stats["corpus_bytes"] == _trained_bytes([r + "\n" for r in _lines_with("aardvark")],
+                                                   [r + "\n" for r in _lines_with("zygomorphic")])  # fmt: skip
+    assert "first.txt" in stats["source"] and "second.txt" in stats["source"]
+
+
+def test_a_json_file_beside_a_jsonl_file_with_a_text_column(tmp_path):
+    # .json holds one array of records, .jsonl one record a line; both are read with --text-column.
+    lines, array = tmp_path / "a.jsonl", tmp_path / "b.json"
+    lines.write_text("".join(json.dumps({"n": i, "body": t}) + "\n" for i, t in enumerate(_lines_with("aardvark"))),
+                     encoding="utf-8")  # fmt: skip
+    array.write_text(json.dumps([{"n": i, "body": t} for i, t in enumerate(_lines_with("zygomorphic"))]),
+                     encoding="utf-8")  # fmt: skip
+    out = tmp_path / "tok"
+    argv = ["--out", str(out), "--files", str(lines), str(array), "--text-column", "body", "--vocab-size", "400"]
+    assert main([*argv, "--quiet"]) == 0
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert _one_token(tok, "aardvark") and _one_token(tok, "zygomorphic")
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["corpus_bytes"] == _trained_bytes(_lines_with("aardvark"), _lines_with("zygomorphic"))
