@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest interop interop-ci interop-vllm lint bench clean
+.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest interop interop-ci interop-vllm mutation lint bench clean
 
 install: $(STAMP)
 
@@ -53,5 +53,9 @@ interop:
 interop-vllm:
 	PYTHON=$(PYTHON) .ci/interop-vllm
 
+# Which small bugs in the model code no test would notice (about an hour; not part of CI).
+mutation:
+	PYTHON=$(PYTHON) .ci/mutation
+
 clean:
-	rm -rf $(VENV) .venv-compat-* .venv-interop .venv-vllm build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-compat-* .venv-interop .venv-vllm .venv-mutation coverage build *.egg-info .pytest_cache .ruff_cache
