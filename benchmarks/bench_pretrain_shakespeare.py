@@ -29,8 +29,8 @@ import torch
 import transformers
 
 from scratchformer.tokenization import MIN_VOCAB_SIZE, bytes_per_token
-from scratchformer.training.pretrain import PretrainConfig, train
-from scratchformer.training.tokenizer_cli import train_tokenizer
+from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.library.tokenizer_training import train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -24,7 +24,7 @@ import tokenizers
 import transformers
 
 from scratchformer.tokenization import bytes_per_token, train_bpe
-from scratchformer.training.data import default_corpus
+from scratchformer.training.library.data import default_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

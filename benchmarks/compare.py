@@ -35,7 +35,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from scratchformer.modeling import ScratchformerForCausalLM
-from scratchformer.training.convert import (
+from scratchformer.training.library.convert import (
     convert_model,
     gpt2_config_to_scratchformer,
     llama_config_to_scratchformer,

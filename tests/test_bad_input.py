@@ -27,9 +27,10 @@ from transformers import AutoModelForCausalLM
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization.bpe import train_bpe
-from scratchformer.training import generate, inspect
-from scratchformer.training.checkpoint_io import CheckpointError, load_model_dir
-from scratchformer.training.pretrain import PretrainConfig, train
+from scratchformer.training import generate, viz
+from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.model_dir import load_model_dir
+from scratchformer.training.library.pretraining import PretrainConfig, train
 
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "numbers 1 2 3 and words"] * 20
 
@@ -103,7 +104,7 @@ def damaged(request, good_dir, tmp_path):
 
 def test_the_loader_refuses_a_damaged_directory_naming_file_and_fix(damaged):
     d, message, _ = damaged
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(UserError, match=message):
         load_model_dir(d, AutoModelForCausalLM, architectures=("ForCausalLM",))
 
 
@@ -131,9 +132,9 @@ def test_generate_refuses_it_in_one_line(damaged, capsys):
 
 def test_inspect_refuses_it_with_its_own_error(damaged):
     d, message, case = damaged
-    # InspectError (a ValueError), carrying the loader's message: the CLI prints it as one line.
-    with pytest.raises(inspect.InspectError, match=INSPECT_SAYS.get(case, message)):
-        inspect.load_model(d)
+    # UserError (a ValueError), carrying the loader's message: the CLI prints it as one line.
+    with pytest.raises(UserError, match=INSPECT_SAYS.get(case, message)):
+        viz.load_model(d)
 
 
 def test_the_good_directories_load(good_dir):
@@ -305,7 +306,7 @@ def run(*argv):
     code = cli.main([str(a) for a in argv])
     assert code == 0, (argv, code)
 
-run("tokenizer", "--out", work / "tok", "--files", story, "--vocab-size", "300", "--quiet")
+run("tokenizer", "--output_dir", work / "tok", "--train_files", story, "--vocab-size", "300", "--quiet")
 
 torch.manual_seed(0)
 tokenizer = train_bpe(open(story).read().splitlines(), vocab_size=300, show_progress=False)
@@ -315,18 +316,19 @@ ScratchformerForCausalLM(config).save_pretrained(work / "lm")
 tokenizer.save_pretrained(work / "lm")
 rows = [{"text": line, "label": ("a", "b")[i % 2]} for i, line in enumerate(open(story).read().splitlines()[:40])]
 (work / "clf.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
-run("finetune", "--model", work / "lm", "--task", "classification", "--train-file", work / "clf.jsonl",
-    "--out", work / "clf", "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu",
+run("finetune", "--model", work / "lm", "--task", "classification", "--train_files", work / "clf.jsonl",
+    "--output_dir", work / "clf", "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu",
     "--disable_tqdm", "true", "--report_to", "none")
 
-run("inspect", "attention", "--model", work / "lm", "the harbour", "--out", work / "a.png", "--html", work / "a.html")
-run("inspect", "embeddings", "--model", work / "lm", "--token", "e", "--k", "3", "--out", work / "e.png")
+run("inspect", "attention", "--model", work / "lm", "the harbour", "--output_file", work / "a.png", "--html",
+    work / "a.html")
+run("inspect", "embeddings", "--model", work / "lm", "--token", "e", "--k", "3", "--output_file", work / "e.png")
 
 LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=4, max_position_embeddings=64)).save_pretrained(work / "llama")
-run("convert", "--from", work / "llama", "--out", work / "converted")
+run("convert", "--model", work / "llama", "--output_dir", work / "converted")
 
-run("demo", "--files", story, "--size", "tiny", "--steps", "1", "--out", work / "demo")
+run("demo", "--train_files", story, "--size", "tiny", "--max_train_steps", "1", "--output_dir", work / "demo")
 print("all ran")
 """
 

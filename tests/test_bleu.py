@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from scratchformer.training.bleu import corpus_bleu, exact_match
+from scratchformer.training.library.bleu import corpus_bleu, exact_match
 
 
 def test_identical_corpus_scores_100():

@@ -35,8 +35,11 @@ from scratchformer.modeling import (
     ScratchformerSeq2SeqConfig,
 )
 from scratchformer.modeling import modeling_scratchformer as msf
-from scratchformer.training import finetune, generate, pretrain, seq2seq, tokenizer_cli
-from scratchformer.training.data import default_corpus
+from scratchformer.training import finetune, generate, pretrain
+from scratchformer.training import tokenizer as tokenizer_cli
+from scratchformer.training.library import finetuning
+from scratchformer.training.library import seq2seq as seq2seq_lib
+from scratchformer.training.library.data import default_corpus
 
 SCRATCHFORMER = Path(sys.executable).parent / "scratchformer"
 TINY_PRETRAIN = ["--size", "tiny", "--hidden_size", "32", "--block_size", "32", "--per_device_train_batch_size", "8",
@@ -208,7 +211,8 @@ def corpus(tmp_path_factory) -> dict:
 def tokenizer_run(corpus, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
     """`scratchformer tokenizer`, through the console script: the tokenizer every other run uses."""
     root = tmp_path_factory.mktemp("tok")
-    proc = console(["tokenizer", "--out", str(root / "tok"), "--files", corpus["train"], "--vocab-size", "320",
+    proc = console(["tokenizer", "--output_dir", str(root / "tok"), "--train_files", corpus["train"],
+                   "--vocab-size", "320",
                     "--max-length", "64", "--min-frequency", "2", "--quiet"], cwd=root)  # fmt: skip
     return str(root / "tok"), proc
 
@@ -258,7 +262,7 @@ def test_tokenizer_min_frequency_stops_merges_below_it(corpus, tmp_path, capsys)
     sizes = {}
     for min_frequency in (2, 40):
         out = tmp_path / f"tok{min_frequency}"
-        argv = ["--out", str(out), "--files", corpus["train"], "--vocab-size", "4000",
+        argv = ["--output_dir", str(out), "--train_files", corpus["train"], "--vocab-size", "4000",
                 "--min-frequency", str(min_frequency)]  # fmt: skip
         assert tokenizer_cli.main(argv) == 0
         sizes[min_frequency] = len(AutoTokenizer.from_pretrained(out))
@@ -437,7 +441,7 @@ def test_lora_merges_the_trained_adapter_into_the_targeted_weights(lm_dir, corpu
     probe = tokenizer("The for statement is used to iterate", return_tensors="pt")["input_ids"]
     before_merge = []
 
-    class WatchedTrainer(finetune.Trainer):
+    class WatchedTrainer(finetuning.Trainer):
         def train(self, *args, **kwargs):
             result = super().train(*args, **kwargs)
             # The model Trainer trained, before finetune() merges and saves it.
@@ -447,9 +451,9 @@ def test_lora_merges_the_trained_adapter_into_the_targeted_weights(lm_dir, corpu
                 before_merge.append(self.model(input_ids=probe).logits)
             return result
 
-    monkeypatch.setattr(finetune, "Trainer", WatchedTrainer)
+    monkeypatch.setattr(finetuning, "Trainer", WatchedTrainer)
     out = tmp_path / "lora"
-    argv = ["--model", lm_dir, "--task", "causal-lm", "--train-file", corpus["text"], "--out", str(out),
+    argv = ["--model", lm_dir, "--task", "causal-lm", "--train_files", corpus["text"], "--output_dir", str(out),
             "--lora-r", "2", "--lora-alpha", "3", "--lora-dropout", "0.1", "--lora-target-modules", "o_proj", "up_proj",
             "--max-length", "32", "--validation-fraction", "0", "--max_steps", "6", "--learning_rate", "2e-2",
             "--per_device_train_batch_size", "8", "--save_strategy", "no", "--eval_strategy", "no",
@@ -489,8 +493,8 @@ def test_finetune_console_early_stopping_and_kept_checkpoints(lm_dir, corpus, tm
     """Learning rate 0: the validation loss cannot improve, so patience 1 stops after the second
     evaluation of the six epochs asked for; --keep-checkpoints keeps Trainer's checkpoints."""
     out = tmp_path / "stopped"
-    proc = console(["finetune", "--model", lm_dir, "--task", "causal-lm", "--train-file", corpus["text"],
-                    "--out", str(out), "--max-length", "32", "--validation-fraction", "0.2",
+    proc = console(["finetune", "--model", lm_dir, "--task", "causal-lm", "--train_files", corpus["text"],
+                    "--output_dir", str(out), "--max-length", "32", "--validation-fraction", "0.2",
                     "--num_train_epochs", "6", "--learning_rate", "0", "--early-stopping-patience", "1",
                     "--keep-checkpoints", "--per_device_train_batch_size", "16", "--use_cpu",
                     "--disable_tqdm", "true", "--seed", "0"], cwd=tmp_path)  # fmt: skip
@@ -530,7 +534,7 @@ def seq2seq_loss(model_dir, data: dict, smoothing: float = 0.0) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
     model.train()  # as in a training step (no dropout in this config, so nothing random)
-    pairs = seq2seq.tokenize_pairs(datasets.Dataset.from_list(data["rows"]), tokenizer, "source", "target")
+    pairs = seq2seq_lib.tokenize_pairs(datasets.Dataset.from_list(data["rows"]), tokenizer, "source", "target")
     batch = DataCollatorForSeq2Seq(tokenizer, model=model)([pairs[i] for i in range(len(pairs))])
     labels = batch.pop("labels")
     with torch.no_grad():
@@ -544,8 +548,8 @@ def seq2seq_loss(model_dir, data: dict, smoothing: float = 0.0) -> float:
 def run_seq2seq(data: dict, model_dir: Path, out: Path, *flags: str) -> dict:
     """`scratchformer finetune --task seq2seq` on the copy task, every row in one batch; returns the
     training metrics it prints."""
-    argv = ["--task", "seq2seq", "--model", str(model_dir), "--train-file", data["train"], "--out", str(out),
-            "--batch-size", "32", "--warmup-steps", "1", *flags]  # fmt: skip
+    argv = ["--task", "seq2seq", "--model", str(model_dir), "--train_files", data["train"], "--output_dir", str(out),
+            "--per_device_train_batch_size", "32", "--warmup-steps", "1", *flags]  # fmt: skip
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert finetune.main(argv) == 0
@@ -557,14 +561,14 @@ def run_seq2seq(data: dict, model_dir: Path, out: Path, *flags: str) -> dict:
 def seq2seq_trained(seq2seq_data, tmp_path_factory) -> Path:
     """12 steps at a real learning rate (underscore spelling, as every other finetune flag may be)."""
     out = tmp_path_factory.mktemp("seq2seq-trained")
-    run_seq2seq(seq2seq_data, seq2seq_data["init"], out, "--epochs", "12", "--learning_rate", "3e-3")
+    run_seq2seq(seq2seq_data, seq2seq_data["init"], out, "--num_train_epochs", "12", "--learning_rate", "3e-3")
     return out
 
 
 def test_seq2seq_learning_rate_is_the_one_used(seq2seq_data, seq2seq_trained, tmp_path):
     # Zero: not one weight moves. (Had the flag been dropped, the default, the paper's peak, is
     # 32^-0.5 = 0.18 with --warmup-steps 1: every weight would have moved.)
-    run_seq2seq(seq2seq_data, seq2seq_data["init"], tmp_path, "--epochs", "2", "--learning-rate", "0")
+    run_seq2seq(seq2seq_data, seq2seq_data["init"], tmp_path, "--num_train_epochs", "2", "--learning-rate", "0")
     init, zero = load_file(seq2seq_data["init"] / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(init[k], zero[k]) for k in init)
     # A real one takes the loss well down.
@@ -577,8 +581,8 @@ def test_seq2seq_label_smoothing_is_the_loss_trained_on(seq2seq_data, seq2seq_tr
     # One step at learning rate 0 over every row of the trained model: the reported training loss is
     # that model's loss, which must be the one with this smoothing (the default is 0.1). A trained
     # model puts far more on the right token than on the average one, so the smoothings differ widely.
-    printed = run_seq2seq(seq2seq_data, seq2seq_trained, tmp_path, "--epochs", "1", "--learning-rate", "0",
-                          "--label-smoothing", smoothing)  # fmt: skip
+    printed = run_seq2seq(seq2seq_data, seq2seq_trained, tmp_path, "--num_train_epochs", "1", "--learning-rate", "0",
+                          "--label_smoothing_factor", smoothing)  # fmt: skip
     expected = seq2seq_loss(seq2seq_trained, seq2seq_data, float(smoothing))
     assert printed["train_loss"] == pytest.approx(expected, rel=1e-4)
     default = seq2seq_loss(seq2seq_trained, seq2seq_data, 0.1)
@@ -588,7 +592,7 @@ def test_seq2seq_label_smoothing_is_the_loss_trained_on(seq2seq_data, seq2seq_tr
 def test_seq2seq_schedule_and_beam_flags_reach_trainer_and_generate(seq2seq_data, tmp_path, monkeypatch):
     trainers, beams = [], []
 
-    class WatchedTrainer(seq2seq.Seq2SeqTrainer):
+    class WatchedTrainer(seq2seq_lib.Seq2SeqTrainer):
         def train(self, *args, **kwargs):
             result = super().train(*args, **kwargs)
             trainers.append(self)
@@ -600,11 +604,13 @@ def test_seq2seq_schedule_and_beam_flags_reach_trainer_and_generate(seq2seq_data
         beams.append(kwargs.get("num_beams"))
         return real_generate(self, *args, **kwargs)
 
-    monkeypatch.setattr(seq2seq, "Seq2SeqTrainer", WatchedTrainer)
+    monkeypatch.setattr(seq2seq_lib, "Seq2SeqTrainer", WatchedTrainer)
     monkeypatch.setattr(ScratchformerForConditionalGeneration, "generate", generate_spy)
     eval_file = write_jsonl(tmp_path / "eval.jsonl", seq2seq_data["rows"][:2])
-    run_seq2seq(seq2seq_data, seq2seq_data["init"], tmp_path / "out", "--epochs", "2", "--batch-size", "8",
-                "--warmup-steps", "3", "--no-paper-schedule", "--learning-rate", "1e-3", "--eval-file", eval_file,
+    run_seq2seq(seq2seq_data, seq2seq_data["init"], tmp_path / "out", "--num_train_epochs", "2",
+                "--per_device_train_batch_size", "8",
+                "--warmup-steps", "3", "--no-paper-schedule", "--learning-rate", "1e-3", "--validation_files",
+                 eval_file,
                 "--num-beams", "3")  # fmt: skip
     (trainer,) = trainers
     assert trainer.state.global_step == 2 * 3  # --epochs 2 of 24 rows in --batch-size 8

@@ -40,7 +40,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from scratchformer.training import convert, upgrade
+from scratchformer.training import upgrade
+from scratchformer.training.library.convert import convert_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -200,7 +201,7 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_greedy_32_tokens_equal_the_reference_class(name, use_cache, assert_same_decoding):
     reference = REFERENCES[name]()
-    ours = convert.convert_model(reference)
+    ours = convert_model(reference)
     ids, mask = prompts()
     kwargs = dict(attention_mask=mask, max_new_tokens=32, pad_token_id=0, use_cache=use_cache)
     assert_same_decoding(reference, ours, ids, min_distinct=8, **kwargs)
@@ -214,7 +215,7 @@ def test_greedy_32_tokens_equal_the_reference_class(name, use_cache, assert_same
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_beam_search_equals_the_reference_class(name, assert_same_decoding):
     reference = REFERENCES[name]()
-    ours = convert.convert_model(reference)
+    ours = convert_model(reference)
     ids, mask = prompts()
     assert_same_decoding(reference, ours, ids, attention_mask=mask, max_new_tokens=12, num_beams=3,
                          pad_token_id=0, atol=1e-4)
@@ -223,7 +224,7 @@ def test_beam_search_equals_the_reference_class(name, assert_same_decoding):
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_static_cache_decodes_like_the_dynamic_cache_and_the_reference(name, assert_same_decoding):
     reference = REFERENCES[name]()
-    ours = convert.convert_model(reference)
+    ours = convert_model(reference)
     ids, mask = prompts()
     kwargs = dict(attention_mask=mask, max_new_tokens=16, pad_token_id=0)
     assert_same_decoding(ours, ours, ids, a_kwargs={"cache_implementation": "static"}, **kwargs)
@@ -232,7 +233,7 @@ def test_static_cache_decodes_like_the_dynamic_cache_and_the_reference(name, ass
 
 
 def test_a_static_cache_object_passed_by_hand_fills_as_the_model_decodes():
-    ours = convert.convert_model(lively_llama())
+    ours = convert_model(lively_llama())
     ids, mask = prompts()
     cache = StaticCache(config=ours.config, max_cache_len=32)
     with torch.no_grad():

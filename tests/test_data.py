@@ -7,7 +7,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from scratchformer.training.data import (
+from scratchformer.training.library.data import (
     check_utf8,
     default_corpus,
     default_corpus_dataset,

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from scratchformer.training import demo
-from scratchformer.training.pretrain import SIZES
+from scratchformer.training.library.pretraining import SIZES
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
@@ -20,7 +20,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     # A relative --out, as `make demo` uses: the fresh processes run elsewhere and must still find it.
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo-out"
-    assert demo.main(["--quick", "--out", "demo-out"]) == 0
+    assert demo.main(["--quick", "--output_dir", "demo-out"]) == 0
     printed = capsys.readouterr().out
 
     for stage in range(1, 7):
@@ -79,7 +79,8 @@ def test_demo_uses_the_given_files_and_size(tmp_path, capsys, monkeypatch):
     story = tmp_path / "story.txt"
     story.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    assert demo.main(["--files", str(story), "--size", "tiny", "--steps", "1", "--out", str(out)]) == 0
+    assert demo.main(["--train_files", str(story), "--size", "tiny", "--max_train_steps", "1", "--output_dir",
+                     str(out)]) == 0
     printed = capsys.readouterr().out
 
     # The tokenizer read this file and nothing else: its bytes (every 20th line held out), its name.
@@ -104,7 +105,7 @@ def test_demo_replaces_its_own_output_but_nothing_else(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    assert demo.main(["--out", str(mine)]) == 2  # refused before any work
+    assert demo.main(["--output_dir", str(mine)]) == 2  # refused before any work
     assert "was not made by the demo" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "precious"
 

@@ -20,6 +20,8 @@ from scratchformer.modeling import (
 )
 from scratchformer.tokenization import train_bpe
 from scratchformer.training import export
+from scratchformer.training.library import export as export_lib
+from scratchformer.training.library.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints" / "v0.2.0"
 STOCK = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel}
@@ -33,7 +35,7 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("target", ["llama", "gpt2"])
 def test_export_loads_as_the_stock_class_and_decodes_like_ours(target, tmp_path, assert_same_decoding):
     source = FIXTURES / f"causal_{target}"  # trained a few seconds: greedy decoding varies
-    out, notes = export.export_stock(source, target, tmp_path / "out")
+    out, notes = export_lib.export_stock(source, target, tmp_path / "out")
     assert notes == []
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == target and "auto_map" not in config
@@ -52,7 +54,7 @@ def test_export_loads_as_the_stock_class_and_decodes_like_ours(target, tmp_path,
 
 
 def test_the_export_needs_no_scratchformer(tmp_path, run_without_scratchformer):
-    out, _ = export.export_stock(FIXTURES / "causal_llama", "llama", tmp_path / "llama")
+    out, _ = export_lib.export_stock(FIXTURES / "causal_llama", "llama", tmp_path / "llama")
     ours = ScratchformerForCausalLM.from_pretrained(FIXTURES / "causal_llama").eval()
     ids, mask = prompts()
     torch.save(ids, tmp_path / "ids.pt")
@@ -83,7 +85,7 @@ def test_tokenizer_generation_config_chat_template_and_card_travel(tmp_path):
     tokenizer.save_pretrained(source)
     (source / "README.md").write_text("# my model\n\ntrained on cats\n")
 
-    out, _ = export.export_stock(source, "llama", tmp_path / "out")
+    out, _ = export_lib.export_stock(source, "llama", tmp_path / "out")
     from transformers import AutoTokenizer, GenerationConfig
 
     loaded = AutoTokenizer.from_pretrained(out)
@@ -124,10 +126,10 @@ REFUSALS = [
 @pytest.mark.parametrize(("target", "preset", "overrides", "expected"), REFUSALS)
 def test_configs_the_target_cannot_represent_are_refused(target, preset, overrides, expected):
     config = ScratchformerConfig.from_preset(preset, **TINY, **overrides)
-    with pytest.raises(export.ExportError, match="cannot export to") as caught:
-        export.check_exportable(config, target)
+    with pytest.raises(UserError, match="cannot export to") as caught:
+        export_lib.check_exportable(config, target)
     message = str(caught.value)
-    assert expected in message and f"the {export.PRESET_OF[target]!r} preset" in message
+    assert expected in message and f"the {export_lib.PRESET_OF[target]!r} preset" in message
 
 
 def test_a_refused_export_writes_nothing_and_says_so_on_one_line(tmp_path, capsys):
@@ -155,15 +157,16 @@ def test_other_heads_and_the_encoder_decoder_are_refused(tmp_path, capsys):
         assert "ForCausalLM" in capsys.readouterr().err
     config = ScratchformerSeq2SeqConfig(vocab_size=50, hidden_size=16, encoder_layers=1, decoder_layers=1,
                                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
-    with pytest.raises(export.ExportError, match="encoder-decoder has no stock counterpart"):
-        export.check_exportable(config, "llama")
+    with pytest.raises(UserError, match="encoder-decoder has no stock counterpart"):
+        export_lib.check_exportable(config, "llama")
 
 
 def test_dropout_llama_cannot_carry_is_reported_not_refused(tmp_path):
     config = ScratchformerConfig.from_preset("llama", **TINY, hidden_dropout=0.1)
-    notes = export.check_exportable(config, "llama")
+    notes = export_lib.check_exportable(config, "llama")
     assert len(notes) == 1 and "hidden_dropout=0.1" in notes[0] and "inference is unaffected" in notes[0]
-    assert export.check_exportable(ScratchformerConfig.from_preset("gpt2", **TINY, hidden_dropout=0.1), "gpt2") == []
+    gpt2 = ScratchformerConfig.from_preset("gpt2", **TINY, hidden_dropout=0.1)
+    assert export_lib.check_exportable(gpt2, "gpt2") == []
 
 
 def test_command_line(tmp_path, capsys):

@@ -28,8 +28,10 @@ from test_pretrain import as_flags, logged_losses, one_torch_thread, run_config,
 from transformers import AutoModelForCausalLM
 
 from scratchformer.modeling import ScratchformerForCausalLM
-from scratchformer.training.checkpoint_io import check_weights
-from scratchformer.training.pretrain import CHECKPOINT_RE, STATE_FILE, PretrainConfig, complete_checkpoints, main, train
+from scratchformer.training.library.model_dir import check_weights
+from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.library.run_dir import CHECKPOINT_RE, STATE_FILE, complete_checkpoints
+from scratchformer.training.pretrain import main
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -371,7 +373,7 @@ def test_resume_reads_accelerate_state_with_weights_only(corpus, tokenizer_dir, 
 
 
 def test_resume_drops_log_records_past_the_checkpoint_and_a_torn_line(tmp_path):
-    from scratchformer.training.pretrain import _truncate_jsonl
+    from scratchformer.training.library.run_dir import truncate_jsonl as _truncate_jsonl
 
     log = tmp_path / "metrics.jsonl"
     records = [{"step": s, "loss": 5.0 - s} for s in range(1, 6)]

@@ -6,6 +6,7 @@ a synthetic corpus, which is itself the causal-lm test) and every other test sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -16,14 +17,10 @@ from transformers import AutoTokenizer, TrainingArguments, pipeline
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization import train_bpe
-from scratchformer.training.finetune import (
-    FinetuneArguments,
-    accuracy_and_macro_f1,
-    finetune,
-    main,
-    parse_args,
-    prepare_language_modeling,
-)
+from scratchformer.training.finetune import main, parse_args
+from scratchformer.training.library.finetuning import FinetuneArguments, finetune
+from scratchformer.training.library.metrics import accuracy_and_macro_f1
+from scratchformer.training.library.tasks import prepare_language_modeling
 
 ANIMALS = ["cat", "dog", "fox", "owl"]
 VERBS = ["chased", "saw", "followed", "ignored", "watched"]
@@ -98,10 +95,13 @@ def lm(data, tmp_path_factory):
     torch.manual_seed(0)
     ScratchformerForCausalLM(config).save_pretrained(tmp / "random")
     tokenizer.save_pretrained(tmp / "random")
-    args = FinetuneArguments(
-        model=str(tmp / "random"), task="causal-lm", out=str(tmp / "lm"), train_file=[data["corpus"]], max_length=32
+    args = FinetuneArguments(model=str(tmp / "random"), task="causal-lm", train_files=[data["corpus"]], max_length=32)
+    results = finetune(
+        args,
+        cpu_args(
+            tmp, num_train_epochs=5, per_device_train_batch_size=16, learning_rate=5e-3, output_dir=str(tmp / "lm")
+        ),
     )
-    results = finetune(args, cpu_args(tmp, num_train_epochs=5, per_device_train_batch_size=16, learning_rate=5e-3))
     return {"dir": str(tmp / "lm"), "results": results}
 
 
@@ -124,8 +124,8 @@ def test_causal_lm_on_text_learns_and_writes_a_hub_directory(lm):
 def test_classification_reaches_accuracy_and_pipelines_predict_it(lm, data, tmp_path, run_without_scratchformer):
     out = tmp_path / "clf"
     # Through the command line, with stock TrainingArguments flags in both spellings.
-    argv = ["--model", lm["dir"], "--task", "classification", "--out", str(out),
-            "--train-file", data["train"], "--validation-file", data["validation"],
+    argv = ["--model", lm["dir"], "--task", "classification", "--output_dir", str(out),
+            "--train_files", data["train"], "--validation_files", data["validation"],
             "--num_train_epochs", "6", "--learning-rate", "2e-3", "--per_device_train_batch_size", "16",
             "--use_cpu", "--disable_tqdm", "true", "--seed", "0", "--early-stopping-patience", "3"]  # fmt: skip
     assert main(argv) == 0
@@ -165,25 +165,27 @@ def test_gradient_accumulation_keeps_the_loss_scale(lm, data, tmp_path):
     4 micro-batches of 4 must log the loss of one batch of 16, not 4 times it."""
     losses = []
     for batch, accumulation in ((16, 1), (4, 4)):
-        args = FinetuneArguments(model=lm["dir"], task="causal-lm", out=str(tmp_path / f"ga{accumulation}"),
-                                 train_file=[data["corpus"]], max_length=32, validation_fraction=0.0)  # fmt: skip
+        args = FinetuneArguments(model=lm["dir"], task="causal-lm",
+                                 train_files=[data["corpus"]], max_length=32, validation_fraction=0.0)  # fmt: skip
         training = cpu_args(tmp_path / f"ga{accumulation}", max_steps=1, logging_steps=1, eval_strategy="no",
                             per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)  # fmt: skip
-        results = finetune(args, training)
+        results = finetune(args, dataclasses.replace(training, output_dir=str(tmp_path / f"ga{accumulation}")))
         losses.append(next(r["loss"] for r in results["log_history"] if "loss" in r))
     assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
 
 
 def test_chat_records_train_on_assistant_turns_only(lm, tmp_path):
     chats = [
-        {"messages": [{"role": "user", "content": f"name an animal {i}"},
-                      {"role": "assistant", "content": ANIMALS[i % 4]}]}  # fmt: skip
+        {
+            "messages": [
+                {"role": "user", "content": f"name an animal {i}"},
+                {"role": "assistant", "content": ANIMALS[i % 4]},
+            ]
+        }  # fmt: skip
         for i in range(40)
     ]
     train = write_jsonl(tmp_path / "chat.jsonl", chats)
-    args = FinetuneArguments(
-        model=lm["dir"], task="causal-lm", out=str(tmp_path / "sft"), train_file=[train], assistant_only_loss=True
-    )
+    args = FinetuneArguments(model=lm["dir"], task="causal-lm", train_files=[train], assistant_only_loss=True)
     tokenizer = AutoTokenizer.from_pretrained(lm["dir"])
     import datasets
 
@@ -193,7 +195,7 @@ def test_chat_records_train_on_assistant_turns_only(lm, tmp_path):
     row = encoded[0]
     trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
     assert trained == "cat<|end|>"  # the reply and the token that closes the turn, nothing of the user's
-    results = finetune(args, cpu_args(tmp_path, max_steps=3, eval_strategy="no"))
+    results = finetune(args, cpu_args(tmp_path, max_steps=3, eval_strategy="no", output_dir=str(tmp_path / "sft")))
     assert results["chat"] and results["assistant_only_loss"]
     assert "loss on assistant turns only" in (tmp_path / "sft" / "README.md").read_text()
 
@@ -216,9 +218,9 @@ def test_lora_trains_only_adapters_and_changes_the_output(lm, data, tmp_path):
     assert not torch.allclose(peft_model(input_ids=ids).logits, before)
 
     # The same through `finetune --lora-r`: adapter saved alone, merged model saved for pipelines.
-    args = FinetuneArguments(model=lm["dir"], task="classification", out=str(tmp_path / "lora"),
-                             train_file=[data["train"]], lora_r=4)  # fmt: skip
-    results = finetune(args, cpu_args(tmp_path, max_steps=4, eval_strategy="no"))
+    args = FinetuneArguments(model=lm["dir"], task="classification",
+                             train_files=[data["train"]], lora_r=4)  # fmt: skip
+    results = finetune(args, cpu_args(tmp_path, max_steps=4, eval_strategy="no", output_dir=str(tmp_path / "lora")))
     assert results["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     out = pipeline("text-classification", model=str(tmp_path / "lora"), device="cpu")("the cat saw the dog")
@@ -227,12 +229,12 @@ def test_lora_trains_only_adapters_and_changes_the_output(lm, data, tmp_path):
 
 def test_a_classifier_can_be_fine_tuned_again_for_other_labels(lm, data, tmp_path):
     two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a} sat", "label": a} for a in ("cat", "dog") * 8])
-    first = FinetuneArguments(model=lm["dir"], task="classification", out=str(tmp_path / "two"), train_file=[two],
+    first = FinetuneArguments(model=lm["dir"], task="classification", train_files=[two],
                               validation_fraction=0.0)  # fmt: skip
-    finetune(first, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
-    second = FinetuneArguments(model=str(tmp_path / "two"), task="classification", out=str(tmp_path / "four"),
-                               train_file=[data["train"]], validation_fraction=0.0)  # fmt: skip
-    results = finetune(second, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    finetune(first, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "two")))
+    second = FinetuneArguments(model=str(tmp_path / "two"), task="classification",
+                               train_files=[data["train"]], validation_fraction=0.0)  # fmt: skip
+    results = finetune(second, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "four")))
     assert results["labels"] == sorted(ANIMALS)
     assert results["new_weights"] == ["score.weight"]  # the 2-label head was replaced by a 4-label one
 
@@ -245,28 +247,30 @@ def test_a_crash_while_saving_leaves_no_half_written_model(lm, tmp_path, monkeyp
 
     monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)  # after the weights were written
     two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a} sat", "label": a} for a in ("cat", "dog") * 8])
-    args = FinetuneArguments(model=lm["dir"], task="classification", out=str(tmp_path / "out"), train_file=[two],
+    args = FinetuneArguments(model=lm["dir"], task="classification", train_files=[two],
                              validation_fraction=0.0)  # fmt: skip
     with pytest.raises(OSError, match="No space"):
-        finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+        finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "out")))
     top = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert not {"model.safetensors", "config.json", "README.md"} & set(top), top  # only in the hidden staging
     monkeypatch.undo()
     args.overwrite = True  # the rerun (told to replace what is there) clears the staging leftover
-    results = finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no"))
+    results = finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "out")))
     assert results["labels"] == ["cat", "dog"] and not (tmp_path / "out" / ".final.tmp").exists()
 
 
 def test_hf_flags_parse_with_task_defaults(tmp_path):
-    args, training = parse_args(["--model", "m", "--task", "classification", "--out", str(tmp_path / "o"),
+    args, training = parse_args(["--model", "m", "--task", "classification", "--output_dir", str(tmp_path / "o"),
                                  "--num-train-epochs", "7", "--gradient_accumulation_steps", "2",
                                  "--lr_scheduler_type", "cosine", "--use_cpu"])  # fmt: skip
     assert args.task == "classification" and training.num_train_epochs == 7
     assert training.gradient_accumulation_steps == 2 and training.use_cpu
-    assert training.output_dir == str(tmp_path / "o" / "checkpoints")
+    # --output_dir is where the model goes (finetune() puts Trainer's checkpoints in OUTPUT_DIR/checkpoints).
+    assert training.output_dir == str(tmp_path / "o")
     assert training.metric_for_best_model == "accuracy" and training.greater_is_better
     assert training.load_best_model_at_end and training.report_to == []
-    _, lm_training = parse_args(["--model", "m", "--task", "causal-lm", "--out", "o", "--output_dir", "elsewhere"])
+    _, lm_training = parse_args(["--model", "m", "--task", "causal-lm", "--output_dir", "o", "--output_dir",
+                                "elsewhere"])
     assert lm_training.metric_for_best_model == "loss" and lm_training.output_dir == "elsewhere"
 
 
@@ -292,7 +296,7 @@ def run_cli(argv, capsys) -> str:
 
 
 def test_error_when_model_dir_is_not_a_model(tmp_path, capsys, data):
-    base = ["--task", "classification", "--out", str(tmp_path / "o"), "--train-file", data["train"]]
+    base = ["--task", "classification", "--output_dir", str(tmp_path / "o"), "--train_files", data["train"]]
     assert "no such directory" in run_cli(["--model", str(tmp_path / "missing"), *base], capsys)
     (tmp_path / "empty").mkdir()
     assert "no config.json" in run_cli(["--model", str(tmp_path / "empty"), *base], capsys)
@@ -307,26 +311,26 @@ def test_error_when_model_dir_is_not_a_model(tmp_path, capsys, data):
 
 def test_error_for_one_class_and_for_labels_unseen_in_training(lm, tmp_path, capsys):
     one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"the cat {i}", "label": "cat"} for i in range(10)])
-    err = run_cli(["--model", lm["dir"], "--task", "classification", "--out", str(tmp_path / "o"),
-                   "--train-file", one], capsys)  # fmt: skip
-    assert "single class ('cat')" in err and "--label-column" in err
+    err = run_cli(["--model", lm["dir"], "--task", "classification", "--output_dir", str(tmp_path / "o"),
+                   "--train_files", one], capsys)  # fmt: skip
+    assert "single class ('cat')" in err and "--label_column" in err
 
     two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a}", "label": a} for a in ("cat", "dog") * 5])
     val = write_jsonl(tmp_path / "val.jsonl", [{"text": f"the {a}", "label": a} for a in ("owl", "cat")])
-    err = run_cli(["--model", lm["dir"], "--task", "classification", "--out", str(tmp_path / "o"),
-                   "--train-file", two, "--validation-file", val], capsys)  # fmt: skip
+    err = run_cli(["--model", lm["dir"], "--task", "classification", "--output_dir", str(tmp_path / "o"),
+                   "--train_files", two, "--validation_files", val], capsys)  # fmt: skip
     assert "never seen in training ('owl')" in err
 
-    err = run_cli(["--model", lm["dir"], "--task", "classification", "--out", str(tmp_path / "o"),
-                   "--train-file", two, "--label-column", "topic"], capsys)  # fmt: skip
+    err = run_cli(["--model", lm["dir"], "--task", "classification", "--output_dir", str(tmp_path / "o"),
+                   "--train_files", two, "--label-column", "topic"], capsys)  # fmt: skip
     assert "no column 'topic'" in err and "'label'" in err
     assert "needs labelled examples" in run_cli(
-        ["--model", lm["dir"], "--task", "classification", "--out", str(tmp_path / "o")], capsys
+        ["--model", lm["dir"], "--task", "classification", "--output_dir", str(tmp_path / "o")], capsys
     )
 
 
 def test_error_for_a_task_the_architecture_cannot_serve(lm, tmp_path, capsys):
-    err = run_cli(["--model", lm["dir"], "--task", "masked-lm", "--out", str(tmp_path / "o")], capsys)
+    err = run_cli(["--model", lm["dir"], "--task", "masked-lm", "--output_dir", str(tmp_path / "o")], capsys)
     assert "is a decoder" in err and "--bidirectional" in err
     encoder = tmp_path / "encoder"
     config = ScratchformerConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
@@ -335,5 +339,5 @@ def test_error_for_a_task_the_architecture_cannot_serve(lm, tmp_path, capsys):
                                                  num_attention_heads=4)).save_pretrained(encoder)  # fmt: skip
     config.save_pretrained(encoder)  # the same weights, declared an encoder
     AutoTokenizer.from_pretrained(lm["dir"]).save_pretrained(encoder)
-    err = run_cli(["--model", str(encoder), "--task", "causal-lm", "--out", str(tmp_path / "o")], capsys)
+    err = run_cli(["--model", str(encoder), "--task", "causal-lm", "--output_dir", str(tmp_path / "o")], capsys)
     assert "bidirectional encoder" in err and "--task masked-lm" in err

@@ -17,6 +17,7 @@ from scratchformer.modeling import (
 )
 from scratchformer.tokenization import END_ID, EOS_ID, train_bpe
 from scratchformer.training import generate
+from scratchformer.training.library import generation
 
 TEXT = ["the cat sat on the mat", "the dog ate the bone", "a bird sang in the tree"] * 20
 
@@ -85,15 +86,15 @@ def test_sampling_is_reproducible_with_a_seed(dirs, capsys):
 
 
 def test_chat_formats_turns_and_stops_at_end_of_turn(dirs, capsys, monkeypatch):
-    model, tokenizer = generate.load(dirs["lm"])
+    model, tokenizer = generation.load(dirs["lm"])
     args = generate.build_parser().parse_args(["--model", dirs["lm"], "--chat"])
-    gen = generate.generation_config(model, tokenizer, args)
+    gen = generation.generation_config(model, tokenizer, args)
     assert set(gen.eos_token_id) == {EOS_ID, END_ID}  # </s> and <|end|> both end a reply
 
     prompts = []
-    real = generate.generate_one
+    real = generation.generate_one
     monkeypatch.setattr(
-        generate, "generate_one", lambda m, t, g, ids, **kw: (prompts.append(t.decode(ids[0])), real(m, t, g, ids))[1]
+        generation, "generate_one", lambda m, t, g, ids, **kw: (prompts.append(t.decode(ids[0])), real(m, t, g, ids))[1]
     )
     argv = ["--model", dirs["lm"], "--chat", "--system", "be brief", "--max-new-tokens", "3", "--temperature", "0"]
     code, _, err = run(argv, capsys, stdin="hello\nagain\n", monkeypatch=monkeypatch)
@@ -124,8 +125,8 @@ EMPTY = "error: empty prompt: give the text to continue, as an argument"
         (["MODEL", "   "], None, EMPTY),
         (["MODEL"], "\n  \n", EMPTY),
         (["MODEL", "--temperature", "-1", "x"], None, "error: --temperature=-1.0 must be 0 (greedy) or positive"),
-        (["MODEL", "--max-new-tokens", "0", "x"], None, "error: --max-new-tokens=0 must be at least 1"),
-        (["MODEL", "--top-p", "1.5", "x"], None, "error: --top-p=1.5 must be in (0, 1]"),
+        (["MODEL", "--max-new-tokens", "0", "x"], None, "error: --max_new_tokens=0 must be at least 1"),
+        (["MODEL", "--top-p", "1.5", "x"], None, "error: --top_p=1.5 must be in (0, 1]"),
         (["learned", "--max-new-tokens", "64", "x"], None,
          "does not fit this model's context of 64 positions; ask for fewer than 64"),
         (["encoder", "x"], None,

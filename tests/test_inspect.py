@@ -9,7 +9,9 @@ import torch
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM, ScratchformerModel
 from scratchformer.tokenization import train_bpe
-from scratchformer.training import inspect
+from scratchformer.training import inspect, viz
+from scratchformer.training.viz.attention import _is_causal
+from scratchformer.training.viz.curves import RUN_PANELS
 
 TEXT = "The cat sat on the mat.\nThe dog sat on the log."
 
@@ -54,19 +56,19 @@ def _png(path):
 ])
 def test_decoder_attention_rows_sum_to_one_and_are_causal(tokenizer, overrides):
     model = tiny(tokenizer, **overrides).train()
-    tokens, maps = inspect.attention_maps(model, tokenizer, TEXT)
+    tokens, maps = viz.attention_maps(model, tokenizer, TEXT)
     L = len(tokens)
     assert maps.shape == (2, 4, L, L)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
     assert np.all(np.triu(maps, k=1) == 0.0)
     assert np.all(np.diagonal(maps, axis1=-2, axis2=-1) > 0)
     assert model.training  # the caller's mode is restored
-    np.testing.assert_array_equal(maps, inspect.attention_maps(model, tokenizer, TEXT)[1])
+    np.testing.assert_array_equal(maps, viz.attention_maps(model, tokenizer, TEXT)[1])
 
 
 def test_encoder_attention_is_bidirectional(tokenizer):
     model = tiny(tokenizer, is_causal=False)
-    _, maps = inspect.attention_maps(model, tokenizer, TEXT, max_tokens=10)
+    _, maps = viz.attention_maps(model, tokenizer, TEXT, max_tokens=10)
     assert maps.shape[-1] == 10
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
     rows, cols = np.triu_indices(10, k=1)
@@ -79,13 +81,13 @@ def test_encoder_decoder_shows_its_encoder(tokenizer):
     config = ScratchformerSeq2SeqConfig(vocab_size=len(tokenizer), hidden_size=32, encoder_layers=2, decoder_layers=1,
                                         num_attention_heads=4, max_position_embeddings=64)
     model = ScratchformerSeq2SeqModel(config)
-    tokens, maps = inspect.attention_maps(model, tokenizer, "The cat sat")
-    assert maps.shape == (2, 4, len(tokens), len(tokens)) and not inspect._is_causal(maps)
-    assert inspect.position_encodings(model).shape == (64, 32)
+    tokens, maps = viz.attention_maps(model, tokenizer, "The cat sat")
+    assert maps.shape == (2, 4, len(tokens), len(tokens)) and not _is_causal(maps)
+    assert viz.position_encodings(model).shape == (64, 32)
 
 
 def test_token_labels_show_whitespace_and_bytes(tokenizer):
-    tokens, _ = inspect.attention_maps(tiny(tokenizer), tokenizer, " The cat\n日")
+    tokens, _ = viz.attention_maps(tiny(tokenizer), tokenizer, " The cat\n日")
     assert tokens[0] == "<s>"
     assert "␣cat" in tokens and "↵" in "".join(tokens)
     assert not any("Ġ" in t or "Ċ" in t for t in tokens)
@@ -93,19 +95,19 @@ def test_token_labels_show_whitespace_and_bytes(tokenizer):
 
 def test_nearest_neighbour_of_a_token_is_itself(tokenizer):
     model = tiny(tokenizer)
-    neighbours = inspect.nearest_tokens(model, tokenizer, "cat", k=5)
+    neighbours = viz.nearest_tokens(model, tokenizer, "cat", k=5)
     assert len(neighbours) == 5
     assert neighbours[0][0] == "␣cat"
     assert neighbours[0][1] == pytest.approx(1.0, abs=1e-5)
     sims = [s for _, s in neighbours]
     assert sims == sorted(sims, reverse=True) and all(s < 1.0 - 1e-4 for s in sims[1:])
-    assert inspect.nearest_tokens(model, tokenizer, "␣cat", k=1) == neighbours[:1]
+    assert viz.nearest_tokens(model, tokenizer, "␣cat", k=1) == neighbours[:1]
     with pytest.raises(ValueError, match="not a single token"):
-        inspect.nearest_tokens(model, tokenizer, "catdogmatlog", k=3)
+        viz.nearest_tokens(model, tokenizer, "catdogmatlog", k=3)
 
 
 def test_embedding_pca_is_centred_and_ordered(tokenizer):
-    labels, coords, explained = inspect.embedding_pca(tiny(tokenizer), tokenizer, ["cat", "dog", "mat", "log", "cat"])
+    labels, coords, explained = viz.embedding_pca(tiny(tokenizer), tokenizer, ["cat", "dog", "mat", "log", "cat"])
     assert labels == ["␣cat", "␣dog", "␣mat", "␣log"]
     assert coords.shape == (4, 2)
     np.testing.assert_allclose(coords.mean(0), 0.0, atol=1e-6)
@@ -115,7 +117,7 @@ def test_embedding_pca_is_centred_and_ordered(tokenizer):
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned", "rope"])
 def test_position_encodings_and_their_picture(tokenizer, kind):
     model = tiny(tokenizer, position_embedding=kind)
-    table = inspect.position_encodings(model)
+    table = viz.position_encodings(model)
     base = model.model
     if kind == "rope":
         assert table.shape == (64, 8)
@@ -126,16 +128,16 @@ def test_position_encodings_and_their_picture(tokenizer, kind):
     else:
         expected = base.embed_positions.table if kind == "sinusoidal" else base.embed_positions.weight
         np.testing.assert_array_equal(table, expected.detach().numpy())
-    distances, mean, low, high = inspect.similarity_by_distance(table)
+    distances, mean, low, high = viz.similarity_by_distance(table)
     assert mean[0] == pytest.approx(1.0, abs=1e-5)
     if kind != "learned":  # fixed clocks: the similarity depends on the distance alone
         np.testing.assert_allclose(low, high, atol=1e-4)
-    assert inspect.plot_positions(model, num_positions=32).axes
+    assert viz.plot_positions(model, num_positions=32).axes
 
 
 def test_html_is_self_contained(tokenizer):
-    tokens, maps = inspect.attention_maps(tiny(tokenizer), tokenizer, "The cat </script><b>")
-    page = inspect.attention_html(tokens, maps, title="<cat>")
+    tokens, maps = viz.attention_maps(tiny(tokenizer), tokenizer, "The cat </script><b>")
+    page = viz.attention_html(tokens, maps, title="<cat>")
     assert not re.search(r"https?:|//[\w.-]+\.\w|\bsrc\s*=|<link|@import|url\(", page, re.IGNORECASE)
     assert page.count("</script>") == 2 and "<b>" not in page and "&lt;cat&gt;" in page
     data = page.split('id="data">')[1].split("</script>")[0]
@@ -146,13 +148,14 @@ def test_html_is_self_contained(tokenizer):
 
 def test_cli_writes_pictures(checkpoint, tmp_path, capsys):
     grid, one, page = tmp_path / "grid.png", tmp_path / "one.png", tmp_path / "a.html"
-    assert inspect.main(["attention", "--model", str(checkpoint), TEXT, "--out", str(grid), "--html", str(page)]) == 0
+    assert inspect.main(["attention", "--model", str(checkpoint), TEXT, "--output_file", str(grid), "--html",
+                        str(page)]) == 0
     assert inspect.main(["attention", "--model", str(checkpoint), "the cat", "--layer", "-1", "--head", "1",
-                         "--out", str(one)]) == 0
+                         "--output_file", str(one)]) == 0
     emb, pos = tmp_path / "emb.png", tmp_path / "pos.png"
     assert inspect.main(["embeddings", "--model", str(checkpoint), "--token", "cat", "--k", "4",
-                         "--words", "dog,mat", "--out", str(emb)]) == 0
-    assert inspect.main(["positions", "--model", str(checkpoint), "--out", str(pos)]) == 0
+                         "--words", "dog,mat", "--output_file", str(emb)]) == 0
+    assert inspect.main(["positions", "--model", str(checkpoint), "--output_file", str(pos)]) == 0
     for path in (grid, one, emb, pos):
         _png(path)
     assert "<html" in page.read_text("utf-8")
@@ -246,9 +249,9 @@ def test_cli_errors_are_one_clear_line(checkpoint, tmp_path, capsys, argv, messa
     capsys.readouterr()
     assert inspect.main([a.format(**where) for a in argv]) == 2
     err = capsys.readouterr().err
-    # One error line, no traceback (a "Loading weights" progress bar may come before it).
+    # One error line from the commands' one boundary, no traceback.
     (line,) = [line for line in err.split("\n") if "error" in line.lower()]
-    assert line.startswith(f"scratchformer inspect {argv[0]}: error: ") and "Traceback" not in err, err
+    assert line.startswith("error: ") and "Traceback" not in err, err
     assert message.format(**where) in line, err
 
 
@@ -256,7 +259,7 @@ def test_a_checkpoint_without_a_tokenizer_works_with_tokenizer_given(checkpoint,
     bare = tmp_path / "bare"
     ScratchformerForCausalLM.from_pretrained(checkpoint).save_pretrained(bare)
     assert inspect.main(["attention", "--model", str(bare), "--tokenizer", str(checkpoint), "hi",
-                         "--out", str(tmp_path / "ok.png")]) == 0
+                         "--output_file", str(tmp_path / "ok.png")]) == 0
     _png(tmp_path / "ok.png")
 
 
@@ -268,14 +271,14 @@ def test_plot_run_tolerates_a_log_being_written(tmp_path):
     lines.insert(3, "not json")
     lines.append('{"step": 20, "loss": 0.2')  # the writer is mid-line
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n[1, 2]\n\n", "utf-8")
-    records = inspect.read_run_log(tmp_path)
+    records = viz.read_run_log(tmp_path)
     assert len(records) == 60
-    fig = inspect.plot_run(tmp_path, tmp_path / "curves.png")
+    fig = viz.plot_run(tmp_path, tmp_path / "curves.png")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == [inspect.RUN_PANELS[panel][1] for panel in ("loss", "lr", "throughput")]
+    assert titles == [RUN_PANELS[panel][1] for panel in ("loss", "lr", "throughput")]
     _png(tmp_path / "curves.png")
     assert inspect.main(["run", str(tmp_path)]) == 0
     _png(tmp_path / "training_curves.png")
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n', "utf-8")
     with pytest.raises(ValueError, match="no metrics"):
-        inspect.plot_run(tmp_path)
+        viz.plot_run(tmp_path)

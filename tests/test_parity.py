@@ -14,6 +14,7 @@ from transformers import (
 
 from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.training import convert
+from scratchformer.training.library.convert import convert_model
 
 V = 101
 
@@ -69,7 +70,7 @@ REFERENCES = {
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_converted_logits_match_reference(name, attn):
     ref = REFERENCES[name](attn)
-    ours = convert.convert_model(ref)
+    ours = convert_model(ref)
     assert isinstance(ours, ScratchformerForCausalLM)
     assert ours.config._attn_implementation == attn
     ids = batch()
@@ -83,7 +84,7 @@ def test_training_step_matches_reference(name):
     # A training step through our fused head + loss against Llama's logits + ForCausalLMLoss: the loss
     # and every parameter's gradient (the names are Llama's, so they pair up by name).
     ref = REFERENCES[name]("sdpa").train()
-    ours = convert.convert_model(ref).train()
+    ours = convert_model(ref).train()
     ours.config.fused_lm_loss = True
     ids = batch()
     labels = ids.clone()
@@ -103,7 +104,7 @@ def test_training_step_matches_reference(name):
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_converted_logits_match_with_left_padding(name):
     ref = REFERENCES[name]("sdpa")
-    ours = convert.convert_model(ref)
+    ours = convert_model(ref)
     ids, mask = left_padded()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
@@ -118,7 +119,7 @@ def test_generate_is_token_identical(name, assert_same_decoding):
     # Initialised with a spread of 0.5: at 0.02 greedy decoding repeats one token on both sides,
     # which would hide a decoding step attending to an empty cache slot or running a position late.
     ref = REFERENCES[name]("sdpa", init=0.5)
-    ours = convert.convert_model(ref)
+    ours = convert_model(ref)
     ids, mask = left_padded()
     kwargs = dict(attention_mask=mask, max_new_tokens=12, pad_token_id=0, eos_token_id=None)
     assert_same_decoding(ref, ours, ids, min_distinct=5, **kwargs)
@@ -127,9 +128,9 @@ def test_generate_is_token_identical(name, assert_same_decoding):
 
 
 def test_tied_llama_stores_embedding_once(tmp_path):
-    ours = convert.convert_model(random_llama(tie=True))
+    ours = convert_model(random_llama(tie=True))
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
-    untied = convert.convert_model(random_llama(tie=False))
+    untied = convert_model(random_llama(tie=False))
     assert not torch.equal(untied.lm_head.weight, untied.model.embed_tokens.weight)
 
 
@@ -138,7 +139,7 @@ def test_convert_cli_writes_a_loadable_checkpoint(tmp_path, name):
     ref = REFERENCES[name]("sdpa")
     src, out = tmp_path / "ref", tmp_path / "ours"
     ref.save_pretrained(src)
-    assert convert.main(["--from", str(src), "--out", str(out)]) == 0
+    assert convert.main(["--model", str(src), "--output_dir", str(out)]) == 0
     assert {"config.json", "model.safetensors", "modeling_scratchformer.py", "configuration_scratchformer.py",
             "generation_config.json"} <= {p.name for p in out.iterdir()}
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -151,19 +152,19 @@ def test_convert_cli_writes_a_loadable_checkpoint(tmp_path, name):
 
 
 def test_convert_cli_refuses_bad_input(tmp_path, capsys):
-    assert convert.main(["--from", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert convert.main(["--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
     mistral = tmp_path / "mistral"
     MistralForCausalLM(MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=4, num_key_value_heads=2)).save_pretrained(mistral)
-    assert convert.main(["--from", str(mistral), "--out", str(tmp_path / "o")]) == 2
+    assert convert.main(["--model", str(mistral), "--output_dir", str(tmp_path / "o")]) == 2
     assert "'mistral'" in capsys.readouterr().err
 
     src = tmp_path / "ref"
     random_llama().save_pretrained(src)
     (tmp_path / "taken").mkdir()
-    assert convert.main(["--from", str(src), "--out", str(tmp_path / "taken")]) == 2
+    assert convert.main(["--model", str(src), "--output_dir", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert not list((tmp_path / "taken").iterdir())
 
@@ -172,4 +173,4 @@ def test_convert_refuses_gpt2_with_exact_gelu():
     ref = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=4, activation_function="gelu",
                                      bos_token_id=1, eos_token_id=2))
     with pytest.raises(ValueError, match="tanh approximation"):
-        convert.convert_model(ref)
+        convert_model(ref)

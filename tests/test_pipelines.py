@@ -21,7 +21,8 @@ from scratchformer.modeling import (
     ScratchformerForSequenceClassification,
 )
 from scratchformer.tokenization import train_bpe
-from scratchformer.training.finetune import FinetuneArguments, align_word_labels, finetune
+from scratchformer.training.library.finetuning import FinetuneArguments, finetune
+from scratchformer.training.library.tasks import align_word_labels
 
 NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank"]
 WORDS = ["saw", "met", "paid", "called", "the", "man", "with", "and", "later", "bought", "apples", "today"]
@@ -92,11 +93,12 @@ def models(tmp_path_factory):
         FinetuneArguments(
             model=str(dirs["clm"]),
             task="token-classification",
-            out=str(dirs["ner"]),
-            train_file=[str(tmp / "ner.jsonl")],
+            train_files=[str(tmp / "ner.jsonl")],
             validation_fraction=0.0,
         ),  # fmt: skip
-        cpu_args(tmp, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=5e-3),
+        cpu_args(
+            tmp, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=5e-3, output_dir=str(dirs["ner"])
+        ),
     )
     (tmp / "animals.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in animals))
     dirs["mlm"] = tmp / "mlm"
@@ -104,14 +106,15 @@ def models(tmp_path_factory):
         FinetuneArguments(
             model=str(dirs["gpt2"]),
             task="masked-lm",
-            out=str(dirs["mlm"]),
             bidirectional=True,
-            train_file=[str(tmp / "animals.jsonl")],
+            train_files=[str(tmp / "animals.jsonl")],
             packing=False,
             validation_fraction=0.0,
             mlm_probability=0.3,
         ),  # fmt: skip
-        cpu_args(tmp, num_train_epochs=8, per_device_train_batch_size=16, learning_rate=5e-3),
+        cpu_args(
+            tmp, num_train_epochs=8, per_device_train_batch_size=16, learning_rate=5e-3, output_dir=str(dirs["mlm"])
+        ),
     )
     return {k: str(v) for k, v in dirs.items()}
 

@@ -15,10 +15,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scratchformer.modeling import ScratchformerForCausalLM
-from scratchformer.training import pretrain
-from scratchformer.training.data import default_corpus
-from scratchformer.training.pretrain import PretrainConfig, main, train
-from scratchformer.training.tokenizer_cli import train_tokenizer
+from scratchformer.training.library.data import default_corpus
+from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.library.run_dir import push_model_dir
+from scratchformer.training.library.tokenizer_training import train_tokenizer
+from scratchformer.training.pretrain import main
+from scratchformer.training.viz.curves import draw_run_curves
 
 # Width 32, 2 layers, context 32, 8 blocks a step: a step takes milliseconds.
 TINY = dict(
@@ -107,12 +109,13 @@ def tokenizer_dir(corpus, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory):
-    """16 steps from text alone: the tokenizer is trained first, tensorboard logs."""
+    """16 steps from text alone: the tokenizer is trained first, tensorboard logs, and the curves the
+    command draws (the library draws no pictures itself: the command passes viz's function)."""
     out = tmp_path_factory.mktemp("run")
     cfg = run_config(
         out, corpus, vocab_size=320, max_train_steps=16, eval_steps=8, save_steps=8, report_to="tensorboard"
     )
-    return cfg, train(cfg)
+    return cfg, train(cfg, draw_curves=draw_run_curves)
 
 
 def test_loss_decreases_and_metrics_are_logged(run):
@@ -332,7 +335,7 @@ def test_push_to_hub_uploads_the_model_directory(tmp_path, monkeypatch):
             calls.append(("upload", folder_path, repo_id, commit_message))
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    url = pretrain.push_model_dir(tmp_path, "me/tiny", step=7)
+    url = push_model_dir(tmp_path, "me/tiny", step=7)
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [
         ("create", "me/tiny", True),

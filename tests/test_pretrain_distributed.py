@@ -19,9 +19,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from scratchformer.training.data import default_corpus
-from scratchformer.training.pretrain import PretrainConfig, train
-from scratchformer.training.tokenizer_cli import train_tokenizer
+from scratchformer.training.library.data import default_corpus
+from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.library.tokenizer_training import train_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,8 @@ from accelerate import Accelerator
 from test_pretrain import TINY, as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
 from transformers import AutoModelForCausalLM
 
-from scratchformer.training.pretrain import PretrainConfig, main, train
+from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.pretrain import main
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,18 +15,12 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.tokenization import BOS_ID, EOS_ID, train_bpe
-from scratchformer.training.data import default_corpus
-from scratchformer.training.optim import lr_at, param_groups
-from scratchformer.training.packing import token_byte_lengths, tokenize_and_pack
-from scratchformer.training.pretrain import (
-    SIZES,
-    EpochSampler,
-    PretrainConfig,
-    _load_text,
-    build_parser,
-    evaluate,
-    model_sizes,
-)
+from scratchformer.training.library.data import EpochSampler, default_corpus
+from scratchformer.training.library.metrics import evaluate
+from scratchformer.training.library.optim import lr_at, param_groups
+from scratchformer.training.library.packing import token_byte_lengths, tokenize_and_pack
+from scratchformer.training.library.pretraining import SIZES, PretrainConfig, load_text, model_sizes
+from scratchformer.training.pretrain import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +171,7 @@ def test_cli_flags_are_the_config_fields_with_both_spellings():
 def test_validation_of_running_text_is_its_last_lines(tmp_path):
     lines = [f"line {i}\n" for i in range(100)]
     (tmp_path / "a.txt").write_text("".join(lines))
-    train, val, described = _load_text(PretrainConfig(train_files=[str(tmp_path / "a.txt")], validation_fraction=0.1))
+    train, val, described = load_text(PretrainConfig(train_files=[str(tmp_path / "a.txt")], validation_fraction=0.1))
     assert list(val["text"]) == lines[90:] and list(train["text"]) == lines[:90]
     assert described["validation_data"].startswith("10% of the training source's lines, at the end")
 
@@ -186,10 +180,10 @@ def test_a_dataset_without_a_validation_split_gives_up_random_documents(tmp_path
     docs = [f"document {i}" for i in range(40)]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(tmp_path / "ds")
     cfg = PretrainConfig(dataset_name=str(tmp_path / "ds"), validation_fraction=0.25)
-    train, val, described = _load_text(cfg)
+    train, val, described = load_text(cfg)
     assert len(val) == 10 and sorted(list(train["text"]) + list(val["text"])) == sorted(docs)
     assert list(val["text"]) != docs[30:]  # shuffled, seeded
-    assert list(_load_text(cfg)[1]["text"]) == list(val["text"])  # deterministic
+    assert list(load_text(cfg)[1]["text"]) == list(val["text"])  # deterministic
     assert "documents, at random" in described["validation_data"]
 
 
@@ -199,6 +193,6 @@ def test_a_dataset_validation_split_is_used_when_there_is_one(tmp_path):
     }
     datasets.DatasetDict(splits).save_to_disk(tmp_path / "ds")
     cfg = PretrainConfig(dataset_name=str(tmp_path / "ds"), validation_split="dev", text_column="body")
-    train, val, described = _load_text(cfg)
+    train, val, described = load_text(cfg)
     assert list(val["text"]) == [f"dev {i}" for i in range(5)] and len(train) == 5
     assert described["validation_data"] == "split 'dev' of the same source"

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization import train_bpe
-from scratchformer.training.data import default_corpus
-from scratchformer.training.packing import token_byte_lengths, tokenize_and_pack
-from scratchformer.training.pretrain import evaluate
+from scratchformer.training.library.data import default_corpus
+from scratchformer.training.library.metrics import evaluate
+from scratchformer.training.library.packing import token_byte_lengths, tokenize_and_pack
 
 
 @pytest.fixture(scope="module")

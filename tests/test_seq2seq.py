@@ -12,12 +12,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
-from scratchformer.training.seq2seq import (
-    cross_attention_maps,
-    evaluate_translation,
-    finetune_seq2seq,
-    noam_lr,
-)
+from scratchformer.training.library.seq2seq import evaluate_translation, finetune_seq2seq, noam_lr
+from scratchformer.training.viz.cross_attention import cross_attention_maps
 
 V = 31
 
@@ -257,18 +253,20 @@ def seq2seq_checkpoint(tmp_path):
 def test_command_line_trains_from_jsonl(tmp_path, seq2seq_checkpoint, capsys):
     help_text = subprocess.run([sys.executable, "-m", "scratchformer.training.seq2seq", "--help"],
                                capture_output=True, text=True, timeout=120)
-    assert help_text.returncode == 0 and "--train-file" in help_text.stdout, help_text.stderr[-2000:]
+    assert help_text.returncode == 0 and "--train_files" in help_text.stdout, help_text.stderr[-2000:]
     rows = [{"source": words(n), "target": digits(n)} for n in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
     # The user-facing command: `scratchformer finetune --task seq2seq` dispatches to seq2seq.main.
     from scratchformer.training import finetune
 
-    common = ["--task", "seq2seq", "--model", str(seq2seq_checkpoint), "--train-file", str(tmp_path / "train.jsonl")]
-    assert finetune.main([*common, "--validation-file", str(tmp_path / "eval.txt"), "--out", str(tmp_path / "x")]) == 2
-    assert "use a .jsonl, .json or .csv file" in capsys.readouterr().err
-    assert finetune.main([*common, "--validation-file", str(tmp_path / "eval.jsonl"), "--out", str(tmp_path / "out"),
-                          "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2"]) == 0
+    common = ["--task", "seq2seq", "--model", str(seq2seq_checkpoint), "--train_files", str(tmp_path / "train.jsonl")]
+    assert finetune.main([*common, "--validation_files", str(tmp_path / "eval.txt"), "--output_dir",
+                         str(tmp_path / "x")]) == 2
+    assert "use .jsonl, .json or .csv files" in capsys.readouterr().err
+    assert finetune.main([*common, "--validation_files", str(tmp_path / "eval.jsonl"), "--output_dir",
+                         str(tmp_path / "out"),
+                          "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--warmup-steps", "2"]) == 0
     assert '"bleu"' in capsys.readouterr().out
     trained = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
     assert type(trained) is ScratchformerForConditionalGeneration
@@ -282,7 +280,7 @@ def test_inspect_cross_attention_command(tmp_path, seq2seq_checkpoint, capsys, t
     from scratchformer.training import inspect
 
     png = tmp_path / "cross.png"
-    args = ["cross-attention", "--model", str(seq2seq_checkpoint), "--source", "forty seven", "--out", str(png)]
+    args = ["cross-attention", "--model", str(seq2seq_checkpoint), "--source", "forty seven", "--output_file", str(png)]
     assert inspect.main([*args, "--target", "4 7"]) == 0
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "target: 4 7 </s>" in capsys.readouterr().out
@@ -300,7 +298,7 @@ def test_targets_end_in_eos_and_do_not_repeat_the_start_token_with_our_tokenizer
     import datasets
 
     from scratchformer.tokenization import train_bpe
-    from scratchformer.training.seq2seq import tokenize_pairs
+    from scratchformer.training.library.seq2seq import tokenize_pairs
 
     tok = train_bpe(["one two three four", "1 2 3 4"] * 50, vocab_size=300)
     ds = datasets.Dataset.from_dict({"source": ["one two", "four"], "target": ["1 2", "4"]})

@@ -27,7 +27,7 @@ from scratchformer.tokenization import (
     bytes_per_token,
     train_bpe,
 )
-from scratchformer.training.data import default_corpus
+from scratchformer.training.library.data import default_corpus
 
 VOCAB = 400
 CHAT = [

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 from scratchformer.tokenization import SPECIAL_TOKENS
 from scratchformer.training import cli
-from scratchformer.training.tokenizer_cli import STATS_FILE, main, train_tokenizer
+from scratchformer.training.library.tokenizer_training import STATS_FILE, train_tokenizer
+from scratchformer.training.tokenizer import main
 
 LINES = [f"Line {i}: the quick brown fox jumps over the lazy dog, {i * 7} times." for i in range(200)]
 SMALL = ["--vocab-size", "300", "--quiet"]
@@ -41,7 +42,8 @@ def _leftovers(parent):
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "parquet"])
 def test_cli_trains_on_each_file_type(tmp_path, kind, capsys):
     out = tmp_path / "tok"
-    assert main(["--out", str(out), "--files", _corpus(tmp_path, kind), "--max-length", "256", *SMALL]) == 0
+    assert main(["--output_dir", str(out), "--train_files", _corpus(tmp_path, kind), "--max-length", "256",
+                *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "bytes per token" in printed and "300 tokens" in printed
 
@@ -62,7 +64,7 @@ def test_cli_trains_on_each_file_type(tmp_path, kind, capsys):
 
 def test_cli_default_corpus_through_the_scratchformer_command(tmp_path, capsys):
     out = tmp_path / "tok"
-    assert cli.main(["tokenizer", "--out", str(out), *SMALL]) == 0
+    assert cli.main(["tokenizer", "--output_dir", str(out), *SMALL]) == 0
     stats = json.loads((out / STATS_FILE).read_text())
     assert stats["source"].startswith("default corpus")
     assert stats["corpus_bytes"] > 400_000 and stats["heldout_documents"] > 0
@@ -98,7 +100,7 @@ def test_tiny_corpus_measures_compression_on_training_text(tmp_path):
 
 def _fails(tmp_path, capsys, argv, *needles):
     out = tmp_path / "tok"
-    assert main(["--out", str(out), "--quiet", *argv]) == 2
+    assert main(["--output_dir", str(out), "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for needle in needles:
@@ -107,19 +109,19 @@ def _fails(tmp_path, capsys, argv, *needles):
 
 
 def test_error_missing_file(tmp_path, capsys):
-    _fails(tmp_path, capsys, ["--files", str(tmp_path / "missing.txt")], "no such file", "missing.txt")
+    _fails(tmp_path, capsys, ["--train_files", str(tmp_path / "missing.txt")], "no such file", "missing.txt")
 
 
 def test_error_empty_corpus(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
-    _fails(tmp_path, capsys, ["--files", str(tmp_path / "empty.txt")], "no text", "empty.txt")
+    _fails(tmp_path, capsys, ["--train_files", str(tmp_path / "empty.txt")], "no text", "empty.txt")
 
 
 def test_error_missing_text_column_lists_columns(tmp_path, capsys):
     _fails(
         tmp_path,
         capsys,
-        ["--files", _corpus(tmp_path, "parquet"), "--text-column", "body"],
+        ["--train_files", _corpus(tmp_path, "parquet"), "--text-column", "body"],
         "no column 'body'",
         "'text', 'n'",
         "--text-column",
@@ -127,22 +129,22 @@ def test_error_missing_text_column_lists_columns(tmp_path, capsys):
 
 
 def test_error_vocab_smaller_than_bytes_plus_specials(tmp_path, capsys):
-    _fails(tmp_path, capsys, ["--files", _corpus(tmp_path, "txt"), "--vocab-size", "200"], "265")
+    _fails(tmp_path, capsys, ["--train_files", _corpus(tmp_path, "txt"), "--vocab-size", "200"], "265")
 
 
 def test_error_non_utf8_txt(tmp_path, capsys):
     (tmp_path / "latin.txt").write_bytes("naïve\n".encode("latin-1"))
-    _fails(tmp_path, capsys, ["--files", str(tmp_path / "latin.txt")], "latin.txt", "UTF-8", "offset 2", "iconv")
+    _fails(tmp_path, capsys, ["--train_files", str(tmp_path / "latin.txt")], "latin.txt", "UTF-8", "offset 2", "iconv")
 
 
 def test_error_config_without_dataset(tmp_path, capsys):
-    _fails(tmp_path, capsys, ["--config", "x"], "dataset config")
+    _fails(tmp_path, capsys, ["--dataset_config_name", "x"], "dataset config")
 
 
 def test_files_and_dataset_are_exclusive(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--out", str(tmp_path / "tok"), "--files", "a.txt", "--dataset", "b"])
-    assert exit_.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert main(["--output_dir", str(tmp_path / "tok"), "--train_files", "a.txt", "--dataset_name", "b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not allowed with" in err
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
@@ -150,10 +152,10 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     corpus = _corpus(tmp_path, "txt")
-    assert main(["--out", str(out), "--files", corpus, *SMALL]) == 2
+    assert main(["--output_dir", str(out), "--train_files", corpus, *SMALL]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "precious.txt").exists()
 
-    assert main(["--out", str(out), "--files", corpus, "--overwrite", *SMALL]) == 0
+    assert main(["--output_dir", str(out), "--train_files", corpus, "--overwrite", *SMALL]) == 0
     assert not (out / "precious.txt").exists() and (out / "tokenizer.json").exists()
     assert _leftovers(tmp_path) == []
 
@@ -194,7 +196,8 @@ def test_several_text_files_all_feed_the_vocabulary(tmp_path):
     first.write_text("\n".join(_lines_with("aardvark")) + "\n", encoding="utf-8")
     second.write_text("\n".join(_lines_with("zygomorphic")) + "\n", encoding="utf-8")
     out = tmp_path / "tok"
-    assert main(["--out", str(out), "--files", str(first), str(second), "--vocab-size", "400", "--quiet"]) == 0
+    assert main(["--output_dir", str(out), "--train_files", str(first), str(second), "--vocab-size", "400",
+                "--quiet"]) == 0
 
     tok = AutoTokenizer.from_pretrained(out)
     assert _one_token(tok, "aardvark") and _one_token(tok, "zygomorphic")  # one from each file
@@ -214,7 +217,8 @@ def test_a_json_file_beside_a_jsonl_file_with_a_text_column(tmp_path):
     array.write_text(json.dumps([{"n": i, "body": t} for i, t in enumerate(_lines_with("zygomorphic"))]),
                      encoding="utf-8")  # fmt: skip
     out = tmp_path / "tok"
-    argv = ["--out", str(out), "--files", str(lines), str(array), "--text-column", "body", "--vocab-size", "400"]
+    argv = ["--output_dir", str(out), "--train_files", str(lines), str(array), "--text-column", "body",
+            "--vocab-size", "400"]
     assert main([*argv, "--quiet"]) == 0
 
     tok = AutoTokenizer.from_pretrained(out)

@@ -11,9 +11,10 @@ import pytest
 
 from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.training import cli, upgrade
+from scratchformer.training.library.upgrade import upgrade_checkpoint
 
 OLD = Path(__file__).parent / "fixtures" / "checkpoints" / "v0.1.0" / "causal_llama"
-MODELING = Path(upgrade.__file__).parents[1] / "modeling"
+MODELING = Path(upgrade.__file__).parents[1] / "modeling"  # the installed package's modeling/
 
 
 def digest(directory: Path) -> dict[str, str]:
@@ -56,7 +57,7 @@ def test_dry_run_writes_nothing_and_a_second_run_finds_nothing_to_do(old_checkpo
 
 def test_a_fresh_checkpoint_is_already_up_to_date(tmp_path, tiny_config):
     ScratchformerForCausalLM(tiny_config()).save_pretrained(tmp_path)
-    changes = upgrade.upgrade_checkpoint(tmp_path)
+    changes = upgrade_checkpoint(tmp_path)
     assert {c.action for c in changes} == {"unchanged"}
     assert {c.file for c in changes} == {p.name for p in tmp_path.glob("*.py")}
 
@@ -67,7 +68,7 @@ def test_auto_map_is_repointed_and_the_users_own_entries_kept(old_checkpoint):
     config["auto_map"]["AutoModelForCausalLM"] = "modeling_gone.OldName"
     config["auto_map"]["AutoModelForQuestionAnswering"] = "my_head.MyQA"
     config_file.write_text(json.dumps(config))
-    changes = upgrade.upgrade_checkpoint(old_checkpoint)
+    changes = upgrade_checkpoint(old_checkpoint)
     assert any(c.file == "config.json" and c.action == "updated" for c in changes)
     auto_map = json.loads(config_file.read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_scratchformer.ScratchformerForCausalLM"

@@ -2,10 +2,10 @@
 
     scratchformer demo                          # Python's help topics (embedded), a 1.3M-parameter model
     scratchformer demo --quick                  # the same story in under a minute (what CI runs)
-    scratchformer demo --files my.txt --size small --steps 2000 --out my-demo
+    scratchformer demo --train_files my.txt --size small --max_train_steps 2000 --output_dir my-demo
 
 1. train a byte-level BPE tokenizer on the text;
-2. pretrain a small decoder on it (`scratchformer.training.pretrain.train`, with its progress bar);
+2. pretrain a small decoder on it (`scratchformer.training.library.pretraining.train`, with its progress bar);
 3. reload the saved directory in a fresh Python process that *cannot* import scratchformer, with
    nothing but transformers and `trust_remote_code=True`, and generate text;
 4. fine-tune a classifier from the pretrained model with `transformers.Trainer`, on a labelled set
@@ -40,6 +40,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scratchformer.training.arguments import Parser, command
+from scratchformer.training.library.errors import UserError
+
 MARKER = ".scratchformer-demo"  # marks a directory the demo made, so a rerun may replace it
 WINDOW_WORDS = 12  # words per passage in the classification task
 LABELS = ("original", "scrambled")
@@ -68,34 +71,30 @@ PLANS = {
 DEFAULT_PROMPTS = ("The for statement", "A list is", "Exceptions")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="scratchformer demo",
         description="Tokenizer, pretraining, remote-code reload and generation, Trainer fine-tuning and "
         "pipeline classification, end to end on the embedded corpus (or your own text), offline.",
     )
-    parser.add_argument("--out", default="demo-out", help="where everything is written (default: ./demo-out)")
-    parser.add_argument("--files", nargs="+", metavar="F", help="your own text (.txt, .jsonl, .csv, .parquet)")
-    parser.add_argument("--size", choices=("tiny", "mini", "small", "base"), help="model size (default: mini)")
-    parser.add_argument("--preset", choices=("llama", "gpt2", "paper"), default="llama", help="architecture family")
-    parser.add_argument("--steps", type=int, help="pretraining steps (default: 400; 150 with --quick)")
-    parser.add_argument("--prompt", action="append", help="a prompt to continue (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (about a minute on a CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    return parser
+    p.add("--output_dir", default="demo-out", metavar="DIR", help="where everything is written (default: ./demo-out)")
+    p.add("--train_files", nargs="+", metavar="F", help="your own text (.txt, .jsonl, .csv, .parquet)")
+    p.add("--size", choices=("tiny", "mini", "small", "base"), help="model size (default: mini)")
+    p.add("--preset", choices=("llama", "gpt2", "paper"), default="llama", help="architecture family")
+    p.add("--max_train_steps", type=int, help="pretraining steps (default: 400; 150 with --quick)")
+    p.add("--prompt", action="append", help="a prompt to continue (repeatable)")
+    p.add("--quick", action="store_true", help="a smaller, faster run (about a minute on a CPU)")
+    p.add("--seed", type=int, default=0, help="random seed")
+    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run_demo(args)
-    except (DemoError, ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+@command("demo")
+def main(argv: list[str]) -> int:
+    run_demo(build_parser().parse(argv))
     return 0
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError):
     """A stage failed; the message says which and why."""
 
 
@@ -103,36 +102,38 @@ def run_demo(args: argparse.Namespace) -> dict:
     """Every stage, printing as it goes; returns the numbers and paths (also in OUT/demo.json)."""
     plan = PLANS["quick" if args.quick else "default"]
     size = args.size or plan.size
-    steps = args.steps or plan.steps
+    steps = args.max_train_steps or plan.steps
     if steps < 1:
-        raise DemoError("--steps must be at least 1")
+        raise DemoError("--max_train_steps must be at least 1")
     # Absolute: the fresh processes run with OUT as their working directory (see
-    # _run_without_scratchformer), where a relative --out such as the default would not resolve.
-    out = _prepare_out(Path(args.out).resolve())
+    # _run_without_scratchformer), where a relative --output_dir such as the default would not resolve.
+    out = _prepare_out(Path(args.output_dir).resolve())
     with _quiet_libraries():
         return _run_stages(args, plan, size, steps, out)
 
 
 def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out: Path) -> dict:
     started = time.perf_counter()
-    source = ", ".join(args.files) if args.files else "Python's help topics (pydoc_data, embedded in every CPython)"
+    default = "Python's help topics (pydoc_data, embedded in every CPython)"
+    source = ", ".join(args.train_files) if args.train_files else default
     _banner(f"scratchformer demo: {source} -> {out}/")
 
     # 1. Tokenizer
-    from scratchformer.training.pretrain import SIZES
-    from scratchformer.training.tokenizer_cli import format_stats, train_tokenizer
+    from scratchformer.training.library.pretraining import SIZES
+    from scratchformer.training.library.tokenizer_training import format_stats, train_tokenizer
 
     block_size = SIZES[size]["block_size"]
     _stage(1, f"Train a byte-level BPE tokenizer ({plan.vocab_size} tokens)")
     clock = time.perf_counter()
     tok_stats = train_tokenizer(
-        out / "tokenizer", files=args.files, vocab_size=plan.vocab_size, max_length=block_size, overwrite=True
+        out / "tokenizer", files=args.train_files, vocab_size=plan.vocab_size, max_length=block_size, overwrite=True
     )
     print(textwrap.indent(format_stats(tok_stats), "    "))
     _done(clock)
 
     # 2. Pretraining
-    from scratchformer.training.pretrain import PretrainConfig, train
+    from scratchformer.training.library.pretraining import PretrainConfig, train
+    from scratchformer.training.viz.curves import draw_run_curves
 
     s = SIZES[size]
     _stage(
@@ -145,7 +146,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
         PretrainConfig(
             output_dir=str(out / "pretrain"),
             tokenizer=str(out / "tokenizer"),
-            train_files=args.files,
+            train_files=args.train_files,
             preset=args.preset,
             size=size,
             max_train_steps=steps,
@@ -155,7 +156,8 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
             max_eval_samples=64,
             report_to="none",
             seed=args.seed,
-        )
+        ),
+        draw_curves=draw_run_curves,
     )
     model_dir = Path(pre["output_dir"])
     print(
@@ -166,7 +168,9 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     _done(clock)
 
     # 3. Fresh process, transformers only
-    prompts = args.prompt or (list(DEFAULT_PROMPTS) if not args.files else _prompts_from(args.files, args.seed))
+    prompts = args.prompt or (
+        list(DEFAULT_PROMPTS) if not args.train_files else _prompts_from(args.train_files, args.seed)
+    )
     _stage(3, "Reload it in a fresh Python that cannot import scratchformer, and generate")
     print(textwrap.indent(GENERATE_SNIPPET.format(model=model_dir, prompt=prompts[0]), "    | "))
     clock = time.perf_counter()
@@ -179,7 +183,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     _stage(4, "Fine-tune a classifier with transformers.Trainer: is a passage as written, or scrambled?")
     clock = time.perf_counter()
     train_file, validation_file, n_train, examples = write_scrambled_data(
-        args.files, out / "classifier-data", plan.classifier_train, plan.classifier_validation, args.seed
+        args.train_files, out / "classifier-data", plan.classifier_train, plan.classifier_validation, args.seed
     )
     print(
         f"    {n_train} training / {len(examples)} validation passages of {WINDOW_WORDS} words in "
@@ -301,7 +305,7 @@ def write_scrambled_data(
 
 
 def _split_words(files: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    from scratchformer.training.data import default_corpus, iter_text_batches, load_text_dataset
+    from scratchformer.training.library.data import default_corpus, iter_text_batches, load_text_dataset
 
     if not files:
         return _words(default_corpus("train")), _words(default_corpus("validation"))
@@ -331,18 +335,18 @@ def _prompts_from(files: Sequence[str], seed: int) -> list[str]:
 def _finetune(model_dir: Path, out: Path, train_file: Path, validation_file: Path, plan: Plan, seed: int) -> dict:
     from transformers import TrainingArguments
 
-    from scratchformer.training.finetune import FinetuneArguments, finetune
+    from scratchformer.training.library.finetuning import FinetuneArguments, finetune
+    from scratchformer.training.viz.curves import draw_run_curves
 
     args = FinetuneArguments(
         model=str(model_dir),
         task="classification",
-        out=str(out),
-        train_file=[str(train_file)],
-        validation_file=[str(validation_file)],
+        train_files=[str(train_file)],
+        validation_files=[str(validation_file)],
         overwrite=True,
     )
     training = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out),
         num_train_epochs=plan.classifier_epochs,
         learning_rate=plan.classifier_lr,
         warmup_steps=0.1,
@@ -357,7 +361,7 @@ def _finetune(model_dir: Path, out: Path, train_file: Path, validation_file: Pat
         report_to="none",
         seed=seed,
     )
-    return finetune(args, training)
+    return finetune(args, training, draw_curves=draw_run_curves)
 
 
 GENERATE_SNIPPET = """\
@@ -406,8 +410,8 @@ for (text, truth), guess in zip(examples, classify([t for t, _ in examples])):
 NEXT_STEPS = """
 Next:
   scratchformer generate --model {model} "{prompt}"
-  scratchformer inspect attention --model {model} "{prompt}" --out attention.png
-  scratchformer finetune --model {model} --task classification --train-file your.jsonl --out your-classifier
+  scratchformer inspect attention --model {model} "{prompt}" --output_file attention.png
+  scratchformer finetune --model {model} --task classification --train_files your.jsonl --output_dir your-classifier
   python -c "from transformers import pipeline; \\
     print(pipeline('text-classification', model='{clf}', trust_remote_code=True)('Tihs is sbrmalced'))\""""
 
@@ -430,11 +434,12 @@ def _run_without_scratchformer(code: str, cwd: Path) -> None:
 def _attention_plot(model_dir: Path, text: str, out: Path) -> list[tuple[str, Path]]:
     """An attention map of the pretrained model on the first prompt, when matplotlib is installed."""
     try:
-        from scratchformer.training import inspect as sf_inspect
+        from scratchformer.training.viz.attention import attention_maps, plot_attention
+        from scratchformer.training.viz.common import load_model, save
 
-        model, tokenizer = sf_inspect.load_model(str(model_dir))
-        tokens, maps = sf_inspect.attention_maps(model, tokenizer, text)
-        path = sf_inspect.save(sf_inspect.plot_attention(tokens, maps), out / "attention.png")
+        model, tokenizer = load_model(str(model_dir))
+        tokens, maps = attention_maps(model, tokenizer, text)
+        path = save(plot_attention(tokens, maps), out / "attention.png")
     except ImportError:  # no matplotlib: the other artefacts stand on their own
         return []
     return [("attention map", Path(path))]
@@ -449,9 +454,9 @@ def _prepare_out(out: Path) -> Path:
     """A fresh OUT. A directory an earlier demo made is replaced; anything else is left alone."""
     if out.exists():
         if not out.is_dir():
-            raise DemoError(f"--out {out} is a file")
+            raise DemoError(f"--output_dir {out} is a file")
         if any(out.iterdir()) and not (out / MARKER).exists():
-            raise DemoError(f"--out {out} exists and was not made by the demo; choose another --out")
+            raise DemoError(f"--output_dir {out} exists and was not made by the demo; choose another --output_dir")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by `scratchformer demo`; a rerun replaces this directory\n")

@@ -1,286 +1,23 @@
-"""Export a scratchformer checkpoint to a stock architecture: `scratchformer export`.
-
-Serving engines (vLLM, TGI, llama.cpp, MLX) and tools that key on architectures (TransformerLens,
-lm-eval's model registry) know Llama and GPT-2, not scratchformer; remote code is also the fragile
-path across transformers releases. The llama preset *is* Llama (same module names, same rotary
-layout) and the gpt2 preset is GPT-2 up to its weight names and fused/transposed layout, so their
-checkpoints can leave our code entirely:
+"""`scratchformer export`: a scratchformer causal LM as a stock architecture, for the tools that key
+on one (serving engines, llama.cpp, TransformerLens):
 
     scratchformer export --model runs/mini/model --to llama --output_dir mini-llama   # LlamaForCausalLM
     scratchformer export --model runs/gpt2/model --to gpt2 --output_dir mini-gpt2     # GPT2LMHeadModel
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf    # llama.cpp, Ollama
 
-An export never runs silently wrong: a config the target cannot represent exactly (post-norm,
-LayerNorm in a Llama, biases, another position encoding, embedding scaling, ...) is refused, naming
-the field and its value; and before the output is renamed into place it is loaded with the stock
-class and its logits are compared with ours. Tokenizer, generation config, chat template and model
-card travel with it; the output appears complete or not at all.
+A config the target cannot represent exactly is refused, naming the field; see
+`scratchformer.training.library.export`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-from typing import Any
-
-import torch
-
-from scratchformer.training.checkpoint_io import CheckpointError, load_model_dir
-
-TARGETS = ("llama", "gpt2", "gguf")
-# What the source checkpoint must be, per target: config field -> the value the target implies.
-REQUIRED: dict[str, dict[str, Any]] = {
-    "llama": dict(
-        position_embedding="rope",
-        norm_type="rmsnorm",
-        norm_position="pre",
-        mlp_type="swiglu",
-        attention_bias=False,
-        mlp_bias=False,
-        scale_embeddings=False,
-        is_causal=True,
-    ),
-    "gpt2": dict(
-        position_embedding="learned",
-        norm_type="layernorm",
-        norm_position="pre",
-        mlp_type="gelu",
-        attention_bias=True,
-        mlp_bias=True,
-        scale_embeddings=False,
-        is_causal=True,
-    ),
-}
-REQUIRED["gguf"] = REQUIRED["llama"]  # written as llama.cpp's "llama" architecture
-PRESET_OF = {"llama": "llama", "gpt2": "gpt2", "gguf": "llama"}
-# Why a field matters, for the refusal message.
-MEANING = {
-    "position_embedding": "how positions enter the model",
-    "norm_type": "the normalisation",
-    "norm_position": "where the norms sit (pre: before each sublayer; post: after the residual sum)",
-    "mlp_type": "the feed-forward network",
-    "attention_bias": "biases in the attention projections",
-    "mlp_bias": "biases in the MLP",
-    "scale_embeddings": "the paper's multiplication of embeddings by sqrt(hidden_size)",
-    "is_causal": "causal (decoder) vs bidirectional attention",
-}
+from scratchformer.training.arguments import Parser, command
+from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.export import TARGETS, export_stock
 
 
-class ExportError(ValueError):
-    """A checkpoint the target cannot represent exactly; the message names the field and the fix."""
-
-
-def check_exportable(config, target: str) -> list[str]:
-    """Raise ExportError if `config` (a ScratchformerConfig) cannot be written as `target` exactly.
-    Returns notes about what is dropped without changing inference (dropout)."""
-    if target not in TARGETS:
-        raise ExportError(f"unknown export target {target!r}: choose one of {', '.join(TARGETS)}")
-    if getattr(config, "model_type", None) != "scratchformer":
-        raise ExportError(
-            f"this is a {getattr(config, 'model_type', '?')!r} checkpoint; only decoder-only scratchformer "
-            "checkpoints (model_type 'scratchformer') export to stock architectures (the encoder-decoder has no "
-            "stock counterpart)"
-        )
-    wrong = [
-        (field, getattr(config, field), want)
-        for field, want in REQUIRED[target].items()
-        if getattr(config, field) != want
-    ]
-    if target == "gpt2" and config.num_key_value_heads != config.num_attention_heads:
-        wrong.append(("num_key_value_heads", config.num_key_value_heads, config.num_attention_heads))
-    if wrong:
-        lines = "; ".join(f"{f}={have!r} ({MEANING.get(f, f)}), {target} needs {want!r}" for f, have, want in wrong)
-        raise ExportError(
-            f"cannot export to {target} exactly: {lines}. Only checkpoints of the {PRESET_OF[target]!r} preset "
-            f"export to {target} (train with --preset {PRESET_OF[target]}); other configs run through "
-            "scratchformer's own code (trust_remote_code=True)"
-        )
-    notes = []
-    if target != "gpt2":  # GPT-2 carries all three dropouts; Llama only attention dropout
-        for field in ("embedding_dropout", "hidden_dropout"):
-            if getattr(config, field):
-                notes.append(f"{field}={getattr(config, field)} has no Llama counterpart and is dropped "
-                             "(inference is unaffected; fine-tuning the export trains without it)")
-    return notes
-
-
-def exportable_config(model_dir: str | os.PathLike):
-    """The checkpoint's config, read without its weights, checked to be a scratchformer causal LM."""
-    from transformers import AutoConfig
-
-    from scratchformer.training.checkpoint_io import read_config
-
-    raw = read_config(model_dir)
-    heads = raw.get("architectures") or []
-    if heads and not any(h.endswith("ForCausalLM") for h in heads):
-        raise ExportError(
-            f"{model_dir} holds a {heads[0]}; export writes causal language models (a checkpoint whose "
-            "architecture ends in ForCausalLM, e.g. the model/ of a `scratchformer pretrain` run)"
-        )
-    if raw.get("model_type") != "scratchformer":  # the encoder-decoder, or another library's model
-        return AutoConfig.from_pretrained(model_dir)
-    from scratchformer.modeling import ScratchformerConfig
-
-    return ScratchformerConfig.from_pretrained(model_dir)
-
-
-def _token_ids(config) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
-
-
-def llama_config(config):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
-        hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
-        attention_dropout=config.attention_dropout,
-        initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings,
-        **_token_ids(config),
-    )
-
-
-def gpt2_config(config):
-    from transformers import GPT2Config
-
-    return GPT2Config(
-        vocab_size=config.vocab_size,
-        n_embd=config.hidden_size,
-        n_layer=config.num_hidden_layers,
-        n_head=config.num_attention_heads,
-        n_inner=config.intermediate_size,
-        n_positions=config.max_position_embeddings,
-        layer_norm_epsilon=config.norm_eps,
-        activation_function="gelu_new",  # the tanh approximation, which our "gelu" is
-        embd_pdrop=config.embedding_dropout,
-        resid_pdrop=config.hidden_dropout,
-        attn_pdrop=config.attention_dropout,
-        initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings,
-        **_token_ids(config),
-    )
-
-
-def gpt2_state_dict(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
-    """Our keys to GPT-2's: q/k/v fused into c_attn, every Linear weight transposed into GPT-2's
-    Conv1D layout (in, out). The inverse of convert.gpt2_state_dict_to_scratchformer."""
-    out = {
-        "transformer.wte.weight": sd["model.embed_tokens.weight"],
-        "transformer.wpe.weight": sd["model.embed_positions.weight"],
-        "transformer.ln_f.weight": sd["model.norm.weight"],
-        "transformer.ln_f.bias": sd["model.norm.bias"],
-    }
-    if "lm_head.weight" in sd:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    for i in range(n_layer):
-        src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-        qkv = [sd[src + f"self_attn.{p}_proj.weight"] for p in "qkv"]
-        out[dst + "attn.c_attn.weight"] = torch.cat(qkv, dim=0).t().contiguous()
-        out[dst + "attn.c_attn.bias"] = torch.cat([sd[src + f"self_attn.{p}_proj.bias"] for p in "qkv"])
-        for ours, theirs in (("self_attn.o_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"),
-                             ("mlp.down_proj", "mlp.c_proj")):
-            out[dst + theirs + ".weight"] = sd[src + ours + ".weight"].t().contiguous()
-            out[dst + theirs + ".bias"] = sd[src + ours + ".bias"]
-        for ours, theirs in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):
-            out[dst + theirs + ".weight"] = sd[src + ours + ".weight"]
-            out[dst + theirs + ".bias"] = sd[src + ours + ".bias"]
-    return out
-
-
-def stock_checkpoint(model, target: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    """(stock config, state dict under the stock names) for an in-memory ScratchformerForCausalLM."""
-    config = model.config
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)  # stored once, tied again on load
-    if target == "llama":
-        return llama_config(config), sd
-    return gpt2_config(config), gpt2_state_dict(sd, config.num_hidden_layers)
-
-
-def _model_card(source: Path, target: str, architecture: str) -> str:
-    original = (source / "README.md").read_text(encoding="utf-8") if (source / "README.md").is_file() else ""
-    head = (
-        f"# {source.name} ({target} export)\n\n"
-        f"This is a scratchformer checkpoint exported as a stock `{architecture}`: it loads with "
-        "`AutoModelForCausalLM.from_pretrained(...)` and needs no `trust_remote_code`. Written by "
-        f"`scratchformer export --to {target}`, which checked that the stock class computes the same logits.\n"
-    )
-    return head + ("\n## The original model card\n\n" + original if original else "")
-
-
-def _probe_logits(model, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.randint(0, vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(next(model.parameters()).device)
-    with torch.no_grad():
-        return ids, model(ids).logits.float()
-
-
-def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os.PathLike) -> tuple[Path, list[str]]:
-    """Write `model_dir` (a scratchformer causal LM) as a stock Llama or GPT-2 directory at
-    `output_dir`; returns (the output, notes). Refuses what the target cannot represent."""
-    from huggingface_hub import save_torch_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    source, out = Path(model_dir), Path(output_dir)
-    if target not in ("llama", "gpt2"):
-        raise ExportError(f"export_stock writes llama or gpt2, not {target!r}")
-    if out.exists():
-        raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first")
-    notes = check_exportable(exportable_config(source), target)  # before any weight is read
-    model, _ = load_model_dir(source, AutoModelForCausalLM, architectures=("ForCausalLM",), need_tokenizer=False)
-    model.eval()
-    config, sd = stock_checkpoint(model, target)
-    config.dtype = model.dtype
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        config.architectures = ["LlamaForCausalLM" if target == "llama" else "GPT2LMHeadModel"]
-        config.save_pretrained(tmp)
-        save_torch_state_dict(sd, tmp)
-        if (source / "generation_config.json").is_file():
-            GenerationConfig.from_pretrained(source).save_pretrained(tmp)
-        if (source / "tokenizer.json").is_file():
-            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(source, target, config.architectures[0]), encoding="utf-8")
-
-        # The stock class, from the files just written, must compute our logits.
-        stock = AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype).eval()
-        if type(stock).__name__ != config.architectures[0]:
-            raise ExportError(f"the export loaded as {type(stock).__name__}, not {config.architectures[0]}")
-        ids, ours = _probe_logits(model, config.vocab_size)
-        with torch.no_grad():
-            theirs = stock(ids).logits.float()
-        tolerance = 1e-4 if model.dtype == torch.float32 else 5e-2
-        diff = (ours - theirs).abs().max().item() / max(1.0, ours.abs().max().item())
-        if diff > tolerance:
-            raise ExportError(f"the exported {target} model's logits differ from the original by {diff:.2e}; "
-                              "nothing was written (please report this)")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out, notes
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="scratchformer export",
         description=(
             "Export a scratchformer causal LM to a stock architecture: --to llama (llama preset -> "
@@ -288,28 +25,33 @@ def main(argv: list[str] | None = None) -> int:
             "file for llama.cpp and Ollama). Configs the target cannot represent exactly are refused."
         ),
     )
-    parser.add_argument("--model", required=True, help="a scratchformer checkpoint directory (e.g. runs/NAME/model)")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="the target format")
-    parser.add_argument("--output_dir", "--output-dir", help="new directory (--to llama, --to gpt2)")
-    parser.add_argument("--output_file", "--output-file", help="new .gguf file (--to gguf)")
-    parser.add_argument("--dtype", choices=("f32", "f16"), default="f16",
-                        help="GGUF tensor type for the matrices (default f16; norms stay f32)")
-    args = parser.parse_args(argv)
-    try:
-        if args.to == "gguf":
-            if not args.output_file:
-                raise ExportError("--to gguf writes one file: give --output_file NAME.gguf")
-            from scratchformer.training.gguf_export import write_gguf
+    p.add("--model", required=True, metavar="DIR", help="a scratchformer checkpoint directory (e.g. runs/NAME/model)")
+    p.add("--to", required=True, choices=TARGETS, help="the target format")
+    p.add("--output_dir", metavar="DIR", help="new directory (--to llama, --to gpt2)")
+    p.add("--output_file", metavar="FILE", help="new .gguf file (--to gguf)")
+    p.add("--dtype", choices=("f32", "f16"), default="f16",
+          help="GGUF tensor type for the matrices (default f16; norms stay f32)")
+    return p
 
-            written, notes = write_gguf(args.model, args.output_file, dtype=args.dtype)
-        else:
-            if not args.output_dir:
-                raise ExportError(f"--to {args.to} writes a model directory: give --output_dir")
-            written, notes = export_stock(args.model, args.to, args.output_dir)
-    except (ExportError, CheckpointError, FileExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+@command("export")
+def main(argv: list[str]) -> int:
+    args = build_parser().parse(argv)
+    if args.to == "gguf":
+        if not args.output_file:
+            raise UserError("--to gguf writes one file: give --output_file NAME.gguf")
+        from scratchformer.training.library.gguf import write_gguf
+
+        written, notes = write_gguf(args.model, args.output_file, dtype=args.dtype)
+    else:
+        if not args.output_dir:
+            raise UserError(f"--to {args.to} writes a model directory: give --output_dir")
+        written, notes = export_stock(args.model, args.to, args.output_dir)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {written}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,7 +23,7 @@ def trained_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
     """`trained_checkpoint(preset)` -> the model/ directory of a `scratchformer pretrain` run of that
     preset ("llama", "gpt2" or "paper"): size tiny (2 layers x 64, context 128), a 512-token BPE
     tokenizer, 300 steps on the embedded corpus. Built on first use, shared by the session."""
-    from scratchformer.training.pretrain import PretrainConfig, train
+    from scratchformer.training.library.pretraining import PretrainConfig, train
 
     built: dict[str, Path] = {}
 

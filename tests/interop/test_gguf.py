@@ -19,8 +19,9 @@ from transformers import AutoTokenizer
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.modeling.modeling_scratchformer import apply_rotary, rope_inv_freq
 from scratchformer.tokenization.bpe import train_bpe
-from scratchformer.training.export import ExportError, main
-from scratchformer.training.gguf_export import GPT2_SPLIT_REGEX, rotary_rows_to_ggml, write_gguf
+from scratchformer.training.export import main
+from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.gguf import GPT2_SPLIT_REGEX, rotary_rows_to_ggml, write_gguf
 
 TEXT = ("The import statement finds a module, loads it and binds a name. Don't repeat yourself; it's "
         "2024 and 3.14159 is pi. def f(x):\n    return x * 2\n") * 20
@@ -280,7 +281,7 @@ def test_added_tokens_are_user_defined(tmp_path):
 def test_refuses_what_llama_cpp_cannot_represent(tokenizer, tmp_path, preset, field_name):
     src = make_checkpoint(tmp_path / preset, preset, tokenizer)
     out = tmp_path / "out.gguf"
-    with pytest.raises(ExportError, match="cannot export to gguf exactly") as e:
+    with pytest.raises(UserError, match="cannot export to gguf exactly") as e:
         write_gguf(src, out)
     message = str(e.value)
     assert field_name in message and "--preset llama" in message
@@ -299,7 +300,7 @@ def test_refuses_an_existing_output_file(tokenizer, tmp_path):
 
 def test_refuses_an_unknown_dtype(tokenizer, tmp_path):
     src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
-    with pytest.raises(ExportError, match="unknown GGUF dtype 'q4'"):
+    with pytest.raises(UserError, match="unknown GGUF dtype 'q4'"):
         write_gguf(src, tmp_path / "m.gguf", dtype="q4")
 
 
@@ -309,7 +310,7 @@ def test_refuses_values_float16_cannot_hold(tokenizer, tmp_path):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = 1e5
     model.save_pretrained(src)
-    with pytest.raises(ExportError, match=r"blk\.1\.ffn_down\.weight .* float16 range.*--dtype f32"):
+    with pytest.raises(UserError, match=r"blk\.1\.ffn_down\.weight .* float16 range.*--dtype f32"):
         write_gguf(src, tmp_path / "big-f16.gguf", dtype="f16")
     path, _ = write_gguf(src, tmp_path / "big-f32.gguf", dtype="f32")
     assert float(tensors_of(gguf.GGUFReader(path))["blk.1.ffn_down.weight"].data[0, 0]) == 1e5
@@ -325,7 +326,7 @@ def test_refuses_tokenizers_llama_cpp_would_not_reproduce(tokenizer, tmp_path, c
     spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     change(spec)
     (src / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         write_gguf(src, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
 
@@ -352,7 +353,7 @@ def test_a_failed_write_leaves_nothing(tokenizer, tmp_path, monkeypatch):
 def test_without_the_gguf_package(tokenizer, tmp_path, monkeypatch):
     src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
-    with pytest.raises(ExportError, match="pip install gguf"):
+    with pytest.raises(UserError, match="pip install gguf"):
         write_gguf(src, tmp_path / "m.gguf")
 
 

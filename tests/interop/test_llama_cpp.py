@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization.bpe import SPECIAL_TOKENS, train_bpe
-from scratchformer.training.gguf_export import PRE_TOKENIZER, write_gguf
+from scratchformer.training.library.gguf import PRE_TOKENIZER, write_gguf
 
 pytestmark = pytest.mark.llama_cpp
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from scratchformer.training import export
+from scratchformer.training.library import export
 
 
 def test_transformer_bridge_runs_the_llama_export_with_our_numbers(trained_checkpoint, tmp_path):

@@ -55,7 +55,7 @@ def served_checkpoint(tmp_path_factory):
     """`served_checkpoint(preset)` -> the model/ directory of a `scratchformer pretrain` run: the recipe
     of conftest's `trained_checkpoint` (tiny, 512-token BPE, 300 steps on the embedded corpus) with
     the head size vLLM's CPU kernels support. Built on first use, shared by the session."""
-    from scratchformer.training.pretrain import PretrainConfig, train
+    from scratchformer.training.library.pretraining import PretrainConfig, train
 
     built: dict[str, Path] = {}
 
@@ -79,7 +79,7 @@ def prompts_for(model_dir: Path) -> list[list[int]]:
     given exactly the same input; different documents, so that no prompt is a prefix of another."""
     from transformers import AutoTokenizer
 
-    from scratchformer.training.data import default_corpus
+    from scratchformer.training.library.data import default_corpus
 
     # trust_remote_code: the directory's config.json has an auto_map, and AutoTokenizer loads the model
     # config even for a stock tokenizer (without the flag it asks on stdin; seen on 5.19 and 5.23).

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import torch
+from torch.utils.data import Sampler
 
 if os.environ.get("HF_UPDATE_DOWNLOAD_COUNTS") == "0":  # see training/__init__.py
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
@@ -260,3 +262,28 @@ def _only_text(
     if ds.column_names != [text_column]:
         ds = ds.select_columns([text_column])
     return ds.rename_column(text_column, "text") if text_column != "text" else ds
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation of the blocks each epoch, drawn from (seed, epoch) alone, cut to a whole
+    number of optimizer steps.
+
+    Depending on nothing but those two numbers is what lets a resumed run (or one with a
+    different accumulation split of the same global batch) see exactly the same blocks in
+    exactly the same order; cutting to whole steps gives every process the same number of batches
+    and every step a full batch.
+    """
+
+    def __init__(self, num_blocks: int, seed: int, multiple_of: int) -> None:
+        self.num_blocks, self.seed, self.epoch = num_blocks, seed, 0
+        self.length = num_blocks // multiple_of * multiple_of
+
+    def set_epoch(self, epoch: int) -> None:  # accelerate's DataLoaderShard.set_epoch calls this
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_blocks, generator=generator)[: self.length].tolist())
+
+    def __len__(self) -> int:
+        return self.length

@@ -3,6 +3,7 @@ results, so a card can be rendered (and tested) without training anything."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -133,3 +134,105 @@ def _duration(seconds: float) -> str:
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}h {m}m {s}s" if hours else f"{m}m {s}s" if m else f"{s}s"
+
+
+def render_finetune_card(results: dict, base_card: str | None = None) -> str:
+    """Markdown with the hub's YAML header: what the model was fine-tuned from, for what, on what,
+    how well it does, and how to use it with stock transformers."""
+    task, pipeline_task = results["task"], results["pipeline_task"]
+    name = Path(results["output_dir"]).resolve().name
+    tags = ["scratchformer", "custom_code", pipeline_task] + (["lora"] if results["lora"] else [])
+    rows = []
+    for key, label, spec in (
+        ("eval_accuracy", "validation accuracy", "{:.4f}"),
+        ("eval_macro_f1", "validation macro-F1", "{:.4f}"),
+        ("eval_loss", "validation loss", "{:.4f}"),
+        ("eval_perplexity", "validation perplexity", "{:.2f}"),
+    ):
+        if key in results["eval"]:
+            rows.append((label, spec.format(results["eval"][key])))
+    if results["train_loss"] is not None:
+        rows.append(("final training loss", f"{results['train_loss']:.4f}"))
+    h = results["hyperparameters"]
+    training = [
+        ("base model", f"`{results['base_model']}`"),
+        ("data", results["data"]),
+        ("examples", f"{results['train_examples']} training, {results['validation_examples']} validation"),
+        ("tokens per example", f"up to {results['max_length']}"),
+        ("epochs", f"{h['num_train_epochs']:g}" if h["max_steps"] <= 0 else f"{h['max_steps']} steps"),
+        ("learning rate", f"{h['learning_rate']:g} ({h['lr_scheduler_type']}), weight decay {h['weight_decay']:g}"),
+        ("batch", f"{h['per_device_train_batch_size']} per device x {h['gradient_accumulation_steps']} accumulation"),
+        ("seed", str(h["seed"])),
+    ]
+    if results["new_weights"]:
+        training.append(("newly initialised", ", ".join(f"`{k}`" for k in results["new_weights"])))
+    if results["lora"]:
+        lora = results["lora"]
+        training.append(
+            (
+                "LoRA",
+                f"rank {lora['r']}, alpha {lora['alpha']:g} on {', '.join(lora['target_modules'])}; merged "
+                "into the weights here, the adapter alone is in adapter/",
+            )
+        )
+    if results["chat"]:
+        training.append(
+            (
+                "format",
+                "chat template; loss on "
+                + ("assistant turns only" if results["assistant_only_loss"] else "every token"),
+            )
+        )
+    labels = ""
+    if results["labels"]:
+        labels = "\n## Labels\n\n" + _table([(str(i), name) for i, name in enumerate(results["labels"])]) + "\n"
+    example = {
+        "text-classification": 'print(pipe("Some text to classify"))',
+        "token-classification": 'print(pipe("Some text to tag", aggregation_strategy="first"))',
+        "text-generation": 'print(pipe("Once upon a time", max_new_tokens=50)[0]["generated_text"])',
+        "fill-mask": 'print(pipe("The capital of France is<mask>."))',
+    }[pipeline_task]
+    curve = "\n![Training and validation loss](loss_curve.png)\n" if results.get("has_loss_curve") else ""
+    base = ""
+    if base_card:
+        body = re.sub(r"\A---\n.*?\n---\n", "", base_card, flags=re.S).strip()
+        body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)  # its headings one level down, under ours
+        body = re.sub(r"^!\[.*\]\(.*\)\n", "", body, flags=re.M)  # its images are not in this directory
+        base = f"\n## The base model\n\nThe card of `{results['base_model']}`, as it was:\n\n{body}\n"
+    return f"""---
+library_name: transformers
+pipeline_tag: {pipeline_task}
+tags:
+{"".join(f"- {t}{chr(10)}" for t in tags)}---
+
+# {name}
+
+`{results["base_model"]}` fine-tuned for {task} with `transformers.Trainer` (`scratchformer finetune`).
+
+## Results
+
+{_table(rows)}
+{curve}{labels}
+## Training
+
+{_table(training)}
+
+`finetune_results.json` holds every number above and Trainer's full log.
+
+## How to use
+
+The model code ships in this directory, so stock transformers runs it with `trust_remote_code=True`;
+with the `scratchformer` package installed, no remote code is needed.
+
+```python
+from transformers import AutoTokenizer, pipeline
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/{name}", trust_remote_code=True)
+pipe = pipeline("{pipeline_task}", model="path/to/{name}", tokenizer=tokenizer, trust_remote_code=True)
+{example}
+```
+{base}"""
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])

@@ -2,7 +2,7 @@
 
 Every command that opens a checkpoint (`generate`, `inspect`, `convert`, `finetune`, seq2seq training,
 pretrain's `--tokenizer`) goes through here, so a damaged or foreign directory fails the same way
-everywhere: a `CheckpointError` (a `ValueError`) naming the file, what is wrong with it, and what to
+everywhere: a `UserError` (a `ValueError`) naming the file, what is wrong with it, and what to
 do (re-save, re-download, re-run pretraining), never a traceback from deep inside a loader.
 
 Weights load only from `*.safetensors`, which hold tensors and nothing else. A `pytorch_model.bin`
@@ -20,14 +20,17 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from .errors import UserError, one_line
+
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class CheckpointError(ValueError):
-    """A model directory that cannot be used as it is; the message names the file and the fix."""
+# A damaged or foreign model directory is a UserError like any other (`UserError` was its own
+# class before 0.3; the name stays for code that catches it).
+UserError = UserError
 
 
 def read_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
@@ -39,28 +42,28 @@ def read_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dic
 
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: no such directory; pass a model directory (e.g. the model/ of a pretrain run)")
+        raise UserError(f"{p}: no such directory; pass a model directory (e.g. the model/ of a pretrain run)")
     if not p.is_dir():
-        raise CheckpointError(f"{p} is a file, not a model directory; pass the directory that holds config.json")
+        raise UserError(f"{p} is a file, not a model directory; pass the directory that holds config.json")
     config_file = p / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(
+        raise UserError(
             f"{p} has no config.json, so it is not a Hugging Face model directory; pass a directory written by "
             "save_pretrained (e.g. the model/ of a `scratchformer pretrain` run)"
         )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"{config_file} is not valid JSON ({_one_line(e)}): the file is damaged; re-save the model with "
+        raise UserError(
+            f"{config_file} is not valid JSON ({one_line(e)}): the file is damaged; re-save the model with "
             "save_pretrained or download it again"
         ) from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file} holds a JSON {type(config).__name__}, not an object: re-save the model")
+        raise UserError(f"{config_file} holds a JSON {type(config).__name__}, not an object: re-save the model")
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING and not (trust_remote_code and "auto_map" in config):
         ships_code = " (the directory ships its own code: pass --trust-remote-code if you trust it)"
-        raise CheckpointError(
+        raise UserError(
             f"{config_file} has model_type {model_type!r}, which neither transformers nor scratchformer knows"
             f"{ships_code if 'auto_map' in config else ''}; it was written by another library or a newer "
             "transformers (upgrade it), or the file is damaged"
@@ -76,11 +79,11 @@ def check_weights(path: str | os.PathLike) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is damaged ({_one_line(e)}): re-save or re-download the model") from None
+            raise UserError(f"{index} is damaged ({one_line(e)}): re-save or re-download the model") from None
         shards = [p / name for name in sorted(set(weight_map.values()))]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:
-            raise CheckpointError(
+            raise UserError(
                 f"{index} lists {len(shards)} weight shards but {', '.join(missing)} is missing from {p}: the copy "
                 "or download stopped part way; copy or download the whole directory again"
             )
@@ -89,13 +92,13 @@ def check_weights(path: str | os.PathLike) -> list[Path]:
     else:
         pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise CheckpointError(
+            raise UserError(
                 f"{p} holds weights only as {', '.join(pickles)} (pickle), which can run arbitrary code when loaded, "
                 "so scratchformer loads safetensors only. If you trust the file, convert it once: "
                 f"AutoModel.from_pretrained({str(p)!r}, use_safetensors=False).save_pretrained(NEW_DIR), "
                 "which writes model.safetensors"
             )
-        raise CheckpointError(
+        raise UserError(
             f"{p} has a config.json but no weights ({SAFE_WEIGHTS}); re-run the save (or pretraining), or copy "
             "the whole directory again"
         )
@@ -104,8 +107,8 @@ def check_weights(path: str | os.PathLike) -> list[Path]:
             with safe_open(shard, framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(
-                f"{shard} is damaged or truncated ({_one_line(e)}); the file was cut short by a full disk, an "
+            raise UserError(
+                f"{shard} is damaged or truncated ({one_line(e)}); the file was cut short by a full disk, an "
                 "interrupted copy or download: copy or download it again, or re-run the save (pretraining writes "
                 "model/ again at the end of `--resume`)"
             ) from None
@@ -117,14 +120,14 @@ def check_tokenizer(path: str | os.PathLike) -> Path:
     p = Path(path)
     file = p / TOKENIZER_FILE
     if not file.is_file():
-        raise CheckpointError(
+        raise UserError(
             f"{p} has no {TOKENIZER_FILE}; save the tokenizer beside the model with tokenizer.save_pretrained("
             f"{str(p)!r}), or pass the directory the tokenizer was saved to (e.g. by `scratchformer tokenizer`)"
         )
     try:
         json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is damaged ({_one_line(e)}): save or download the tokenizer again") from None
+        raise UserError(f"{file} is damaged ({one_line(e)}): save or download the tokenizer again") from None
     return file
 
 
@@ -136,7 +139,7 @@ def load_tokenizer_dir(path: str | os.PathLike, **kwargs: Any):
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
     except (ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"{path}: the tokenizer could not be loaded ({_one_line(e)})") from None
+        raise UserError(f"{path}: the tokenizer could not be loaded ({one_line(e)})") from None
 
 
 def load_model_dir(
@@ -157,7 +160,7 @@ def load_model_dir(
     config = read_config(p, trust_remote_code)
     heads = config.get("architectures") or []
     if architectures and heads and not any(h.endswith(architectures) for h in heads):
-        raise CheckpointError(
+        raise UserError(
             f"{p} holds a {heads[0]} ({config.get('model_type')}), and this command needs a model ending in "
             f"{' or '.join(architectures)}; pass a checkpoint of that kind"
         )
@@ -169,22 +172,18 @@ def load_model_dir(
             p, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs
         )
     except (ValueError, OSError, KeyError, SafetensorError) as e:
-        if isinstance(e, CheckpointError):
+        if isinstance(e, UserError):
             raise
         what = auto_class.__name__
-        raise CheckpointError(f"{p}: the weights could not be loaded as {what}: {_one_line(e)}") from None
+        raise UserError(f"{p}: the weights could not be loaded as {what}: {one_line(e)}") from None
     # A new head may start untrained (fine-tuning adds one), but a body with most of its weights
     # missing means config.json and the weights come from different models: transformers would
     # otherwise hand back a randomly initialised model with only a warning.
     total = len(model.state_dict())
     if total and len(info.get("missing_keys", ())) > total // 2:
-        raise CheckpointError(
+        raise UserError(
             f"{p}: the weights do not fit the {type(model).__name__} that config.json describes "
             f"({len(info['missing_keys'])} of {total} tensors missing, e.g. {sorted(info['missing_keys'])[0]}); "
             "config.json and the weights come from different models: re-save or re-download the directory"
         )
     return (model, info) if caller_wants_info else model, tokenizer
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

@@ -1,33 +1,31 @@
-"""`scratchformer tokenizer`: train a byte-level BPE tokenizer on the user's text, save it where
-`AutoTokenizer.from_pretrained(out_dir)` loads it, and report what it achieved.
-
-    scratchformer tokenizer --out tok/                                 # the embedded default corpus
-    scratchformer tokenizer --out tok/ --files a.txt b.txt --vocab-size 16000
-    scratchformer tokenizer --out tok/ --dataset wikitext --config wikitext-2-raw-v1
-"""
+"""Training a byte-level BPE tokenizer on a corpus (files, a dataset, the embedded corpus), saved
+where `AutoTokenizer.from_pretrained(dir)` loads it, atomically, with what it achieved in
+training_stats.json. `scratchformer tokenizer` is the command on top."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import datasets
 import tokenizers
 import transformers
 from tqdm.auto import tqdm
 
 from scratchformer.tokenization import bytes_per_token, check_bpe_args, train_bpe
-from scratchformer.training.data import BUILDERS, default_corpus, iter_text_batches, load_text_dataset
+
+from .data import BUILDERS, default_corpus, iter_text_batches, load_text_dataset
 
 STATS_FILE = "training_stats.json"
+
+
 HOLDOUT_EVERY = 20  # every 20th document is held out of training to measure compression ...
+
+
 HOLDOUT_MAX_BYTES = 1 << 20  # ... until 1 MiB is held out: plenty for a stable bytes/token figure
 
 
@@ -191,65 +189,3 @@ def format_stats(stats: dict) -> str:
             f"time             {stats['train_seconds']:.2f} s ({stats['train_mb_per_s']:.2f} MB/s)",
         ]
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scratchformer tokenizer",
-        description="Train a byte-level BPE tokenizer that `AutoTokenizer.from_pretrained(OUT)` loads. "
-        "With neither --files nor --dataset, it trains on the embedded default corpus (Python's help topics).",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--files", nargs="+", metavar="F", help=f"local text files, all of one type: {', '.join(sorted(BUILDERS))}"
-    )
-    source.add_argument(
-        "--dataset", metavar="NAME_OR_PATH", help="a Hugging Face hub dataset (needs network) or a local dataset folder"
-    )
-    parser.add_argument("--config", metavar="C", help="the dataset's configuration name")
-    parser.add_argument("--split", default="train", metavar="S", help="the dataset's split (default: train)")
-    parser.add_argument("--text-column", default="text", metavar="NAME", help="column holding the text (default: text)")
-    parser.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
-    parser.add_argument(
-        "--min-frequency", type=int, default=2, metavar="N", help="minimum count of a merged pair (default: 2)"
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="the model's context length, saved as model_max_length",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        stats = train_tokenizer(
-            args.out,
-            files=args.files,
-            dataset=args.dataset,
-            dataset_config=args.config,
-            split=args.split,
-            text_column=args.text_column,
-            vocab_size=args.vocab_size,
-            min_frequency=args.min_frequency,
-            max_length=args.max_length,
-            show_progress=not args.quiet,
-            overwrite=args.overwrite,
-        )
-    except (OSError, ValueError, RuntimeError, datasets.exceptions.DatasetsError) as e:
-        message = " ".join(str(e).split())  # one line, whatever the library wrote
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(format_stats(stats))
-    print(f"saved to {args.out} (stats in {STATS_FILE}); load it with AutoTokenizer.from_pretrained({args.out!r})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from scratchformer.training.checkpoint_io import load_model_dir, read_config
-from scratchformer.training.export import ExportError, check_exportable
+from .errors import UserError
+from .export import check_exportable
+from .model_dir import load_model_dir, read_config
 
 DTYPES = ("f32", "f16")
 ARCHITECTURE = "llama"
@@ -85,22 +86,22 @@ def _check_tokenizer_pipeline(spec: dict[str, Any]) -> None:
     why = ("llama.cpp reproduces only byte-level BPE with GPT-2's split regex and no prefix space (what "
            "`scratchformer tokenizer` trains)")
     if spec.get("normalizer") is not None:
-        raise ExportError(f"the tokenizer has a normalizer ({spec['normalizer'].get('type')}), which GGUF cannot "
+        raise UserError(f"the tokenizer has a normalizer ({spec['normalizer'].get('type')}), which GGUF cannot "
                           f"carry; {why}")
     pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
         pre = pre["pretokenizers"][0]
     if (pre.get("type"), pre.get("add_prefix_space"), pre.get("use_regex")) != ("ByteLevel", False, True):
-        raise ExportError(f"the tokenizer's pre-tokenizer is {json.dumps(pre)}, not ByteLevel(add_prefix_space="
+        raise UserError(f"the tokenizer's pre-tokenizer is {json.dumps(pre)}, not ByteLevel(add_prefix_space="
                           f"False, use_regex=True); {why}")
     model = spec.get("model") or {}
     wanted = {"type": "BPE", "dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
               "byte_fallback": False, "ignore_merges": False}
     wrong = {k: model.get(k) for k, v in wanted.items() if model.get(k, v) != v}
     if wrong:
-        raise ExportError(f"the tokenizer's model has {wrong}, which llama.cpp's BPE does not do; {why}")
+        raise UserError(f"the tokenizer's model has {wrong}, which llama.cpp's BPE does not do; {why}")
     if (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ExportError(f"the tokenizer's decoder is {(spec.get('decoder') or {}).get('type')}, not ByteLevel; {why}")
+        raise UserError(f"the tokenizer's decoder is {(spec.get('decoder') or {}).get('type')}, not ByteLevel; {why}")
 
 
 def _add_special_tokens(tokenizer, bos: int, eos: int) -> tuple[bool, bool]:
@@ -111,7 +112,7 @@ def _add_special_tokens(tokenizer, bos: int, eos: int) -> tuple[bool, bool]:
     # "a b" encodes to ordinary tokens, so a BOS in front or an EOS at the end came from the post-processor.
     add_bos, add_eos = full[:1] == [bos], full[-1:] == [eos]
     if full != [bos] * add_bos + plain + [eos] * add_eos:
-        raise ExportError(f"the tokenizer's post-processor turns {plain} into {full}; llama.cpp can only add a "
+        raise UserError(f"the tokenizer's post-processor turns {plain} into {full}; llama.cpp can only add a "
                           "BOS token in front and an EOS token at the end")
     return add_bos, add_eos
 
@@ -129,7 +130,7 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
     added = {a["id"]: a for a in spec.get("added_tokens", [])}
     id_to_token.update({i: a["content"] for i, a in added.items()})
     if max(id_to_token) >= vocab_size:
-        raise ExportError(f"the tokenizer has ids up to {max(id_to_token)} but the model's vocabulary has "
+        raise UserError(f"the tokenizer has ids up to {max(id_to_token)} but the model's vocabulary has "
                           f"{vocab_size} rows: this tokenizer does not belong to this model")
 
     tokens: list[str] = []
@@ -156,7 +157,7 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
     if len(set(tokens)) != len(tokens):
         # llama.cpp maps token text back to one id and aborts on a duplicate.
         duplicate = next(t for t in tokens if tokens.count(t) > 1)
-        raise ExportError(f"the token {duplicate!r} appears under two ids; llama.cpp needs every token text once")
+        raise UserError(f"the token {duplicate!r} appears under two ids; llama.cpp needs every token text once")
     if len(id_to_token) < vocab_size:
         notes.append(f"the model has {vocab_size - len(id_to_token)} embedding rows no token uses; they are written "
                      "as unused placeholder tokens")
@@ -170,7 +171,7 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
         if ids[name] is None:
             # llama.cpp's BPE default for a missing BOS/EOS is id 11, which would end or start every text
             # with whatever token 11 happens to be.
-            raise ExportError(f"the tokenizer has no {name}_token; llama.cpp needs one (it would use token 11)")
+            raise UserError(f"the tokenizer has no {name}_token; llama.cpp needs one (it would use token 11)")
     end_of_turn = next((i for i, a in added.items() if a["content"] == END_OF_TURN and a["special"]), None)
     if end_of_turn is not None:
         # llama.cpp also guesses "<|end|>" by its text; written out, no guess is needed, and
@@ -279,11 +280,11 @@ def write_gguf(
         import gguf
         import numpy as np
     except ImportError:
-        raise ExportError("--to gguf needs the gguf package: pip install gguf") from None
+        raise UserError("--to gguf needs the gguf package: pip install gguf") from None
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ExportError(f"unknown GGUF dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"unknown GGUF dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     source, out = Path(model_dir), Path(output_file)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --output_file or remove it first")
@@ -302,7 +303,7 @@ def write_gguf(
     if dtype == "f16":
         for name, t in tensors.items():
             if t.dim() == 2 and t.abs().max().item() > F16_MAX:
-                raise ExportError(f"{name} holds values beyond the float16 range (|x| > {F16_MAX:g}); "
+                raise UserError(f"{name} holds values beyond the float16 range (|x| > {F16_MAX:g}); "
                                   "export with --dtype f32")
 
     writer = gguf.GGUFWriter(path=None, arch=ARCHITECTURE)

@@ -1,0 +1,131 @@
+"""The arrows of the package's design, enforced: import cycles and a library that reaches up into the
+commands or sideways into the pictures cannot come back.
+
+    commands (training/*.py)  ->  library (training/library/), viz (training/viz/), modeling, tokenization
+    viz                       ->  library, modeling
+    library                   ->  modeling, tokenization          (never commands, never viz)
+    tokenization              ->  nothing of ours
+    modeling                  ->  nothing of ours                  (the remote-code payload)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {
+    "scratchformer.modeling": ROOT / "modeling",
+    "scratchformer.tokenization": ROOT / "tokenization",
+    "scratchformer.training.library": ROOT / "training" / "library",
+    "scratchformer.training.viz": ROOT / "training" / "viz",
+    "scratchformer.training": ROOT / "training",
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in folder.glob("*.py"):
+            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return found
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """Our modules that `name` imports (absolute or relative, at any depth of the file)."""
+    package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+    ours = set(modules())
+    out = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # Imports under `if TYPE_CHECKING:` exist for annotations only and never run: not dependencies.
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                 and ast.unparse(block.test) == "TYPE_CHECKING" for n in ast.walk(block)}  # fmt: skip
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            if target in ours:
+                out.add(target)
+            elif target.startswith("scratchformer.") and target.rsplit(".", 1)[0] in ours:
+                out.add(target.rsplit(".", 1)[0])
+    out.discard(name)
+    return out
+
+
+def layer(module: str) -> str:
+    for prefix, name in (("scratchformer.training.library", "library"), ("scratchformer.training.viz", "viz"),
+                         ("scratchformer.training", "commands"), ("scratchformer.modeling", "modeling"),
+                         ("scratchformer.tokenization", "tokenization")):  # fmt: skip
+        if module.startswith(prefix):
+            return name
+    raise AssertionError(module)
+
+
+ALLOWED = {
+    "commands": {"commands", "library", "viz", "modeling", "tokenization"},
+    "viz": {"viz", "library", "modeling"},
+    "library": {"library", "modeling", "tokenization"},
+    "tokenization": {"tokenization"},
+    "modeling": {"modeling"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_every_import_points_down_the_layers(name):
+    path = modules()[name]
+    wrong = {m for m in imports_of(name, path) if layer(m) not in ALLOWED[layer(name)]}
+    assert not wrong, f"{name} ({layer(name)}) imports {sorted(wrong)}"
+
+
+def test_commands_do_not_import_each_other_except_the_demo_and_the_dispatchers():
+    """A command is parse -> library -> print. The demo tells the whole story, the CLI dispatches,
+    `finetune --task seq2seq` hands over to the encoder-decoder's command, and every command
+    shares `arguments` (the vocabulary and the error boundary)."""
+    shared = {"scratchformer.training.arguments", "scratchformer.training"}
+    for name, path in modules().items():
+        if layer(name) != "commands" or name.endswith((".demo", ".cli", ".__main__")):
+            continue
+        others = {m for m in imports_of(name, path) if layer(m) == "commands"} - shared
+        if name.endswith(".finetune"):
+            others -= {"scratchformer.training.seq2seq"}
+        assert not others, f"{name} imports the commands {sorted(others)}"
+
+
+def test_no_import_cycles():
+    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_the_file_size_limits_of_the_design_hold():
+    """No training module past 700 lines: a file that grows past it has two jobs."""
+    for name, file in modules().items():
+        if layer(name) in ("commands", "library", "viz"):
+            lines = len(file.read_text(encoding="utf-8").splitlines())
+            assert lines <= 700, f"{file.relative_to(ROOT)} has {lines} lines"

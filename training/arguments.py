@@ -1,0 +1,191 @@
+"""The command line's one vocabulary and its one error boundary.
+
+Every command speaks the names of transformers' example scripts where they have one, and a user who
+learned one command guesses right in the next:
+
+    --output_dir       where the command writes its result (a directory)
+    --output_file      the one file a command writes (a picture, a .gguf)
+    --model            a model directory (a checkpoint); --model_name_or_path is the same flag
+    --tokenizer        a tokenizer directory, when it is not the model's
+    --train_files      local data files (all of one type); --validation_files beside them
+    --dataset_name     a hub dataset or a local dataset folder; --dataset_config_name its configuration
+    --text_column      the column holding the text
+    --max_train_steps  optimizer steps (--max_steps, Trainer's name, is the same flag)
+    --seed             the one seed of a run
+
+Dash and underscore spellings are both accepted everywhere (`--max-train-steps`). Spellings used
+before 0.3 (`--out`, `--files`, `--train-file`, `--from`, ...) still work for this release, with a
+deprecation line on stderr. An unknown or misspelled flag is one `error:` line naming the closest
+existing flag, never a traceback; so is every user error a command raises (`command`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from scratchformer.training.library.errors import UserError, one_line
+
+REMOVAL = "0.4"  # when the deprecated spellings below go
+
+# Spellings from before the one vocabulary, per command: old flag -> the shared name.
+DEPRECATED: dict[str, dict[str, str]] = {
+    "tokenizer": {"--out": "--output_dir", "--files": "--train_files", "--dataset": "--dataset_name",
+                  "--config": "--dataset_config_name", "--split": "--train_split"},
+    "finetune": {"--out": "--output_dir", "--train_file": "--train_files", "--validation_file": "--validation_files",
+                 "--dataset": "--dataset_name", "--dataset_config": "--dataset_config_name"},
+    "seq2seq": {"--out": "--output_dir", "--train_file": "--train_files", "--eval_file": "--validation_files",
+                "--validation_file": "--validation_files", "--epochs": "--num_train_epochs",
+                "--batch_size": "--per_device_train_batch_size", "--label_smoothing": "--label_smoothing_factor"},
+    "convert": {"--from": "--model", "--out": "--output_dir"},
+    "demo": {"--out": "--output_dir", "--files": "--train_files", "--steps": "--max_train_steps"},
+    "inspect": {"--out": "--output_file"},
+}
+# The other usual name of the same thing, accepted quietly: both are the vocabulary.
+SYNONYMS: dict[str, dict[str, str]] = {
+    "pretrain": {"--max_steps": "--max_train_steps", "--warmup_steps": "--num_warmup_steps"},
+    "finetune": {"--max_train_steps": "--max_steps", "--num_warmup_steps": "--warmup_steps",
+                 "--model_name_or_path": "--model"},
+    "seq2seq": {"--num_warmup_steps": "--warmup_steps", "--model_name_or_path": "--model"},
+    "generate": {"--model_name_or_path": "--model"},
+    "convert": {"--model_name_or_path": "--model"},
+    "export": {"--model_name_or_path": "--model"},
+    "inspect": {"--model_name_or_path": "--model"},
+    "upgrade-checkpoint": {"--model_name_or_path": "--model"},
+}
+
+
+def spellings(flag: str) -> list[str]:
+    """`--max_train_steps` -> [`--max_train_steps`, `--max-train-steps`]: both are accepted."""
+    dashed = "--" + flag[2:].replace("_", "-")
+    return [flag] if dashed == flag else [flag, dashed]
+
+
+def _canonical(flag: str) -> str:
+    return "--" + flag[2:].replace("-", "_")
+
+
+def rewrite(command: str, argv: Sequence[str]) -> list[str]:
+    """Old spellings and synonyms of `command`'s flags replaced by their shared names (any dash or
+    underscore spelling, and `--flag=value` too); each deprecated one is reported once on stderr."""
+    deprecated, synonyms = DEPRECATED.get(command, {}), SYNONYMS.get(command, {})
+    out, warned = [], set()
+    for arg in argv:
+        if arg == "--":
+            out.extend(argv[len(out):])
+            break
+        name, eq, value = arg.partition("=")
+        key = _canonical(name) if name.startswith("--") else None
+        if key in deprecated:
+            new = deprecated[key]
+            if key not in warned:
+                print(f"warning: {name} is deprecated, use {new} (the old spelling goes in {REMOVAL})", file=sys.stderr)
+                warned.add(key)
+            arg = new + eq + value
+        elif key in synonyms:
+            arg = synonyms[key] + eq + value
+        out.append(arg)
+    return out
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    found = []
+    for action in parser._actions:
+        if action.help != argparse.SUPPRESS:
+            found += [s for s in action.option_strings if s.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _option_strings(sub)
+    return found
+
+
+def unknown_flags_message(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """`unknown option --max_step (did you mean --max_train_steps?)`: the closest existing flags."""
+    known = sorted(set(_option_strings(parser)))
+    parts = []
+    for arg in unknown:
+        flag = arg.partition("=")[0]
+        if not flag.startswith("-"):
+            parts.append(f"unexpected argument {arg!r}")
+            continue
+        names = sorted({_canonical(k) for k in known})
+        close = difflib.get_close_matches(_canonical(flag), names, n=3, cutoff=0.6)
+        word = _canonical(flag)[2:]
+        if not close and len(word) >= 4:  # --epochs -> --num_train_epochs: the word inside a longer name
+            close = [k for k in names if word in k[2:]][:3]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        parts.append(f"unknown option {flag}{hint}")
+    return f"{'; '.join(parts)}; `{parser.prog} --help` lists every option"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's manners: `add` registers both spellings of a long option, and a
+    bad command line is a `UserError` (one `error:` line from the boundary), with the closest flag
+    named, instead of argparse's usage dump and exit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `--vocab` is a typo to name, not a prefix to guess
+        super().__init__(*args, **kwargs)
+
+    def add(self, *flags: str, **kwargs: Any) -> argparse.Action:
+        names = [s for f in flags for s in (spellings(f) if f.startswith("--") else [f])]
+        return self.add_argument(*names, **kwargs)
+
+    def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            raise UserError(unknown_flags_message(unknown, self))
+        return args
+
+    def error(self, message: str) -> None:  # argparse calls this for every command-line error
+        raise UserError(f"{self.prog}: {message}")
+
+
+class HfParser(HfArgumentParser):
+    """transformers' dataclass parser (it registers both spellings itself) with the same manners."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse(self, argv: Sequence[str] | None) -> tuple:
+        *dataclasses_, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            raise UserError(unknown_flags_message(unknown, self))
+        return tuple(dataclasses_)
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{self.prog}: {message}")
+
+
+def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Sequence[str] | None], int]]:
+    """The one error boundary: wraps a command's `main(argv)`. Old spellings are rewritten first
+    (`rewrite`); a user error (`UserError`, any `ValueError` or `OSError`, a datasets error) is one
+    `error: ...` line and exit 2 (printed by one process of a multi-process run, not by every one);
+    Ctrl-C is exit 130; anything else is a bug and keeps its traceback."""
+    from datasets.exceptions import DatasetsError
+
+    def wrap(main: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(main)
+        def run(argv: Sequence[str] | None = None) -> int:
+            args = rewrite(name, list(sys.argv[1:] if argv is None else argv))
+            try:
+                return int(main(args) or 0)
+            except (ValueError, OSError, DatasetsError) as e:  # UserError is a ValueError
+                if os.environ.get("RANK", "0") == "0":
+                    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+                return 2
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                return 130
+
+        return run
+
+    return wrap

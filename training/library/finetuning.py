@@ -1,0 +1,451 @@
+"""Fine-tuning a checkpoint with stock `transformers.Trainer`: the task decides the Auto class, the
+preprocessing (`tasks`), the collator and the metrics, and Trainer does the rest, so every
+`TrainingArguments` flag works as documented. The result in --output_dir is an ordinary Hugging Face
+directory (weights, config with `id2label`, tokenizer, the remote-code files, a model card); Trainer's
+checkpoints go to OUTPUT_DIR/checkpoints. `scratchformer finetune` is the command on top."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.trainer_utils import IntervalStrategy
+
+import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* classes with the Auto classes)
+
+from .data import BUILDERS
+from .errors import UserError, one_line
+from .metrics import compute_classification_metrics, compute_token_metrics
+from .model_card import render_finetune_card
+from .model_dir import (
+    check_tokenizer,
+    check_weights,
+    load_model_dir,
+    load_tokenizer_dir,
+    read_config,
+)
+from .tasks import (
+    TASKS,
+    Task,
+    load_raw_splits,
+    prepare_classification,
+    prepare_language_modeling,
+    prepare_token_classification,
+)
+
+# The Auto class each task loads, and the pipeline task that serves the result.
+AUTO_CLASSES = {
+    "classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
+    "causal-lm": AutoModelForCausalLM,
+    "masked-lm": AutoModelForMaskedLM,
+}
+
+
+PIPELINE_TASKS = {
+    "classification": "text-classification",
+    "token-classification": "token-classification",
+    "causal-lm": "text-generation",
+    "masked-lm": "fill-mask",
+}
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+RESULTS_FILE = "finetune_results.json"
+
+
+@dataclass
+class FinetuneArguments:
+    """What to fine-tune, on what, for which task. Everything about *how* to train is a
+    `TrainingArguments` field (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, ...)."""
+
+    model: str = field(metadata={"help": "checkpoint directory (from `scratchformer pretrain` or any save_pretrained)"})
+    task: Task = field(
+        metadata={"help": "what to fine-tune for (`--task seq2seq` trains an encoder-decoder: see its --help)"}
+    )
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": f"training data, one format: {', '.join(sorted(BUILDERS))}"}
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "validation data (same format)"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "a hub dataset name or a local dataset folder, instead of files"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
+    train_split: str = field(default="train", metadata={"help": "the dataset's training split"})
+    validation_split: str = field(
+        default="validation", metadata={"help": "the dataset's validation split (carved from training if absent)"}
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of the training data held out for validation when none is given (0: no validation)"},
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "text column (default: 'text'; 'tokens', a list of words, for token-classification)"},
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "label column (default: 'label'; 'ner_tags' for token-classification)"}
+    )
+    messages_column: str = field(
+        default="messages",
+        metadata={"help": "causal-lm: column of chat records ([{'role', 'content'}, ...]); used when present"},
+    )
+    assistant_only_loss: bool = field(
+        default=False, metadata={"help": "causal-lm on chat records: train on the assistant's turns only"}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "tokens per example or block (default: the model's context, at most 1024)"}
+    )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "causal-lm/masked-lm on text: join rows into full blocks (--no_packing: one example per row)"
+        },
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "masked-lm: share of tokens masked"})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after this many evaluations without improvement"}
+    )
+    lora_r: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (peft) instead of all weights"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "module names that get adapters"}
+    )
+    bidirectional: bool = field(
+        default=False,
+        metadata={
+            "help": "masked-lm/classification: load a decoder checkpoint as a bidirectional encoder "
+            "(is_causal=False) and adapt it, as LLM2Vec does; the result is an encoder"
+        },
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep Trainer's checkpoints in OUT/checkpoints after a successful run"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir directory"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow a non-scratchformer checkpoint's own code to run"}
+    )
+
+
+def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The checkpoint's config, after `checkpoint_io`'s checks (the project's one gate for model
+    directories): config.json readable with a known model type, complete safetensors weights (never
+    pickles), a tokenizer. Raises `UserError` saying what is wrong and the fix."""
+    read_config(path, trust_remote_code)
+    check_weights(path)
+    check_tokenizer(path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError) as e:
+        raise UserError(f"{path}/config.json could not be read as a model config: {one_line(e)}") from e
+
+
+def check_task(config: PretrainedConfig, task: str, path: str) -> None:
+    """Refuse a task the checkpoint's architecture cannot serve, before any data is read."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    is_causal = getattr(config, "is_causal", None)
+    if config.model_type == "scratchformer" and task == "masked-lm" and is_causal:
+        raise UserError(
+            f"{path} is a decoder (is_causal=True), and masked-lm needs a bidirectional encoder that sees both "
+            "sides of the blank; pass --bidirectional to turn this decoder into one (its weights are kept, its "
+            "attention mask opened), or use --task causal-lm"
+        )
+    if config.model_type == "scratchformer" and task == "causal-lm" and is_causal is False:
+        raise UserError(
+            f"{path} is a bidirectional encoder (is_causal=False), which cannot predict the next token; "
+            "use --task masked-lm (or classification / token-classification)"
+        )
+    mapping = AUTO_CLASSES[task]._model_mapping
+    if type(config) not in mapping and not (getattr(config, "auto_map", None) or {}).get(AUTO_CLASSES[task].__name__):
+        raise UserError(
+            f"{path} is a {config.model_type!r} model, which has no {AUTO_CLASSES[task].__name__} head for "
+            f"--task {task}"
+        )
+
+
+def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_curves=None) -> dict[str, Any]:
+    """Fine-tune `args.model` for `args.task` with `Trainer`; return the results (metrics, label
+    names, paths), also written to `OUTPUT_DIR/finetune_results.json`.
+
+    The best (or last) model goes to `training_args.output_dir`, the directory a pipeline then loads;
+    Trainer's checkpoints go inside it, to OUTPUT_DIR/checkpoints, out of the model's way (and are
+    removed after a successful run unless --keep_checkpoints). `draw_curves(log, png)` draws the
+    loss curve (the command passes `viz.curves`'s)."""
+    output_dir = Path(training_args.output_dir)
+    training_args = copy.copy(training_args)  # the caller's arguments keep their output_dir
+    training_args.output_dir = str(output_dir / CHECKPOINTS_DIR)
+    config = check_model_dir(args.model, trust_remote_code=args.trust_remote_code)
+    if args.bidirectional:
+        if config.model_type != "scratchformer" or args.task == "causal-lm":
+            raise UserError("--bidirectional turns a scratchformer decoder into an encoder: not with causal-lm")
+        config.is_causal = False
+    check_task(config, args.task, args.model)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} exists and is not a directory")
+    resuming = bool(training_args.resume_from_checkpoint)
+    if out.is_dir() and _has_files_besides(out, CHECKPOINTS_DIR) and not (args.overwrite or resuming):
+        raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
+    _check_training_args(args, training_args)
+
+    tokenizer = load_tokenizer_dir(args.model, trust_remote_code=args.trust_remote_code)
+    max_length = _max_length(args, tokenizer, config)
+    train_raw, validation_raw = load_raw_splits(args, seed=training_args.seed)
+
+    labels: list[str] | None = None
+    compute_metrics = None
+    is_chat = False
+    if args.task == "classification":
+        train, validation, labels = prepare_classification(args, tokenizer, train_raw, validation_raw, max_length)
+        collator = DataCollatorWithPadding(tokenizer)
+        compute_metrics = compute_classification_metrics
+    elif args.task == "token-classification":
+        train, validation, labels = prepare_token_classification(args, tokenizer, train_raw, validation_raw, max_length)
+        collator = DataCollatorForTokenClassification(tokenizer)
+        compute_metrics = compute_token_metrics
+    else:
+        train, validation, is_chat = prepare_language_modeling(args, tokenizer, train_raw, validation_raw, max_length)
+        if args.task == "masked-lm":
+            if tokenizer.mask_token is None:
+                raise UserError("masked-lm needs a tokenizer with a mask token (<mask>)")
+            collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability)
+        elif is_chat:
+            # Conversations differ in length and carry their own labels (maybe assistant-only):
+            # pad input_ids with <pad> and labels with -100, which is what this collator does.
+            collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        else:
+            collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids; the model shifts
+
+    if validation is None:
+        # Nothing to evaluate on: evaluation and best-model selection switch off rather than fail.
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.load_best_model_at_end = False
+
+    model, loading = _load_model(args, labels, config)
+    if args.lora_r:
+        model = _wrap_lora(args, model)
+
+    if out.is_dir() and args.overwrite and not resuming:
+        # Only now, with the data and model checked: no file of the earlier run (an adapter, old
+        # checkpoints) may pass for this one's, but a mistyped flag must not cost the user that run.
+        shutil.rmtree(out)
+    callbacks = []
+    if args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+    eval_metrics = trainer.evaluate() if validation is not None else {}
+    if "eval_loss" in eval_metrics and args.task in ("causal-lm", "masked-lm"):
+        eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+
+    # Everything the run leaves at the top of OUT is written into a hidden staging directory first
+    # and moved in file by file once complete, so a crash while saving leaves no half-written file.
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run killed while saving
+    staging.mkdir()
+    final = trainer.model
+    if args.lora_r:
+        final.save_pretrained(staging / "adapter")  # the adapter alone, for sharing beside the base model
+        final = final.merge_and_unload()  # and the merged model, which needs no peft to load
+    final.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+
+    results = {
+        "task": args.task,
+        "pipeline_task": PIPELINE_TASKS[args.task],
+        "base_model": str(args.model),
+        "output_dir": str(out),
+        "data": describe_data(args),
+        "train_examples": len(train),
+        "validation_examples": len(validation) if validation is not None else 0,
+        "max_length": max_length,
+        "labels": labels,
+        "chat": is_chat,
+        "assistant_only_loss": args.assistant_only_loss,
+        "new_weights": sorted(loading.get("missing_keys", [])),
+        "lora": {"r": args.lora_r, "alpha": _lora_alpha(args), "target_modules": args.lora_target_modules}
+        if args.lora_r
+        else None,
+        "train_loss": train_output.training_loss,
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "eval": eval_metrics,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "hyperparameters": {
+            "learning_rate": training_args.learning_rate,
+            "num_train_epochs": training_args.num_train_epochs,
+            "max_steps": training_args.max_steps,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "weight_decay": training_args.weight_decay,
+            "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
+            "warmup_steps": training_args.warmup_steps,
+            "seed": training_args.seed,
+        },
+        "log_history": trainer.state.log_history,
+    }
+    write_card_and_curve(staging, results, args.model, draw_curves)
+    (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    _move_into(staging, out)
+
+    checkpoints = Path(training_args.output_dir)
+    if not args.keep_checkpoints and checkpoints == out / CHECKPOINTS_DIR and checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # the best model is at the top of OUT; the rest was only for resuming
+    return results
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Renames each entry of `staging` into `out` (same file system: each rename is atomic),
+    replacing what an earlier attempt left there, then removes `staging`."""
+    for entry in sorted(staging.iterdir()):
+        dest = out / entry.name
+        if entry.is_dir() and dest.is_dir():
+            shutil.rmtree(dest)  # e.g. the adapter of a finished earlier attempt
+        os.replace(entry, dest)
+    staging.rmdir()
+
+
+def describe_data(args: FinetuneArguments) -> str:
+    if args.train_files:
+        val = f", validation {', '.join(args.validation_files)}" if args.validation_files else ""
+        return f"{', '.join(args.train_files)}{val}"
+    if args.dataset_name:
+        config = f" ({args.dataset_config_name})" if args.dataset_config_name else ""
+        return f"dataset {args.dataset_name}{config}"
+    return "the embedded default corpus (Python's help topics, pydoc_data)"
+
+
+def _has_files_besides(directory: Path, *ignored: str) -> bool:
+    return any(p.name not in ignored for p in directory.iterdir())
+
+
+def _check_training_args(args: FinetuneArguments, training_args: TrainingArguments) -> None:
+    if args.early_stopping_patience is not None:
+        if args.early_stopping_patience < 1:
+            raise UserError("--early_stopping_patience must be at least 1")
+        if not training_args.load_best_model_at_end or training_args.eval_strategy == IntervalStrategy.NO:
+            raise UserError(
+                "--early_stopping_patience needs evaluation and best-model tracking: keep --eval_strategy and "
+                "--load_best_model_at_end on (the defaults)"
+            )
+    if args.lora_r < 0:
+        raise UserError("--lora_r must be positive (or 0 for full fine-tuning)")
+
+
+def _max_length(args: FinetuneArguments, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length, 1024]
+    context = min(int(n) for n in limits if n)
+    if args.max_length is None:
+        return context
+    if args.max_length < 2:
+        raise UserError(f"--max_length={args.max_length} must be at least 2")
+    if getattr(config, "max_position_embeddings", None) and args.max_length > config.max_position_embeddings:
+        raise UserError(
+            f"--max_length={args.max_length} is longer than the model's context "
+            f"(max_position_embeddings={config.max_position_embeddings})"
+        )
+    return args.max_length
+
+
+def _load_model(args: FinetuneArguments, labels: list[str] | None, config: PretrainedConfig):
+    """(model, loading info) through `checkpoint_io.load_model_dir`. The checked config goes in as is,
+    so --bidirectional's is_causal=False is what gets built. A classifier checkpoint with another
+    label set gets a fresh head of the right size (its old one is reported among the new weights)."""
+    kwargs: dict[str, Any] = dict(config=config, trust_remote_code=args.trust_remote_code, output_loading_info=True)
+    if labels is not None:
+        config.id2label = dict(enumerate(labels))  # also sets num_labels
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        kwargs["ignore_mismatched_sizes"] = True
+    (model, loading), _ = load_model_dir(args.model, AUTO_CLASSES[args.task], need_tokenizer=False, **kwargs)
+    loading["missing_keys"] = set(loading.get("missing_keys", ())) | {k for k, *_ in loading.get("mismatched_keys", ())}
+    return model, loading
+
+
+def _lora_alpha(args: FinetuneArguments) -> float:
+    return args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_r
+
+
+def _wrap_lora(args: FinetuneArguments, model):
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError as e:
+        raise UserError("--lora_r needs peft: pip install 'scratchformer[peft]'") from e
+    task_type = {
+        "classification": TaskType.SEQ_CLS,  # also keeps the new `score` head fully trainable
+        "token-classification": TaskType.TOKEN_CLS,
+        "causal-lm": TaskType.CAUSAL_LM,
+        "masked-lm": None,
+    }[args.task]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in args.lora_target_modules if m not in names]
+    if missing:
+        raise UserError(
+            f"--lora_target_modules {' '.join(missing)}: no such module; scratchformer's are q_proj k_proj v_proj "
+            "o_proj (attention) and gate_proj up_proj down_proj (MLP)"
+        )
+    lora = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=_lora_alpha(args),
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora)
+
+
+def write_card_and_curve(out: Path, results: dict, base_model: str, draw_curves=None) -> None:
+    """`OUT/metrics.jsonl` (Trainer's log history), `OUT/loss_curve.png` when `draw_curves(log, png)`
+    draws it (the command passes `viz.curves`'s, the picture pretraining draws too), and
+    `OUT/README.md`: the fine-tuning card, with the base model's card kept below it."""
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
+    results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
+    base_card = Path(base_model) / "README.md"
+    card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None)
+    (out / "README.md").write_text(card, encoding="utf-8")

@@ -1,0 +1,74 @@
+"""The numbers a run reports: validation loss, perplexity and bits per byte for language models;
+accuracy and macro-F1 for classifiers (BLEU for translation is in `bleu`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+
+def evaluate(model, loader: DataLoader, accelerator: Accelerator, byte_lengths: torch.Tensor) -> dict:
+    """Validation loss (nats per token), perplexity and bits per byte over every block of `loader`.
+
+    Bits per byte divides the summed loss by the UTF-8 bytes the predicted tokens spell, so it
+    measures the model and tokenizer together and compares across vocabularies; per-token loss
+    does not (a bigger vocabulary predicts fewer, harder tokens).
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # nats, tokens, bytes
+    with torch.no_grad():
+        for batch in loader:
+            ids_BL = batch["input_ids"]
+            logits_BLV = model(input_ids=ids_BL, use_cache=False).logits
+            # position t predicts token t+1
+            nll_BL = F.cross_entropy(logits_BLV[:, :-1].float().transpose(1, 2), ids_BL[:, 1:], reduction="none")
+            per_block_B3 = torch.stack(
+                [nll_BL.sum(1), torch.full_like(nll_BL[:, 0], nll_BL.shape[1]), byte_lengths[ids_BL[:, 1:]].sum(1)],
+                dim=1,
+            ).double()
+            # gather_for_metrics drops the blocks repeated to give every process equal batches.
+            totals += accelerator.gather_for_metrics(per_block_B3).sum(0)
+    model.train()
+    nats, tokens, n_bytes = totals.tolist()  # host sync: once per evaluation
+    loss = nats / tokens
+    return {
+        "eval_loss": round(loss, 6),
+        "eval_ppl": round(math.exp(loss), 4) if loss < 700 else math.inf,
+        "eval_bpb": round(nats / (math.log(2) * n_bytes), 6) if n_bytes else math.nan,
+        "eval_tokens": int(tokens),
+        "eval_bytes": int(n_bytes),
+    }
+
+
+def accuracy_and_macro_f1(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """Accuracy, and F1 averaged over classes with equal weight (so a rare class counts as much as a
+    common one), over the classes that occur in either array, as scikit-learn's `f1_score(average="macro")`."""
+    predictions, references = np.asarray(predictions).ravel(), np.asarray(references).ravel()
+    if references.size == 0:
+        return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    f1s = []
+    for c in np.union1d(predictions, references):
+        tp = np.sum((predictions == c) & (references == c))
+        fp = np.sum((predictions == c) & (references != c))
+        fn = np.sum((predictions != c) & (references == c))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": float(np.mean(predictions == references)), "macro_f1": float(np.mean(f1s))}
+
+
+def compute_classification_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return accuracy_and_macro_f1(np.argmax(logits, axis=-1), labels)
+
+
+def compute_token_metrics(eval_pred) -> dict[str, float]:
+    """Word-level: only the positions that carry a label (each word's first sub-token) count."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    keep = labels != -100
+    return accuracy_and_macro_f1(np.argmax(logits, axis=-1)[keep], labels[keep])

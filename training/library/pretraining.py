@@ -1,0 +1,681 @@
+"""Pretraining: text in, a Hugging Face model directory out; one CPU or many GPUs.
+
+`train(cfg)` reads like nanoGPT's loop: accelerator, tokenizer, data, model, optimizer, `prepare`,
+the loop, the model directory. accelerate owns devices, DDP/FSDP, mixed precision and gradient
+accumulation; this module decides only what a pretraining run decides. The robustness (kill-safe
+checkpoints, exact resume, sync-free logging, signals, non-finite losses, lost processes) lives in
+the pieces the loop names: `loop` and `run_dir`. What lands in --output_dir:
+
+    model/                   the artifact: config.json (with auto_map), model.safetensors, tokenizer,
+                             generation_config.json, the remote-code .py files, README.md, training_args.json
+    tokenizer/               the tokenizer trained for this run (unless --tokenizer was given)
+    checkpoints/step-NNNNNN/ accelerate state for --resume (the last --save_total_limit kept)
+    metrics.jsonl            one JSON line per logging step and per evaluation
+    loss_curve.png           the run's curves (when a `draw_curves` function is given)
+    logs/                    tracker output (tensorboard, wandb)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+
+from .data import BUILDERS, EpochSampler, load_text_dataset
+from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
+from .metrics import evaluate
+from .model_dir import load_tokenizer_dir
+from .optim import lr_at, param_groups
+from .packing import token_byte_lengths, tokenize_and_pack
+from .run_dir import (
+    check_writable,
+    checkpoint_to_resume,
+    load_checkpoint,
+    log_record,
+    push_model_dir,
+    save_checkpoint,
+    scalars,
+    truncate_jsonl,
+    write_model_dir,
+)
+
+logger = get_logger(__name__)
+
+# Named model sizes; any explicit size flag overrides its entry. "tiny" is for tests and smoke
+# runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
+# "base" GPT-2 small's shape.
+SIZES: dict[str, dict] = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
+    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256, learning_rate=1e-3),
+    "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, block_size=256, learning_rate=1e-3),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, block_size=1024, learning_rate=6e-4),
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Every flag of `scratchformer pretrain`; `None` means "derived" (see each help)."""
+
+    # -- data --
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"Local training files, all of one type: {', '.join(sorted(BUILDERS))}. .txt files "
+            "are running text (read by line, joined back exactly); other rows are documents, "
+            "framed as <s> text </s>. With no data flag: the embedded default corpus."
+        },
+    )
+    validation_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Local validation files. Default: the dataset's validation split, or a held-out part of "
+            "the training text."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hugging Face hub dataset (needs network) or a local dataset folder."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_split: str = field(
+        default="validation", metadata={"help": "Split of --dataset_name used for validation, when it has one."}
+    )
+    validation_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fraction of the training rows held out for validation when none is given: random "
+            "documents (seeded by --seed), or the last lines of .txt files (nanoGPT's split)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the corpus lazily (no cache, flat memory) for corpora larger than disk or RAM. "
+            "Needs --max_train_steps."
+        },
+    )
+    streaming_holdout_documents: int = field(
+        default=1000, metadata={"help": "With --streaming and no validation split: hold out this many leading rows."}
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "With --streaming: blocks in the shuffle buffer."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many validation blocks (unset: all)."}
+    )
+
+    # -- tokenizer --
+    tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A tokenizer directory or hub name. Default: train a byte-level BPE on the training "
+            "text into OUTPUT_DIR/tokenizer first."
+        },
+    )
+    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size when training the tokenizer."})
+
+    # -- model --
+    preset: Literal["paper", "gpt2", "llama"] = field(
+        default="llama", metadata={"help": "Architecture family: the 2017 paper, GPT-2 or Llama."}
+    )
+    size: Literal["tiny", "mini", "small", "base"] = field(
+        default="mini",
+        metadata={
+            "help": "Model size: "
+            + "; ".join(
+                f"{k}={v['num_hidden_layers']}x{v['hidden_size']}, {v['num_attention_heads']} heads, context "
+                f"{v['block_size']}, lr {v['learning_rate']}"
+                for k, v in SIZES.items()
+            )
+            + ". Size flags override it."
+        },
+    )
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Layers (unset: from --size)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Model width (unset: from --size)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Query heads (unset: from --size)."})
+    num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "Key/value heads; fewer than the query heads is grouped-query attention."}
+    )
+    intermediate_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward width (unset: from the MLP type)."}
+    )
+    block_size: int | None = field(default=None, metadata={"help": "Training context in tokens (unset: from --size)."})
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "Longest sequence the model accepts (unset: --block_size)."}
+    )
+    position_embedding: Literal["sinusoidal", "learned", "rope"] | None = field(
+        default=None, metadata={"help": "Where positions come from (unset: the preset's)."}
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on embeddings, residual branches and attention (unset: the preset's)."},
+    )
+
+    # -- optimization --
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    total_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Blocks per optimizer step over all processes; sets --gradient_accumulation_steps to "
+            "total / (per-device batch x processes), which must divide exactly."
+        },
+    )
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate (unset: from --size)."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "The cosine ends at learning_rate x this."})
+    num_warmup_steps: int | None = field(
+        default=None, metadata={"help": "Linear warmup steps (unset: 5%% of the training steps)."}
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training blocks."})
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Optimizer steps; overrides --num_train_epochs."}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "Autocast precision (unset: accelerate's config, else no)."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
+    fused_lm_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the LM head and the loss together, chunk by chunk, so the full logits never exist "
+            "(faster, less memory). A choice of this loop: the saved model's config keeps it off."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30%% slower."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds weights, data order and dropout."})
+    on_nonfinite: Literal["stop", "skip"] = field(
+        default="stop",
+        metadata={
+            "help": "A NaN/inf training loss: `stop` the run (the last good checkpoint is kept), or `skip` that "
+            "optimizer step's update and go on (costs one host sync per micro-batch)."
+        },
+    )
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds a process waits for the others in a collective operation before failing (several "
+            "processes only): a process that died then stops the run instead of hanging it forever."
+        },
+    )
+
+    # -- output --
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run writes everything."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, tokens/s every this many steps."})
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate every this many steps (and at the end)."})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every this many steps (and at the end)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep this many newest checkpoints (0: keep all)."})
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue from a checkpoint: a step-N directory, or `auto` (also plain --resume) for "
+            "the newest complete one in OUTPUT_DIR/checkpoints.",
+            "nargs": "?",
+            "const": "auto",
+            "aliases": ["--resume_from_checkpoint", "--resume-from-checkpoint"],
+        },
+    )
+    report_to: str = field(
+        default="auto",
+        metadata={
+            "help": "Trackers, comma-separated (tensorboard, wandb, ...), `none`, or `auto`: tensorboard "
+            "when installed."
+        },
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Upload the final model directory to this hub repository (needs a login)."}
+    )
+    max_shard_size: str = field(default="2GB", metadata={"help": "Split model.safetensors into shards of this size."})
+
+    def __post_init__(self) -> None:
+        for key in ("train_files", "validation_files"):  # train(PretrainConfig(train_files="a.txt")) reads well too
+            if isinstance(getattr(self, key), (str, os.PathLike)):
+                setattr(self, key, [str(getattr(self, key))])
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None = None) -> dict:
+    """Pretrain a model as `cfg` says; return the final metrics and where the model was written.
+    `draw_curves(metrics_jsonl, png)` draws the run's curves into the model directory (the command
+    passes `viz.curves`'s; the library draws no pictures itself)."""
+    clock = time.perf_counter()
+    check_config(cfg)
+    out, sizes = Path(cfg.output_dir), model_sizes(cfg)
+    check_writable(out)
+    checkpoints, metrics = out / "checkpoints", out / "metrics.jsonl"
+
+    accelerator = make_accelerator(cfg, out)
+    resume_from = checkpoint_to_resume(cfg.resume, checkpoints)
+    accum = accelerator.gradient_accumulation_steps = accumulation_steps(cfg, accelerator.num_processes)
+    samples_per_step = cfg.per_device_train_batch_size * accelerator.num_processes * accum
+    tokens_per_step = samples_per_step * sizes["block_size"]
+    set_seed(cfg.seed)
+
+    tokenizer = run_tokenizer(cfg, accelerator, out, resuming=resume_from is not None)
+    train_loader, val_loader, steps_per_epoch, data_description = training_data(
+        cfg, accelerator, tokenizer, samples_per_step
+    )
+    max_steps = cfg.max_train_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
+    warmup = cfg.num_warmup_steps if cfg.num_warmup_steps is not None else round(0.05 * max_steps)
+    schedule = dict(max_lr=sizes["learning_rate"], warmup_steps=warmup, total_steps=max_steps,
+                    min_lr=sizes["learning_rate"] * cfg.min_lr_ratio)
+
+    model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=sizes["learning_rate"], betas=(cfg.adam_beta1, cfg.adam_beta2)
+    )
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
+
+    # Where we start: fresh, or exactly where a checkpoint left off.
+    signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)),
+                 "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed}
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from, signature)
+        logger.info(f"resuming from {resume_from} at step {state['step']}", main_process_only=True)
+    if accelerator.is_main_process:
+        truncate_jsonl(metrics, after_step=state["step"])  # a killed run may have logged past its checkpoint
+    run_config = {**dataclasses.asdict(cfg), **sizes, **data_description, "gradient_accumulation_steps": accum,
+                  "num_processes": accelerator.num_processes, "max_train_steps": max_steps,
+                  "num_warmup_steps": warmup, "mixed_precision": accelerator.mixed_precision}
+    accelerator.init_trackers("scratchformer-pretrain", config=scalars(run_config))
+    logger.info(
+        f"{n_params / 1e6:.2f}M parameters; {max_steps} steps of {samples_per_step} blocks x {sizes['block_size']} "
+        f"tokens; {accelerator.num_processes} process(es), accumulation {accum}, mixed precision "
+        f"{accelerator.mixed_precision}",
+        main_process_only=True,
+    )
+
+    # The loop. A run resumed at its very end (killed while writing model/) reports the checkpoint's loss.
+    last_eval, last_loss, grad_norm, stopping = state["eval"], state.get("train_loss"), None, False
+    meter, guard = LossMeter(accelerator, state["step"], tokens_per_step), NonFiniteGuard(
+        cfg.on_nonfinite, accelerator, skipped=state.get("skipped_steps", []))
+    bar = tqdm(total=max_steps, initial=state["step"], desc="pretrain", unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    model.train()
+    with StopOnSignal() as stop:
+        for batch in ([] if state["step"] >= max_steps else batches(train_loader, state, accelerator, cfg.seed)):
+            lr = lr_at(state["step"], **schedule)
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                guard.step(optimizer, lr, loss, grad_norm)
+            if guard.finite:
+                meter.add(loss)
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            step = state["step"]
+            bar.update(1)
+            guard.end_step(step, logger)
+            done = step >= max_steps
+            if accelerator.num_processes == 1:
+                stopping = stop.requested  # one process: no other to agree with, so every step
+            if done or stopping or any(step % n == 0 for n in (cfg.logging_steps, cfg.eval_steps, cfg.save_steps)):
+                # The loop's one host sync outside evaluation and saving; it also carries the stop flags.
+                last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
+                stopping = stopping or stop_anywhere
+                guard.check(last_loss, step, checkpoints)
+                log_record(accelerator, metrics, training_record(
+                    step, last_loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, state["epoch"]))
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            if done or stopping or step % cfg.eval_steps == 0:
+                last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
+                log_record(accelerator, metrics, {"step": step, **last_eval})
+                bar.write(f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
+                          f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
+                meter.restart_clock()  # tokens/s measures training, not evaluation
+            if done or stopping or step % cfg.save_steps == 0:
+                state.update(eval=last_eval, run=signature, skipped_steps=guard.skipped, train_loss=last_loss,
+                             train_seconds=state["train_seconds"] + time.perf_counter() - clock)
+                save_checkpoint(accelerator, checkpoints, state, keep=cfg.save_total_limit)
+                clock = time.perf_counter()  # train_seconds now holds everything up to here
+                meter.restart_clock()  # nor saving
+            if done or stopping:
+                break
+    bar.close()
+    if stopping:
+        logger.warning(f"stopped by a signal at step {state['step']}; continue with --resume", main_process_only=True)
+
+    result = {
+        "output_dir": str(out / "model"), "run_dir": str(out), "steps": state["step"], "max_train_steps": max_steps,
+        "tokens_seen": state["step"] * tokens_per_step, "train_loss": last_loss, **(last_eval or {}),
+        "parameters": n_params, "train_seconds": round(state["train_seconds"] + time.perf_counter() - clock, 2),
+        "interrupted": stopping, "skipped_steps": guard.skipped,
+    }
+    if accelerator.is_main_process:
+        result["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
+    write_model_dir(accelerator, model, tokenizer, out, cfg, run_config, result)
+    if cfg.push_to_hub and accelerator.is_main_process:
+        result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, state["step"])
+    accelerator.end_training()
+    return result
+
+
+def make_accelerator(cfg: PretrainConfig, out: Path) -> Accelerator:
+    """Devices, processes, precision, compilation and the timeout that ends a run whose other process
+    died. accelerate keeps precision and the compile backend in a process-wide singleton that a
+    later Accelerator() inherits: a second run in one process (a notebook, tests) would silently keep
+    the first one's --mixed_precision and --torch_compile, or refuse its own. Each run starts from
+    its flags (the process group, in PartialState, is kept), as transformers' TrainingArguments does."""
+    AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=trackers(cfg.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dynamo_backend="inductor" if cfg.torch_compile else None,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
+    )
+
+
+def training_record(step, loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, epoch) -> dict:
+    """One line of metrics.jsonl for a logging step."""
+    return {
+        "step": step,
+        "epoch": round(step / steps_per_epoch, 4) if steps_per_epoch else epoch,
+        "loss": round(loss, 6) if math.isfinite(loss) else None,
+        "lr": lr,
+        "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+        "tokens_seen": step * tokens_per_step,
+        "tokens_per_s": round(tokens_per_s, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration: sizes, checks, the model config
+# ----------------------------------------------------------------------------------------------
+
+
+def model_sizes(cfg: PretrainConfig) -> dict:
+    """The size preset with every explicitly given flag laid over it."""
+    sizes = {**SIZES[cfg.size]}
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "block_size", "learning_rate"):
+        if getattr(cfg, key) is not None:
+            sizes[key] = getattr(cfg, key)
+    sizes["max_position_embeddings"] = cfg.max_position_embeddings or sizes["block_size"]
+    return sizes
+
+
+def build_model_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> ScratchformerConfig:
+    sizes = model_sizes(cfg)
+    overrides = {
+        k: getattr(cfg, k)
+        for k in ("num_key_value_heads", "intermediate_size", "position_embedding")
+        if getattr(cfg, k) is not None
+    }
+    if cfg.dropout is not None:
+        overrides.update(embedding_dropout=cfg.dropout, hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
+    return ScratchformerConfig.from_preset(
+        cfg.preset,
+        vocab_size=len(tokenizer),
+        num_hidden_layers=sizes["num_hidden_layers"],
+        hidden_size=sizes["hidden_size"],
+        num_attention_heads=sizes["num_attention_heads"],
+        max_position_embeddings=sizes["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        fused_lm_loss=cfg.fused_lm_loss,  # this loop reads only the loss of a training step
+        **overrides,
+    )
+
+
+def model_config_dict(model) -> dict:
+    """The numbers that make two models interchangeable (a checkpoint is only resumable into its own)."""
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "position_embedding",
+        "norm_type",
+        "mlp_type",
+    )
+    return {k: getattr(model.config, k) for k in keys}
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Fail on inconsistent flags before anything slow runs."""
+    if cfg.size not in SIZES:
+        raise ValueError(f"--size {cfg.size!r} is not one of {', '.join(SIZES)}")
+    counts = (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "vocab_size",
+        "shuffle_buffer_size",
+        "total_batch_size",
+        "max_train_steps",
+        "max_eval_samples",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "block_size",
+    )
+    for key in counts:
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"--{key} must be a positive integer, got {value}")
+    if cfg.save_total_limit < 0:
+        raise ValueError(f"--save_total_limit must be 0 (keep all) or more, got {cfg.save_total_limit}")
+    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0.0 < cfg.validation_fraction < 1.0:
+        raise ValueError(f"--validation_fraction must be between 0 and 1, got {cfg.validation_fraction}")
+    if not cfg.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be positive, got {cfg.num_train_epochs}")
+    if cfg.train_files and cfg.dataset_name:
+        raise ValueError("give --train_files or --dataset_name, not both")
+    if cfg.streaming and cfg.max_train_steps is None:
+        raise ValueError("--streaming reads a corpus of unknown length: give --max_train_steps")
+    sizes = model_sizes(cfg)
+    if sizes["block_size"] < 2:
+        raise ValueError(f"--block_size must be at least 2, got {sizes['block_size']}")
+    if sizes["block_size"] > sizes["max_position_embeddings"]:
+        raise ValueError(
+            f"--block_size {sizes['block_size']} is longer than the model's positions (--max_position_embeddings "
+            f"{sizes['max_position_embeddings']}): raise --max_position_embeddings or lower --block_size"
+        )
+
+
+def accumulation_steps(cfg: PretrainConfig, num_processes: int) -> int:
+    if cfg.total_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_pass = cfg.per_device_train_batch_size * num_processes
+    if cfg.total_batch_size % per_pass:
+        raise ValueError(
+            f"--total_batch_size {cfg.total_batch_size} is not a multiple of --per_device_train_batch_size "
+            f"{cfg.per_device_train_batch_size} x {num_processes} process(es) = {per_pass}; pick a total that "
+            f"{per_pass} divides, or change the per-device batch"
+        )
+    return cfg.total_batch_size // per_pass
+
+
+def trackers(report_to: str) -> list[str]:
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if names == ["auto"]:
+        return ["tensorboard"] if installed("tensorboard") or installed("tensorboardX") else []
+    for name in names:
+        if not installed("tensorboard" if name == "tensorboard" else name):
+            raise ValueError(f"--report_to {name}: the {name} package is not installed (pip install {name})")
+    return names
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and data
+# ----------------------------------------------------------------------------------------------
+
+
+def run_tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resuming: bool) -> PreTrainedTokenizerBase:
+    """The given tokenizer; or the run's own, trained once by the main process (and reused on resume)."""
+    if cfg.tokenizer is not None:  # a local directory is checked first; anything else is a hub name
+        if Path(cfg.tokenizer).exists():
+            return load_tokenizer_dir(cfg.tokenizer)
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    from .tokenizer_training import train_tokenizer
+
+    tok_dir = out / "tokenizer"
+    if accelerator.is_main_process and not (resuming and (tok_dir / "tokenizer.json").exists()):
+        logger.info(f"training a {cfg.vocab_size}-token BPE tokenizer into {tok_dir}", main_process_only=True)
+        train_tokenizer(
+            tok_dir,
+            files=cfg.train_files,
+            dataset=cfg.dataset_name,
+            dataset_config=cfg.dataset_config_name,
+            text_column=cfg.text_column,
+            vocab_size=cfg.vocab_size,
+            max_length=model_sizes(cfg)["max_position_embeddings"],
+            show_progress=False,
+            overwrite=True,
+        )
+    accelerator.wait_for_everyone()
+    return load_tokenizer_dir(tok_dir)
+
+
+def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samples_per_step: int) -> tuple:
+    """(train loader, validation loader, steps per epoch or None when streaming, data description)."""
+    block_size = model_sizes(cfg)["block_size"]
+    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
+        train_text, val_text, description = load_text(cfg)
+        train_ds, val_ds = (
+            tokenize_and_pack(
+                text,
+                tokenizer,
+                block_size,
+                rows_are_documents=rows_are_documents(files),
+                num_proc=cfg.preprocessing_num_workers,
+                split=split,
+            )
+            for text, files, split in (
+                (train_text, cfg.train_files, "train"),
+                (val_text, cfg.validation_files or cfg.train_files, "validation"),
+            )
+        )
+    check_not_empty(train_ds, "training", block_size)
+    check_not_empty(val_ds, "validation", block_size)
+    if cfg.max_eval_samples is not None:
+        if not isinstance(val_ds, datasets.IterableDataset):
+            # select, not take: datasets 3.0 raises when asked for more rows than there are.
+            val_ds = val_ds.select(range(min(cfg.max_eval_samples, len(val_ds))))
+        else:  # streamed: take stops where the stream does
+            val_ds = val_ds.take(cfg.max_eval_samples)
+    val_loader = DataLoader(val_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
+    batch = cfg.per_device_train_batch_size
+    if cfg.streaming:
+        train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size)
+        return DataLoader(train_ds.with_format("torch"), batch_size=batch), val_loader, None, description
+    if len(train_ds) < samples_per_step:
+        raise ValueError(
+            f"the training text packs into {len(train_ds)} blocks of {block_size} tokens, fewer than one optimizer "
+            f"step takes ({batch} per device x {accelerator.num_processes} process(es) x "
+            f"{accelerator.gradient_accumulation_steps} accumulation = {samples_per_step}); give more text, or "
+            "lower the batch or --block_size"
+        )
+    sampler = EpochSampler(len(train_ds), seed=cfg.seed, multiple_of=samples_per_step)
+    train_loader = DataLoader(train_ds.with_format("torch"), batch_size=batch, sampler=sampler, drop_last=True)
+    return train_loader, val_loader, len(sampler) // samples_per_step, description
+
+
+def rows_are_documents(files: list[str] | None) -> bool:
+    """Rows of .txt files are lines of running text; every other source's rows are documents."""
+    return not files or any(BUILDERS.get(Path(f).suffix.lower()) != "text" for f in files)
+
+
+def load_text(cfg: PretrainConfig) -> tuple:
+    """(train, validation, description): the validation files or split if there is one, else a
+    deterministic hold-out from the training rows."""
+    common = dict(text_column=cfg.text_column, streaming=cfg.streaming)
+    source = dict(files=cfg.train_files, dataset=cfg.dataset_name, dataset_config=cfg.dataset_config_name)
+    if cfg.train_files:
+        name = "files " + ", ".join(cfg.train_files)
+    elif cfg.dataset_name:
+        name = f"dataset {cfg.dataset_name}" + (f" ({cfg.dataset_config_name})" if cfg.dataset_config_name else "")
+    else:
+        name = "the embedded default corpus (Python's help topics, pydoc_data)"
+    train = load_text_dataset(**source, split="train", **common)
+    val = None
+    if cfg.validation_files:
+        val = load_text_dataset(files=cfg.validation_files, **common)
+        how = "files " + ", ".join(cfg.validation_files)
+    elif cfg.train_files is None:  # a named dataset, or the default corpus: try its validation split
+        try:
+            val = load_text_dataset(**source, split=cfg.validation_split, **common)
+            how = f"split {cfg.validation_split!r} of the same source"
+        except ValueError as e:
+            if "split" not in str(e).lower():  # a missing split is expected; anything else is the user's to see
+                raise
+    if val is None and cfg.streaming:
+        n = cfg.streaming_holdout_documents
+        train, val = train.skip(n), train.take(n)
+        how = f"the first {n} rows of the training source, held out"
+    elif val is None:
+        if len(train) < 2:
+            raise ValueError(
+                f"{len(train)} training row(s): too few to hold out validation text; give --validation_files"
+            )
+        # Documents are held out at random; lines of running text as one final stretch, as nanoGPT
+        # does, so no validation line has its neighbours in the training set.
+        documents = rows_are_documents(cfg.train_files)
+        parts = train.train_test_split(test_size=cfg.validation_fraction, shuffle=documents, seed=cfg.seed)
+        train, val = parts["train"], parts["test"]
+        what = "documents, at random" if documents else "lines, at the end"
+        how = f"{cfg.validation_fraction:.0%} of the training source's {what} (seed {cfg.seed}), held out"
+    return train, val, {"train_data": name, "validation_data": how}
+
+
+def check_not_empty(ds, name: str, block_size: int) -> None:
+    empty = next(iter(ds), None) is None if isinstance(ds, datasets.IterableDataset) else len(ds) == 0
+    if empty:
+        raise ValueError(
+            f"the {name} text holds fewer than {block_size} tokens, not even one block of --block_size "
+            f"{block_size}: give more text or lower --block_size"
+        )

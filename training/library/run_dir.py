@@ -1,0 +1,249 @@
+"""Everything a pretraining run writes under --output_dir, each written so that a kill at any moment
+leaves what a reader opens complete:
+
+    checkpoints/step-NNNNNN/  accelerate state for --resume, written as .step-NNNNNN.tmp and renamed;
+                              old ones beyond --save_total_limit renamed away before they are deleted
+    metrics.jsonl             one record per logging step and evaluation; a resumed run drops the
+                              records logged after its checkpoint (and a line torn by the kill)
+    model/                    the Hugging Face directory, written as .model.tmp and renamed; an
+                              earlier run's model is moved aside, never deleted
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from transformers import GenerationConfig
+
+from .model_card import render_model_card
+from .model_dir import check_weights
+
+if TYPE_CHECKING:
+    from scratchformer.modeling import ScratchformerConfig
+
+    from .pretraining import PretrainConfig
+
+logger = get_logger(__name__)  # accelerate's: it knows which process speaks
+
+CHECKPOINT_RE = re.compile(r"step-(\d+)")
+
+
+STATE_FILE = "trainer_state.json"  # our own counters, beside accelerate's files in each checkpoint
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to --output_dir {out}: {e.strerror or e}") from None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoints that finished writing (renamed from their temporary name), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CHECKPOINT_RE.fullmatch(p.name) and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.fullmatch(p.name).group(1)))
+
+
+def checkpoint_to_resume(resume: str | None, root: Path) -> Path | None:
+    if resume is None:
+        if complete_checkpoints(root):
+            raise ValueError(
+                f"{root} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+                "another --output_dir (nothing was changed)"
+            )
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        if not found:
+            logger.warning(f"--resume: no complete checkpoint in {root}; starting from scratch", main_process_only=True)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE} in it)")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int) -> Path:
+    """`accelerator.save_state` into `root/step-NNNNNN`, written as `.step-NNNNNN.tmp` and renamed
+    once every process has finished; then all but the newest `keep` complete checkpoints (0: all)
+    are removed."""
+    final = root / f"step-{state['step']:06d}"
+    tmp = root / f".{final.name}.tmp"
+    if final.exists():  # this step was saved already (a resumed run ending where it resumed)
+        return final
+    if accelerator.is_main_process:
+        for leftover in root.glob(".step-*.tmp"):  # of a run killed while saving or while removing an old one
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint is never left to look like one
+        found = complete_checkpoints(root)
+        kept = f"the previous checkpoint, {found[-1]}, is kept" if found else "no earlier checkpoint exists"
+        raise write_error(e, f"checkpoint {final}", kept, root) from e
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        for old in complete_checkpoints(root)[: -keep if keep else 0]:
+            # renamed first, so a kill part way through the removal cannot leave a half-deleted
+            # directory that still carries a checkpoint's name (and its trainer_state.json)
+            doomed = root / f".{old.name}.removed.tmp"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
+    """An OSError that says what was being written, whether the disk is full, and what survives."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk holding {where} is full ({e.strerror or e})"
+        fix = "Free space there (or lower --save_total_limit, or use another --output_dir), then --resume"
+    else:
+        cause, fix = f"{e.strerror or e}", "Fix the cause, then --resume"
+    return OSError(e.errno, f"could not write {what}: {cause}; the partial files were removed and {kept}. {fix}")
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> dict:
+    check_weights(path)  # a damaged model.safetensors is named, not a deserialization traceback
+    state = json.loads((path / STATE_FILE).read_text())
+    saved = state.get("run", {})
+    if saved.get("model_config") != signature["model_config"]:
+        raise ValueError(
+            f"--resume {path}: the checkpoint holds a different model ({saved.get('model_config')}) than the flags "
+            f"describe ({signature['model_config']}); use the run's original model flags"
+        )
+    changed = [k for k in ("samples_per_step", "block_size", "seed") if saved.get(k) != signature[k]]
+    if changed:
+        logger.warning(
+            f"--resume: {', '.join(changed)} changed since the checkpoint, so the data order will "
+            "differ from the original run's",
+            main_process_only=True,
+        )
+    accelerator.load_state(str(path))
+    return state
+
+
+def log_record(accelerator: Accelerator, path: Path, record: dict) -> None:
+    accelerator.log(
+        {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=record["step"]
+    )
+    if accelerator.is_main_process:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drops the records a killed run logged after its checkpoint, and a line torn by the kill;
+    the shortened log is written beside the old one and renamed over it."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a write cut short
+        if isinstance(record, dict) and record.get("step", 0) <= after_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+def scalars(config: dict) -> dict:
+    """Tracker hyperparameters must be scalars: lists become strings, None is left out."""
+    return {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in config.items() if v is not None}
+
+
+def write_model_dir(
+    accelerator: Accelerator, model, tokenizer, out: Path, cfg: PretrainConfig, run_config: dict, result: dict
+) -> Path:
+    """Write `out/model`, the directory stock transformers loads, atomically; an earlier run's
+    model is moved aside (`model.replaced-<time>`), never deleted."""
+    final, tmp = out / "model", out / ".model.tmp"
+    state_dict = accelerator.get_state_dict(model)  # every process: under FSDP this gathers the shards
+    # A compiled model's keys carry torch.compile's wrapper prefix; the saved names must not.
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    if accelerator.is_main_process:
+        try:
+            write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            found = complete_checkpoints(out / "checkpoints")
+            kept = f"the last checkpoint, {found[-1]}, is kept" if found else "no checkpoint exists"
+            if final.exists():
+                kept += f", and the earlier {final} is untouched"
+            raise write_error(e, f"the model directory {final}", kept, out) from e
+        if final.exists():
+            final.rename(out / f"model.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(tmp, final)
+        logger.info(f"model written to {final}", main_process_only=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result) -> None:
+    """Everything in the model directory, written into `tmp` (main process only)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # The model classes carry `_auto_class` and a full `auto_map`, so save_pretrained also
+    # copies the remote-code files: stock transformers loads the directory on its own.
+    unwrapped.generation_config = generation_config(unwrapped.config)
+    # The fused loss was this loop's choice; whoever loads the model gets the stock behaviour
+    # (training outputs carry logits), which every Hugging Face trainer can use.
+    unwrapped.config.fused_lm_loss = False
+    unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    if (out / "loss_curve.png").exists():
+        shutil.copy(out / "loss_curve.png", tmp / "loss_curve.png")
+    (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))
+
+
+def generation_config(config: ScratchformerConfig) -> GenerationConfig:
+    """Sampling defaults that read well from a small model: a little below temperature 1, with the
+    unlikely tail cut (top-k and nucleus), as hub models ship theirs. No length: a saved
+    `max_new_tokens` would override the limit a caller sets another way (lm-eval's `max_gen_toks`,
+    a pipeline's `max_length`), so the length is each caller's to choose."""
+    return GenerationConfig(
+        do_sample=True,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.95,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+
+
+def push_model_dir(model_dir: Path, repo_id: str, step: int) -> str:
+    """Upload the model directory to the hub (creating the repository if needed); return its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(model_dir), repo_id=repo_id, commit_message=f"scratchformer pretrain, step {step}"
+    )
+    return str(url)
