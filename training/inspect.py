@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from scratchformer.modeling.modeling_scratchformer import rope_inv_freq
+from scratchformer.modeling.transformer_scratchformer import rope_inv_freq
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
