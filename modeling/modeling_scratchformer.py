@@ -140,7 +140,12 @@ def run_blocks(
     x_BLC: torch.Tensor,
     output_attentions: bool,
     output_hidden_states: bool,
-    **block_kwargs,
+    mask_B1LM: torch.Tensor | None,
+    rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: Cache | None = None,
+    encoder_BSC: torch.Tensor | None = None,
+    cross_mask_B1LS: torch.Tensor | None = None,
+    **kwargs,
 ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
     """Every block in turn, then the final norm. Returns the output and, where asked for, what the
     output classes report: each block's input and the final output (hidden_states), each block's
@@ -151,8 +156,11 @@ def run_blocks(
     for layer in layers:
         if all_hidden_states is not None:
             all_hidden_states += (x_BLC,)
-        # x_BLC positional: gradient checkpointing only propagates gradients through positional inputs.
-        x_BLC, probs_BHLM, cross_probs_BHLS = layer(x_BLC, output_attentions=output_attentions, **block_kwargs)
+        # Positional: under gradient checkpointing with use_reentrant=True, gradients reach only the
+        # tensors passed positionally (x, and the encoder's output the decoder reads).
+        x_BLC, probs_BHLM, cross_probs_BHLS = layer(
+            x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, encoder_BSC, cross_mask_B1LS, **kwargs
+        )
         if all_attentions is not None:
             all_attentions += (probs_BHLM,)
             all_cross_attentions += (cross_probs_BHLS,)

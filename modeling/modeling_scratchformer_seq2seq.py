@@ -130,27 +130,18 @@ def shift_tokens_right(labels_BT: torch.Tensor, pad_token_id: int, decoder_start
     return inputs_BT.masked_fill(inputs_BT == -100, pad_token_id)
 
 
-def _embed(
-    module: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, name: str
-) -> torch.Tensor:
-    """Token embeddings of the source or the target, checked (both stacks share the matrix)."""
-    check_one_input(input_ids, inputs_embeds)
-    if input_ids is not None:
-        check_token_ids(input_ids, module.embed_tokens.num_embeddings, name)
-        inputs_embeds = module.embed_tokens(input_ids)
-    check_embeddings(inputs_embeds)
-    return inputs_embeds
-
-
 # ----------------------------------------------------------------------------------------------
 # Encoder and decoder stacks
 # ----------------------------------------------------------------------------------------------
 
 
-class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
-    """Figure 1, left: embed, add positions, N bidirectional blocks."""
+class ScratchformerSeq2SeqStack(ScratchformerSeq2SeqPreTrainedModel):
+    """What the encoder and the decoder share: the token embedding (one matrix for both), positions
+    added to it, dropout, `num_layers` blocks and the final norm."""
 
-    def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
+    def __init__(
+        self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None, num_layers: int, **block_kwargs
+    ) -> None:
         super().__init__(config)
         if embed_tokens is None:  # standalone use; the full model passes its shared matrix
             embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -158,14 +149,28 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
         self.embed_positions = make_absolute_positions(config)
         self.embed_scale = embedding_scale(config)
         self.dropout = make_dropout(config.embedding_dropout)
-        # A source sentence is read whole, so every token may look at every other: with no padding
-        # (mask None) sdpa/flash must not add causality either.
-        self.layers = nn.ModuleList(
-            ScratchformerBlock(config, i, is_causal=False) for i in range(config.encoder_layers)
-        )
+        self.layers = nn.ModuleList(ScratchformerBlock(config, i, **block_kwargs) for i in range(num_layers))
         self.norm = final_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, name: str) -> torch.Tensor:
+        """The token embeddings, checked; positions are added once the caller knows them."""
+        check_one_input(input_ids, inputs_embeds)
+        if input_ids is not None:
+            check_token_ids(input_ids, self.embed_tokens.num_embeddings, name)
+            inputs_embeds = self.embed_tokens(input_ids)
+        check_embeddings(inputs_embeds)
+        return inputs_embeds
+
+
+class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqStack):
+    """Figure 1, left: embed, add positions, N bidirectional blocks."""
+
+    def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        # A source sentence is read whole, so every token may look at every other: with no padding
+        # (mask None) sdpa/flash must not add causality either.
+        super().__init__(config, embed_tokens, config.encoder_layers, is_causal=False)
 
     @can_return_tuple
     def forward(
@@ -179,7 +184,7 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
     ) -> BaseModelOutput:
         config = self.config
         output_attentions, output_hidden_states = output_flags(config, output_attentions, output_hidden_states)
-        x_BSC = _embed(self, input_ids, inputs_embeds, "input_ids")
+        x_BSC = self.embed(input_ids, inputs_embeds, "input_ids")
         B, S, _ = x_BSC.shape
         check_attention_mask(attention_mask, B, S, length="source tokens")
         # Positions count real tokens only, so a left-padded source reads exactly like an unpadded one.
@@ -200,24 +205,12 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
         return BaseModelOutput(last_hidden_state=x_BSC, hidden_states=all_hidden_states, attentions=all_attentions)
 
 
-class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
+class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqStack):
     """Figure 1, right: embed the target so far, add positions, N blocks of masked self-attention,
     cross-attention and MLP."""
 
     def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
-        super().__init__(config)
-        if embed_tokens is None:  # standalone use; the full model passes its shared matrix
-            embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_tokens = embed_tokens
-        self.embed_positions = make_absolute_positions(config)
-        self.embed_scale = embedding_scale(config)
-        self.dropout = make_dropout(config.embedding_dropout)
-        self.layers = nn.ModuleList(
-            ScratchformerBlock(config, i, is_causal=True, cross_attention=True) for i in range(config.decoder_layers)
-        )
-        self.norm = final_norm(config)
-        self.gradient_checkpointing = False
-        self.post_init()
+        super().__init__(config, embed_tokens, config.decoder_layers, is_causal=True, cross_attention=True)
 
     @can_return_tuple
     @accepts_past_key_values
@@ -239,7 +232,7 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
         use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs encoder_hidden_states: run the encoder on the source first.")
-        x_BTC = _embed(self, input_ids, inputs_embeds, "decoder_input_ids")
+        x_BTC = self.embed(input_ids, inputs_embeds, "decoder_input_ids")
         B, T, _ = x_BTC.shape
 
         if use_cache and cache is None:

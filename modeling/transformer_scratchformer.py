@@ -220,7 +220,7 @@ class ScratchformerAttention(nn.Module):
         # Read by transformers' sdpa/flash kernels: a decoder's causal mask may be left to the kernel.
         # The config decides, unless the caller says (the encoder-decoder has one stack of each).
         # Cross-attention never is: every decoder position may look at every source token.
-        self.is_causal = False if is_cross_attention else config.is_causal if is_causal is None else is_causal
+        self.is_causal = not is_cross_attention and (config.is_causal if is_causal is None else is_causal)
         C, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(C, self.H * self.K, bias=bias)
         self.k_proj = nn.Linear(C, self.G * self.K, bias=bias)
@@ -242,7 +242,7 @@ class ScratchformerAttention(nn.Module):
         # -1 where H or G stands: under tensor parallelism (base_model_tp_plan) each rank holds
         # H/n query and G/n key/value heads of the projections, and computes attention for those.
         q_BHLK = self.q_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
-        if self.is_cross_attention:
+        if self.is_cross_attention:  # M = S: every source token, no rotation
             k_BGMK, v_BGMK = self.encoder_keys_values(encoder_BSC, cache)
         else:
             k_BGLK = self.k_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)

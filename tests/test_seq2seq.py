@@ -114,6 +114,28 @@ def test_an_explicit_false_wins_over_the_configs_output_flags():
     assert encoder.hidden_states is None and encoder.attentions is None
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(use_reentrant):
+    """With use_reentrant=True, gradients reach only what a checkpointed layer gets positionally: the
+    decoder's blocks must get the encoder's output so, or the encoder learns nothing through them."""
+    m = model().train()
+    x, y = src(S=9), src(S=5, seed=4)
+
+    def loss_and_grads():
+        m.zero_grad()
+        loss = m(input_ids=x, labels=y).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    loss, grads = loss_and_grads()
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(layer.gradient_checkpointing for layer in (*m.model.encoder.layers, *m.model.decoder.layers))
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    torch.testing.assert_close(loss_ckpt, loss, atol=0, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_save_load_identical_and_remote_code(tmp_path, run_without_scratchformer):
     m = model()
     x = src()
