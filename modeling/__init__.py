@@ -2,7 +2,14 @@
 
 Importing this package registers them with transformers' Auto classes, so an installed
 scratchformer loads checkpoints with plain `AutoModelForCausalLM.from_pretrained(dir)`. This file is
-never copied into checkpoints: the remote-code payload is the two flat files beside it.
+never copied into checkpoints: the remote-code payload is the flat files beside it, read in this order:
+
+    transformer_scratchformer.py     the transformer: norms, positions, attention, MLP, block
+    configuration_scratchformer.py   every number the model reads, checked
+    modeling_scratchformer.py        the Hugging Face contract: the model, the heads, the KV cache's name
+    loss_scratchformer.py            the LM head and its cross-entropy, fused
+    checks_scratchformer.py          the input checks both architectures share
+    configuration_/modeling_scratchformer_seq2seq.py   the paper's encoder-decoder, from the same blocks
 """
 
 from transformers import (

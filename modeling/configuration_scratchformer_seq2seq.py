@@ -1,8 +1,8 @@
 """ScratchformerSeq2SeqConfig: the numbers of the paper's own model, an encoder-decoder.
 
 The concept fields mean what they mean in `ScratchformerConfig` (norm type and position, MLP type,
-biases, embedding scale, dropouts), so the building blocks of `modeling_scratchformer.py` read this
-config unchanged. What is new is the shape of the thing: two stacks (`encoder_layers`,
+biases, embedding scale, dropouts), so the building blocks of `transformer_scratchformer.py` read
+this config unchanged. What is new is the shape of the thing: two stacks (`encoder_layers`,
 `decoder_layers`) and the token the decoder starts from (`decoder_start_token_id`).
 
 This file is part of the remote-code payload copied next to every checkpoint: it imports only

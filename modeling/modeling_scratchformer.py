@@ -1,36 +1,33 @@
-"""A transformer written from scratch, in Hugging Face's clothes.
+"""The Hugging Face contract of scratchformer's decoder-only model: what makes the transformer of
+`transformer_scratchformer.py` (read that first) a first-class `transformers` model.
 
-Dimension key (shape suffixes on every activation):
-    B  batch          L  query length        M  key/value length (cache + new tokens)
-    C  model width    H  query heads         G  key/value heads (grouped-query attention)
-    K  head width     F  feed-forward width  V  vocabulary         P  positions
-    N  tokens, flattened (B * L)                 R  rows of one loss chunk
+In order: the KV cache's name, which transformers changed in 5.24 (one place decides it); what
+every stack of blocks shares (the encoder-decoder's two stacks too); the Auto map written into every
+checkpoint; the `PreTrainedModel` base (weight init, attention backends, compilation);
+`ScratchformerModel` (embeddings, positions, the blocks, the final norm); and the heads (causal LM
+with its tensor- and pipeline-parallel plans, sequence and token classification, masked LM). The
+fused LM-head loss is `loss_scratchformer.py`, the input checks `checks_scratchformer.py`.
 
-The file reads bottom-up, as the model is built: norms, positional encodings, attention, MLP,
-block, then the pretrained-model plumbing, the model, and the task heads. Every concept choice
-comes from `ScratchformerConfig`; the three presets reproduce the 2017 paper, GPT-2 and Llama.
+Dimension key as in `transformer_scratchformer.py`: B batch, L query length, M key/value length,
+C model width, H query heads, K head width, V vocabulary, N labels of a classification head.
 
-This file is the remote-code payload copied next to every checkpoint: it imports only torch,
-transformers and its sibling configuration file.
+This file is the remote-code payload's entry point for every Auto class: it imports only torch,
+transformers, the standard library and its sibling files, which save_pretrained copies beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import inspect
 import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -38,10 +35,29 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple, logging
 
+from .checks_scratchformer import (
+    check_attention_mask,
+    check_embeddings,
+    check_label_ids,
+    check_labels,
+    check_one_input,
+    check_positions,
+    check_token_ids,
+    eager_mask_config,
+)
 from .configuration_scratchformer import ScratchformerConfig
+from .loss_scratchformer import fused_causal_lm_loss
+from .transformer_scratchformer import (
+    ScratchformerBlock,
+    ScratchformerRotaryEmbedding,
+    ScratchformerSinusoidalEmbedding,
+    make_absolute_positions,
+    make_dropout,
+    make_norm,
+    sinusoidal_table,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -93,316 +109,65 @@ def causal_mask(
     )
 
 
-
 # ----------------------------------------------------------------------------------------------
-# Norms
-# ----------------------------------------------------------------------------------------------
-
-
-class ScratchformerLayerNorm(nn.Module):
-    """LayerNorm (Ba et al. 2016): y = (x - mean) / sqrt(var + eps) * weight + bias, over the channels.
-
-    Written with F.layer_norm, which computes exactly that formula in one fused kernel."""
-
-    def __init__(self, hidden_size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self.eps = eps
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x_BLC, x_BLC.shape[-1:], self.weight, self.bias, self.eps)
-
-
-class ScratchformerRMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight. No centring, no bias:
-    cheaper than LayerNorm and, in practice, as good. Computed in float32 because squaring bf16
-    activations loses the small ones; the result is cast back before the weight, as in Llama.
-
-    Written with F.rms_norm, which computes exactly x * rsqrt(mean(x^2) + eps) (bit for bit on CPU,
-    in one fused kernel on GPU, where the formula spelled out is five kernels and four tensors)."""
-
-    def __init__(self, hidden_size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        normed_BLC = F.rms_norm(x_BLC.float(), x_BLC.shape[-1:], eps=self.eps)
-        return self.weight * normed_BLC.to(x_BLC.dtype)
-
-
-def make_norm(config: ScratchformerConfig) -> nn.Module:
-    if config.norm_type == "layernorm":
-        return ScratchformerLayerNorm(config.hidden_size, config.norm_eps)
-    return ScratchformerRMSNorm(config.hidden_size, config.norm_eps)
-
-
-# ----------------------------------------------------------------------------------------------
-# Positional encodings
+# What every stack shares (the decoder-only model, and the encoder-decoder's encoder and decoder)
 # ----------------------------------------------------------------------------------------------
 
 
-def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
-    """The paper's encoding (section 3.5): PE(pos, 2i) = sin(pos / 10000^(2i/d)),
-    PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). Each channel pair is a clock at its own frequency, so
-    PE(pos + k) is a fixed rotation of PE(pos): relative offsets are linear functions of the table."""
-    pos_P1 = torch.arange(num_positions, dtype=torch.float32)[:, None]
-    inv_freq_D = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    angle_PD = pos_P1 * inv_freq_D
-    table_PC = torch.empty(num_positions, dim)
-    table_PC[:, 0::2] = angle_PD.sin()
-    table_PC[:, 1::2] = angle_PD.cos()
-    return table_PC
+def output_flags(config, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+    """The caller's choice where one was given (an explicit False included), else the config's."""
+    return (
+        bool(output_attentions if output_attentions is not None else config.output_attentions),
+        bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states),
+    )
 
 
-class ScratchformerSinusoidalEmbedding(nn.Module):
-    """A fixed (not learned) table of sinusoids, added to the token embeddings."""
-
-    def __init__(self, num_positions: int, dim: int) -> None:
-        super().__init__()
-        # Non-persistent: it is a function of the config, not a weight. It is rebuilt in
-        # `_init_weights`, because from_pretrained builds modules on the meta device and would
-        # otherwise leave uninitialised memory here.
-        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
-
-    def forward(self, position_ids_BL: torch.Tensor) -> torch.Tensor:
-        return self.table[position_ids_BL]
+def embedding_scale(config) -> float:
+    # The paper multiplies embeddings by sqrt(C) so that they are not drowned by the
+    # unit-amplitude sinusoids they are added to.
+    return math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
 
 
-def rope_inv_freq(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
-    """Rotary frequencies theta^(-2i/K) for the K/2 channel pairs (Su et al. 2021), in float32."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+def final_norm(config) -> nn.Module:
+    # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
+    # blocks already end in one.
+    return make_norm(config) if config.norm_position == "pre" else nn.Identity()
 
 
-class ScratchformerRotaryEmbedding(nn.Module):
-    """Rotary position embedding: instead of adding a position vector, rotate each (query, key)
-    channel pair by an angle proportional to the position. The dot product of a query at position
-    m and a key at position n then depends on m - n only, which is what attention should see.
-
-    The frequencies are computed from the config at every forward instead of kept in a buffer. A
-    buffer would be rounded by model.to(torch.bfloat16) (8 mantissa bits: position x rounded
-    frequency drifts by whole radians at long contexts), and would hold garbage after
-    from_pretrained or to_empty() (meta-device construction, FSDP) until rebuilt. K/2 numbers, once
-    per forward for all layers, cost nothing measurable."""
-
-    def __init__(self, config: ScratchformerConfig) -> None:
-        super().__init__()
-        self.head_dim, self.theta = config.head_dim, config.rope_theta
-
-    @torch.no_grad()
-    def forward(self, x_BLC: torch.Tensor, position_ids_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq_D = rope_inv_freq(self.head_dim, self.theta, device=x_BLC.device)
-        # Angles in float32: position * frequency loses whole radians in bf16 at long contexts.
-        freqs_BLD = position_ids_BL[..., None].float() * inv_freq_D
-        # Llama's layout: the first half of the head's channels pairs with the second half.
-        angle_BLK = torch.cat((freqs_BLD, freqs_BLD), dim=-1)
-        return angle_BLK.cos().to(x_BLC.dtype), angle_BLK.sin().to(x_BLC.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1): a 90 degree turn of every channel pair (i, i + K/2)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(
-    q_BHLK: torch.Tensor, k_BGLK: torch.Tensor, cos_BLK: torch.Tensor, sin_BLK: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cos_B1LK, sin_B1LK = cos_BLK[:, None], sin_BLK[:, None]
-    q_BHLK = q_BHLK * cos_B1LK + rotate_half(q_BHLK) * sin_B1LK
-    k_BGLK = k_BGLK * cos_B1LK + rotate_half(k_BGLK) * sin_B1LK
-    return q_BHLK, k_BGLK
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention
-# ----------------------------------------------------------------------------------------------
-
-
-def repeat_kv(x_BGMK: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped-query attention: each of the G key/value heads serves H/G query heads."""
-    if groups == 1:
-        return x_BGMK
-    B, G, M, K = x_BGMK.shape
-    return x_BGMK[:, :, None].expand(B, G, groups, M, K).reshape(B, G * groups, M, K)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    q_BHLK: torch.Tensor,
-    k_BGMK: torch.Tensor,
-    v_BGMK: torch.Tensor,
+def run_blocks(
+    layers: nn.ModuleList,
+    norm: nn.Module,
+    x_BLC: torch.Tensor,
+    output_attentions: bool,
+    output_hidden_states: bool,
     mask_B1LM: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
+    rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: Cache | None = None,
+    encoder_BSC: torch.Tensor | None = None,
+    cross_mask_B1LS: torch.Tensor | None = None,
     **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T / sqrt(K) + mask) V, written out: the reference every fused kernel must match.
-
-    The 1/sqrt(K) (`scaling`) is the paper's: dot products of K-dimensional vectors with unit-variance
-    entries have variance K, and without the scaling large logits push softmax into saturation where
-    its gradient vanishes. The mask is additive (0 where allowed, the dtype's minimum where not) so
-    that masked scores vanish after the exponential without a branch."""
-    k_BHMK = repeat_kv(k_BGMK, module.num_key_value_groups)
-    v_BHMK = repeat_kv(v_BGMK, module.num_key_value_groups)
-    scores_BHLM = torch.matmul(q_BHLK, k_BHMK.transpose(2, 3)) * scaling
-    if mask_B1LM is not None:
-        scores_BHLM = scores_BHLM + mask_B1LM[:, :, :, : k_BHMK.shape[-2]]
-    # Softmax in float32: bf16 sums of many small probabilities round badly.
-    probs_BHLM = F.softmax(scores_BHLM, dim=-1, dtype=torch.float32).to(q_BHLK.dtype)
-    probs_BHLM = F.dropout(probs_BHLM, p=dropout, training=module.training)
-    out_BHLK = torch.matmul(probs_BHLM, v_BHMK)
-    # Fused kernels return (B, L, H, K); so does the reference, so callers need not care which ran.
-    return out_BHLK.transpose(1, 2).contiguous(), probs_BHLM
-
-
-class ScratchformerAttention(nn.Module):
-    """Multi-head self-attention with optional grouped key/value heads and rotary positions."""
-
-    def __init__(self, config: ScratchformerConfig, layer_idx: int, is_causal: bool | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.H, self.G, self.K = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.num_key_value_groups = self.H // self.G
-        self.scaling = self.K**-0.5
-        self.attention_dropout = config.attention_dropout
-        # Read by transformers' sdpa/flash kernels: a decoder's causal mask may be left to the kernel.
-        # The config decides, unless the caller says (the encoder-decoder has one stack of each).
-        self.is_causal = config.is_causal if is_causal is None else is_causal
-        C, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(C, self.H * self.K, bias=bias)
-        self.k_proj = nn.Linear(C, self.G * self.K, bias=bias)
-        self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
-        self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
-        self.o_proj.is_residual_projection = True
-
-    def forward(
-        self,
-        x_BLC: torch.Tensor,
-        mask_B1LM: torch.Tensor | None,
-        rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Cache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, L, _ = x_BLC.shape
-        # -1 where H or G stands: under tensor parallelism (base_model_tp_plan) each rank holds
-        # H/n query and G/n key/value heads of the projections, and computes attention for those.
-        q_BHLK = self.q_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
-        k_BGLK = self.k_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
-        v_BGLK = self.v_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
-        if rotary_BLK is not None:
-            q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
-        if cache is not None:
-            # The cache appends this step's keys/values and returns all M of them.
-            k_BGMK, v_BGMK = cache.update(k_BGLK, v_BGLK, self.layer_idx)
-        else:
-            k_BGMK, v_BGMK = k_BGLK, v_BGLK
-
-        # One seam for every implementation; the hand-written eager path is the fallback and the
-        # only one that materialises the attention matrix, so maps always come from it.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        out_BLHK, probs_BHLM = attention(
-            self,
-            q_BHLK,
-            k_BGMK,
-            v_BGMK,
-            mask_B1LM,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
+) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+    """Every block in turn, then the final norm. Returns the output and, where asked for, what the
+    output classes report: each block's input and the final output (hidden_states), each block's
+    attention maps (attentions) and, from blocks with cross-attention, their maps of the source."""
+    all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+    all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+    all_cross_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+    for layer in layers:
+        if all_hidden_states is not None:
+            all_hidden_states += (x_BLC,)
+        # Positional: under gradient checkpointing with use_reentrant=True, gradients reach only the
+        # tensors passed positionally (x, and the encoder's output the decoder reads).
+        x_BLC, probs_BHLM, cross_probs_BHLS = layer(
+            x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, encoder_BSC, cross_mask_B1LS, **kwargs
         )
-        out_BLC = out_BLHK.reshape(B, L, -1)
-        return self.o_proj(out_BLC), probs_BHLM
-
-
-# ----------------------------------------------------------------------------------------------
-# MLP
-# ----------------------------------------------------------------------------------------------
-
-
-class ScratchformerMLP(nn.Module):
-    """The position-wise feed-forward network: C -> F -> C, applied to every token alone.
-
-    relu (the paper) and gelu (GPT-2, tanh form) are two matrices: down(act(up(x))).
-    swiglu (Shazeer 2020, Llama) adds a gate: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, config: ScratchformerConfig) -> None:
-        super().__init__()
-        C, F_, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gated = config.mlp_type == "swiglu"
-        if self.gated:
-            self.gate_proj = nn.Linear(C, F_, bias=bias)
-        self.up_proj = nn.Linear(C, F_, bias=bias)
-        self.down_proj = nn.Linear(F_, C, bias=bias)
-        self.down_proj.is_residual_projection = True
-        self.act = {
-            "relu": nn.ReLU(),
-            "gelu": nn.GELU(approximate="tanh"),
-            "swiglu": nn.SiLU(),
-        }[config.mlp_type]
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            h_BLF = self.act(self.gate_proj(x_BLC)) * self.up_proj(x_BLC)
-        else:
-            h_BLF = self.act(self.up_proj(x_BLC))
-        return self.down_proj(h_BLF)
-
-
-# ----------------------------------------------------------------------------------------------
-# Block
-# ----------------------------------------------------------------------------------------------
-
-
-def make_dropout(p: float) -> nn.Module:
-    # At p = 0 (the GPT-2 and Llama presets) an Identity: a Dropout module would still cost a Python
-    # call per use, which shows in small models' per-token decoding time.
-    return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-class ScratchformerBlock(GradientCheckpointingLayer):
-    """Attention then MLP, each wrapped in a residual connection and a norm.
-
-    post-norm (the paper): x = norm(x + sublayer(x)). pre-norm (GPT-2, Llama):
-    x = x + sublayer(norm(x)); the residual stream is never normalised, so gradients reach early
-    layers unattenuated and deep stacks train without warm-up tricks."""
-
-    def __init__(self, config: ScratchformerConfig, layer_idx: int, is_causal: bool | None = None) -> None:
-        super().__init__()
-        self.pre_norm = config.norm_position == "pre"
-        self.self_attn = ScratchformerAttention(config, layer_idx, is_causal)
-        self.mlp = ScratchformerMLP(config)
-        self.input_layernorm = make_norm(config)
-        self.post_attention_layernorm = make_norm(config)
-        # The paper's residual dropout: on each sub-layer's output, before it joins the residual.
-        self.dropout = make_dropout(config.hidden_dropout)
-
-    def forward(
-        self,
-        x_BLC: torch.Tensor,
-        mask_B1LM: torch.Tensor | None = None,
-        rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Cache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.pre_norm:
-            attn_BLC, probs_BHLM = self.self_attn(
-                self.input_layernorm(x_BLC), mask_B1LM, rotary_BLK, cache, output_attentions, **kwargs
-            )
-            x_BLC = x_BLC + self.dropout(attn_BLC)
-            x_BLC = x_BLC + self.dropout(self.mlp(self.post_attention_layernorm(x_BLC)))
-        else:
-            attn_BLC, probs_BHLM = self.self_attn(
-                x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, **kwargs
-            )
-            x_BLC = self.input_layernorm(x_BLC + self.dropout(attn_BLC))
-            x_BLC = self.post_attention_layernorm(x_BLC + self.dropout(self.mlp(x_BLC)))
-        return x_BLC, probs_BHLM
+        if all_attentions is not None:
+            all_attentions += (probs_BHLM,)
+            all_cross_attentions += (cross_probs_BHLS,)
+    x_BLC = norm(x_BLC)
+    if all_hidden_states is not None:
+        all_hidden_states += (x_BLC,)
+    return x_BLC, all_hidden_states, all_attentions, all_cross_attentions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,22 +229,15 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
     def __init__(self, config: ScratchformerConfig) -> None:
         super().__init__(config)
-        C = config.hidden_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, C)
-        if config.position_embedding == "learned":
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, C)
-        elif config.position_embedding == "sinusoidal":
-            self.embed_positions = ScratchformerSinusoidalEmbedding(config.max_position_embeddings, C)
-        else:
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.position_embedding == "rope":
             self.rotary_emb = ScratchformerRotaryEmbedding(config)
-        # The paper multiplies embeddings by sqrt(C) so that they are not drowned by the
-        # unit-amplitude sinusoids they are added to.
-        self.embed_scale = math.sqrt(C) if config.scale_embeddings else 1.0
+        else:
+            self.embed_positions = make_absolute_positions(config)
+        self.embed_scale = embedding_scale(config)
         self.dropout = make_dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(ScratchformerBlock(config, i) for i in range(config.num_hidden_layers))
-        # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
-        # blocks already end in one.
-        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.norm = final_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -504,25 +262,18 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        )
+        output_attentions, output_hidden_states = output_flags(config, output_attentions, output_hidden_states)
         # A cache only pays off when generating; training and scoring never reuse it.
         use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training and use_cache:
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing; turning it off.")
             use_cache = False
 
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_one_input(input_ids, inputs_embeds)
         if input_ids is not None:
-            self._check_token_ids(input_ids)
+            check_token_ids(input_ids, config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] == 0 or inputs_embeds.shape[1] == 0:
-            raise ValueError(
-                f"Expected a non-empty batch of shape (batch, length[, width]), got {tuple(inputs_embeds.shape)}."
-            )
+        check_embeddings(inputs_embeds)
         B, L, _ = inputs_embeds.shape
 
         # A cache made here starts empty: the mask builder is not shown it, which changes nothing for
@@ -538,7 +289,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None]
         check_positions(config, position_ids, highest=past + L - 1 if given_position_ids is None else None)
-        self._check_attention_mask(attention_mask, B, past + L)
+        check_attention_mask(attention_mask, B, past + L)
 
         x_BLC = inputs_embeds * self.embed_scale if self.embed_scale != 1.0 else inputs_embeds
         rotary_BLK = None
@@ -548,13 +299,8 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             x_BLC = x_BLC + self.embed_positions(position_ids)
         x_BLC = self.dropout(x_BLC)
 
-        # The mask is built once for all layers, in the form the chosen kernel wants: None when a
-        # fused kernel can apply causality itself, a boolean/additive tensor otherwise. The
-        # eager path (and so output_attentions) always needs an explicit mask.
-        mask_config = config
-        if output_attentions and config._attn_implementation != "eager":
-            mask_config = copy.copy(config)
-            mask_config._attn_implementation = "eager"
+        # The mask is built once for all layers (see eager_mask_config).
+        mask_config = eager_mask_config(config, output_attentions)
         if config.is_causal:
             mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache_for_mask, position_ids=given_position_ids)
         else:
@@ -562,175 +308,16 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
                 config=mask_config, inputs_embeds=x_BLC, attention_mask=attention_mask
             )
 
-        all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
-        all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
-        for layer in self.layers:
-            if all_hidden_states is not None:
-                all_hidden_states += (x_BLC,)
-            x_BLC, probs_BHLM = layer(
-                x_BLC,
-                mask_B1LM=mask_B1LM,
-                rotary_BLK=rotary_BLK,
-                cache=cache,
-                output_attentions=bool(output_attentions),
-                **kwargs,
-            )
-            if all_attentions is not None:
-                all_attentions += (probs_BHLM,)
-        x_BLC = self.norm(x_BLC)
-        if all_hidden_states is not None:
-            all_hidden_states += (x_BLC,)
-
+        x_BLC, all_hidden_states, all_attentions, _ = run_blocks(
+            self.layers, self.norm, x_BLC, output_attentions, output_hidden_states,
+            mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=cache, **kwargs,
+        )  # fmt: skip
         return BaseModelOutputWithPast(
             last_hidden_state=x_BLC,
             **cache_field(cache if use_cache else None),
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
-
-    # Input checks. An out-of-range id would otherwise surface as an IndexError deep in
-    # nn.Embedding (or a device-side assert on GPU). Reading a tensor's values is free on CPU but a
-    # host sync on an accelerator, stalling the launch queue every forward, so there only the
-    # checks that need no values run and the embedding's device-side assert stays the guard. They
-    # are also skipped when compiling, where data-dependent Python branches would break the graph.
-
-    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
-        bad = id_outside_vocabulary(input_ids, self.config.vocab_size)
-        if bad is not None:
-            raise ValueError(
-                f"input_ids contain {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
-                "Use the tokenizer the model was trained with, or resize_token_embeddings(len(tokenizer)) "
-                "after adding tokens."
-            )
-
-    @staticmethod
-    def _check_attention_mask(attention_mask: torch.Tensor | None, batch: int, total_length: int) -> None:
-        if attention_mask is None or attention_mask.dim() == 4:
-            return  # 4-D masks are the caller's own, already in kernel form
-        if attention_mask.shape != (batch, total_length):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, past + new tokens) = "
-                f"({batch}, {total_length}): one 1/0 entry per token, 1 for tokens to attend to."
-            )
-        if attention_mask.is_floating_point() or attention_mask.dtype == torch.bool:
-            return
-        if attention_mask.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"attention_mask must hold 0/1 integers or booleans, got {attention_mask.dtype}.")
-
-
-# ----------------------------------------------------------------------------------------------
-# The language-model loss, fused with the head
-# ----------------------------------------------------------------------------------------------
-
-# Rows per chunk: 2**24 float32 logits (64 MiB) at a time, however large the vocabulary.
-LOSS_CHUNK_ELEMENTS = 2**24
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """cross_entropy(x @ weight.T, labels, reduction="sum") / denominator, without the (N, V) logits.
-
-    The textbook step keeps the float32 logits, their log-softmax and then their gradient: three
-    N x V tensors, which at GPT-2's vocabulary outweigh the whole model. But the gradient of the
-    loss with respect to the logits is known as soon as the logits are: (softmax - onehot) / denominator.
-    So each chunk of R rows is projected, turned into its loss and its gradient, and multiplied
-    back into the gradients of x and weight, and the chunk is freed before the next one. Backward
-    only hands the stored gradients on (scaled, if the loss was scaled after this function)."""
-
-    @staticmethod
-    def forward(ctx, x_NC, weight_VC, labels_N, ignore_index: int, denominator) -> torch.Tensor:
-        N, V = x_NC.shape[0], weight_VC.shape[0]
-        ctx.in_dtypes = (x_NC.dtype, weight_VC.dtype)
-        device = x_NC.device.type
-        autocast = torch.amp.is_autocast_available(device)
-        if autocast and torch.is_autocast_enabled(device):
-            # Do autocast's casts once, here, rather than once per chunk.
-            dtype = torch.get_autocast_dtype(device)
-            x_NC, weight_VC = x_NC.to(dtype), weight_VC.to(dtype)
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        valid_N = labels_N != ignore_index
-        target_N = torch.where(valid_N, labels_N, 0)
-        # Each row's share of d loss / d logits: 1 / denominator where it has a label, else 0.
-        weight_N = valid_N / denominator
-        loss = torch.zeros((), dtype=torch.float32, device=x_NC.device)
-        grad_x_NC = torch.empty_like(x_NC) if needs_grad else None
-        grad_weight_VC = None  # float32 whatever the weight's dtype: it sums over chunks
-        chunks = max(1, -(-N * V // LOSS_CHUNK_ELEMENTS))
-        R = -(-N // chunks)
-        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
-            for start in range(0, N, R):
-                rows = slice(start, start + R)
-                x_RC, target_R, valid_R, weight_R = x_NC[rows], target_N[rows], valid_N[rows], weight_N[rows]
-                logits_RV = (x_RC @ weight_VC.T).float()  # float32, as transformers' loss upcasts
-                target_logit_R = logits_RV.gather(1, target_R[:, None])[:, 0]
-                # softmax and logsumexp from one exponential, computed in the logits' own memory
-                max_R = logits_RV.amax(dim=-1)
-                exp_RV = logits_RV.sub_(max_R[:, None]).exp_()
-                sum_R = exp_RV.sum(dim=-1)
-                # -log softmax(logits)[target] = logsumexp(logits) - logits[target]
-                loss += torch.where(valid_R, max_R + sum_R.log() - target_logit_R, 0.0).sum()
-                if not needs_grad:
-                    continue
-                grad_RV = exp_RV.mul_((weight_R / sum_R)[:, None])  # softmax, weighted
-                grad_RV.scatter_add_(1, target_R[:, None], -weight_R[:, None].to(grad_RV.dtype))  # - onehot
-                grad_RV = grad_RV.to(x_NC.dtype)
-                torch.mm(grad_RV, weight_VC, out=grad_x_NC[rows])
-                if grad_weight_VC is None:
-                    grad_weight_VC = (grad_RV.T @ x_RC).float()
-                elif grad_weight_VC.dtype == x_RC.dtype:
-                    grad_weight_VC.addmm_(grad_RV.T, x_RC)
-                else:
-                    grad_weight_VC += grad_RV.T @ x_RC
-        if needs_grad:
-            ctx.save_for_backward(grad_x_NC, grad_weight_VC)
-        return loss / denominator
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor):
-        grad_x_NC, grad_weight_VC = ctx.saved_tensors
-        x_dtype, weight_dtype = ctx.in_dtypes
-        # loss.backward() sends 1: the stored gradients are final. Testing for it reads the value,
-        # which is free on CPU; elsewhere that read would be a host sync, so the scaling runs.
-        on_cpu = grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
-        if not on_cpu or grad_loss.item() != 1.0:
-            grad_x_NC, grad_weight_VC = grad_x_NC * grad_loss.to(grad_x_NC.dtype), grad_weight_VC * grad_loss
-        return (
-            grad_x_NC.to(x_dtype) if ctx.needs_input_grad[0] else None,
-            grad_weight_VC.to(weight_dtype) if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-            None,
-        )
-
-
-def fused_causal_lm_loss(
-    x_BLC: torch.Tensor,
-    weight_VC: torch.Tensor,
-    labels_BL: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    **kwargs,
-) -> torch.Tensor:
-    """transformers' ForCausalLMLoss (same shift, same ignore_index, same averaging), computed from
-    the final hidden states and the head's weight by LinearCrossEntropy."""
-    if shift_labels is None:
-        # Position t predicts token t+1: the label of position t is the token at t+1, and the last
-        # position has none.
-        shift_labels = F.pad(labels_BL, (0, 1), value=ignore_index)[:, 1:]
-    labels_N = shift_labels.reshape(-1).to(x_BLC.device)
-    if num_items_in_batch is None:
-        # A mean over the tokens that have a label (nan when none has one, as in transformers).
-        denominator = (labels_N != ignore_index).sum()
-    else:
-        # Gradient accumulation: this micro-batch's sum over the tokens of the whole batch.
-        denominator = num_items_in_batch
-        if torch.is_tensor(denominator):
-            denominator = denominator.to(x_BLC.device)
-    x_NC = x_BLC.reshape(-1, x_BLC.shape[-1])
-    return LinearCrossEntropy.apply(x_NC, weight_VC, labels_N, ignore_index, denominator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -802,8 +389,8 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
         x_BLC = out.last_hidden_state
         loss, logits_BLV = None, None
         if labels is not None:
-            _check_labels(labels, x_BLC.shape[:2], "labels must have the shape of input_ids")
-            _check_label_ids(labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
+            check_labels(labels, x_BLC.shape[:2], "labels must have the shape of input_ids")
+            check_label_ids(labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
         if labels is not None and self._fuses_loss():
             # A training step: head and loss in one, chunk by chunk (see LinearCrossEntropy); the
             # full logits are never built, so none are returned.
@@ -934,7 +521,7 @@ class ScratchformerForTokenClassification(ScratchformerPreTrainedModel):
         logits_BLN = self.score(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
-            _check_labels(labels, logits_BLN.shape[:2], "token labels must have the shape of input_ids")
+            check_labels(labels, logits_BLN.shape[:2], "token labels must have the shape of input_ids")
             loss = self.loss_function(logits=logits_BLN, labels=labels, config=self.config, **kwargs)
         return TokenClassifierOutput(
             loss=loss, logits=logits_BLN, hidden_states=out.hidden_states, attentions=out.attentions
@@ -991,63 +578,10 @@ class ScratchformerForMaskedLM(ScratchformerPreTrainedModel):
         logits_BLV = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
-            _check_labels(labels, logits_BLV.shape[:2], "labels must have the shape of input_ids")
+            check_labels(labels, logits_BLV.shape[:2], "labels must have the shape of input_ids")
             # No shift here: position t predicts the token hidden at position t.
             loss = self.loss_function(logits=logits_BLV, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return MaskedLMOutput(loss=loss, logits=logits_BLV, hidden_states=out.hidden_states, attentions=out.attentions)
-
-
-def _check_labels(labels: torch.Tensor, expected: torch.Size, what: str) -> None:
-    if tuple(labels.shape) != tuple(expected):
-        raise ValueError(f"{what} {tuple(expected)}, got {tuple(labels.shape)} (use -100 for positions to ignore).")
-
-
-def id_outside_vocabulary(ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> int | None:
-    """An id of `ids` outside [0, vocab_size) (entries equal to `ignore_index` aside), or None. Values
-    are read only where that is free: on CPU and not while compiling; on an accelerator the read
-    would be a host sync every forward, so there the embedding's device-side assert is the guard."""
-    if ids.device.type != "cpu" or torch.compiler.is_compiling():
-        return None
-    if ignore_index is not None:
-        ids = ids[ids != ignore_index]
-    if ids.numel() == 0:
-        return None
-    low, high = (int(v) for v in torch.aminmax(ids))
-    return low if low < 0 else high if high >= vocab_size else None
-
-
-def check_positions(config, position_ids: torch.Tensor, highest: int | None, where: str = "input") -> None:
-    """Learned and sinusoidal tables end at max_position_embeddings - 1 (rotary angles never end).
-
-    `highest` is the largest position when the shapes tell it (positions the model made: a range
-    from the cache length, free to check on any device). None means only the values tell: positions
-    a caller gave may restart inside a row, as vLLM and padding-free collators pack several sequences
-    into one, so a row longer than the table can be fine. Those are read on CPU; on an accelerator
-    the read would be a host sync every forward, so there the embedding's device-side assert guards."""
-    if config.position_embedding == "rope" or torch.compiler.is_compiling():
-        return
-    if highest is None:
-        if position_ids.device.type != "cpu":
-            return
-        lowest, highest = (int(v) for v in torch.aminmax(position_ids))
-        if lowest < 0:
-            raise ValueError(f"position_ids contain {lowest}: positions count from 0 in every sequence.")
-    limit = config.max_position_embeddings
-    if highest >= limit:
-        raise ValueError(
-            f"The {where} needs positions up to {highest}, but this model has {config.position_embedding} "
-            f"positions for 0..{limit - 1} (max_position_embeddings={limit}). Truncate it to {limit} tokens "
-            f"(tokenizer(..., truncation=True, max_length={limit}))."
-        )
-
-
-def _check_label_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
-    bad = id_outside_vocabulary(labels, vocab_size, ignore_index)
-    if bad is not None:
-        raise ValueError(
-            f"labels contain {bad}, outside the vocabulary [0, {vocab_size}): labels are token ids, "
-            f"or {ignore_index} for positions that carry no loss."
-        )
 
 
 __all__ = [

@@ -10,16 +10,15 @@ reads the target so far through masked self-attention, then looks at the encoder
 cross-attention ("encoder-decoder attention", section 3.2.3), then an MLP. One embedding matrix
 serves source, target and the output projection (section 3.4).
 
-Norms, positions, self-attention and the MLP are `modeling_scratchformer.py`'s own blocks; the encoder
-layer *is* its block. New here: cross-attention, the three-sublayer decoder layer, and the plumbing.
-This file and the two beside it are the remote-code payload: torch, transformers and siblings only.
+Every layer is `transformer_scratchformer.py`'s block: the encoder's made bidirectional, the
+decoder's with its cross-attention sublayer (the same attention class, reading the encoder's
+output). The cache's name, the stack and the input checks are the decoder-only model's
+(`modeling_scratchformer.py`, `checks_scratchformer.py`). New here: the two stacks, the shared
+embedding, teacher forcing and the head. This file and the ones it imports are the remote-code
+payload: torch, transformers and siblings only.
 """
 
 from __future__ import annotations
-
-import copy
-import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,164 +27,44 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 
+from .checks_scratchformer import (
+    check_attention_mask,
+    check_embeddings,
+    check_label_ids,
+    check_labels,
+    check_one_input,
+    check_positions,
+    check_token_ids,
+    eager_mask_config,
+)
 from .configuration_scratchformer_seq2seq import ScratchformerSeq2SeqConfig
 from .modeling_scratchformer import (
-    ScratchformerAttention,
-    ScratchformerBlock,
-    ScratchformerLayerNorm,
-    ScratchformerMLP,
-    ScratchformerRMSNorm,
-    ScratchformerSinusoidalEmbedding,
     accepts_past_key_values,
     cache_field,
     cache_of,
     causal_mask,
-    check_positions,
-    eager_attention_forward,
-    id_outside_vocabulary,
-    make_norm,
+    embedding_scale,
+    final_norm,
+    output_flags,
+    run_blocks,
+)
+from .transformer_scratchformer import (
+    ScratchformerBlock,
+    ScratchformerLayerNorm,
+    ScratchformerRMSNorm,
+    ScratchformerSinusoidalEmbedding,
+    make_absolute_positions,
+    make_dropout,
     sinusoidal_table,
 )
-
-# ----------------------------------------------------------------------------------------------
-# Cross-attention
-# ----------------------------------------------------------------------------------------------
-
-
-class ScratchformerCrossAttention(nn.Module):
-    """Queries from the decoder, keys and values from the encoder's output (section 3.2.3).
-
-    The encoder's output does not change while the decoder generates, so its keys and values are
-    projected once, on the first step, and read back from `EncoderDecoderCache.cross_attention_cache`
-    on every later step."""
-
-    def __init__(self, config: ScratchformerSeq2SeqConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.H, self.G, self.K = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.num_key_value_groups = self.H // self.G
-        self.scaling = self.K**-0.5
-        self.attention_dropout = config.attention_dropout
-        # Every decoder position may look at every source token: nothing here is causal.
-        self.is_causal = False
-        C, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(C, self.H * self.K, bias=bias)
-        self.k_proj = nn.Linear(C, self.G * self.K, bias=bias)
-        self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
-        self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
-
-    def forward(
-        self,
-        x_BTC: torch.Tensor,
-        enc_BSC: torch.Tensor,
-        mask_B1TS: torch.Tensor | None,
-        cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T, _ = x_BTC.shape
-        q_BHTK = self.q_proj(x_BTC).view(B, T, -1, self.K).transpose(1, 2)
-        cross_cache = cache.cross_attention_cache if cache is not None else None
-        if cross_cache is not None and cache.is_updated.get(self.layer_idx):
-            k_BGSK, v_BGSK = cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
-        else:
-            S = enc_BSC.shape[1]
-            k_BGSK = self.k_proj(enc_BSC).view(B, S, -1, self.K).transpose(1, 2)
-            v_BGSK = self.v_proj(enc_BSC).view(B, S, -1, self.K).transpose(1, 2)
-            if cross_cache is not None:
-                k_BGSK, v_BGSK = cross_cache.update(k_BGSK, v_BGSK, self.layer_idx)
-                cache.is_updated[self.layer_idx] = True
-
-        # The same seam as self-attention; maps (output_attentions) always come from the eager path.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        out_BTHK, probs_BHTS = attention(
-            self,
-            q_BHTK,
-            k_BGSK,
-            v_BGSK,
-            mask_B1TS,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        return self.o_proj(out_BTHK.reshape(B, T, -1)), probs_BHTS
-
-
-# ----------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------
-
-
-class ScratchformerSeq2SeqEncoderLayer(ScratchformerBlock):
-    """The encoder layer is the decoder-only model's block with its attention made bidirectional:
-    a source sentence is read whole, so every token may look at every other."""
-
-    def __init__(self, config: ScratchformerSeq2SeqConfig, layer_idx: int) -> None:
-        # Bidirectional, so with no padding (mask None) sdpa/flash must not add causality either.
-        super().__init__(config, layer_idx, is_causal=False)
-
-
-class ScratchformerSeq2SeqDecoderLayer(GradientCheckpointingLayer):
-    """Three sublayers, each with a residual connection, dropout and a norm: masked self-attention
-    over the target so far, cross-attention to the source, the MLP.
-
-    post-norm (the paper): x = norm(x + sublayer(x)); pre-norm: x = x + sublayer(norm(x))."""
-
-    def __init__(self, config: ScratchformerSeq2SeqConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.pre_norm = config.norm_position == "pre"
-        self.self_attn = ScratchformerAttention(config, layer_idx, is_causal=True)
-        self.cross_attn = ScratchformerCrossAttention(config, layer_idx)
-        self.mlp = ScratchformerMLP(config)
-        self.input_layernorm = make_norm(config)
-        self.cross_attention_layernorm = make_norm(config)
-        self.post_attention_layernorm = make_norm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
-
-    def forward(
-        self,
-        x_BTC: torch.Tensor,
-        enc_BSC: torch.Tensor,
-        self_mask_B1TM: torch.Tensor | None = None,
-        cross_mask_B1TS: torch.Tensor | None = None,
-        cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        self_cache = cache.self_attention_cache if cache is not None else None
-
-        h_BTC = self.input_layernorm(x_BTC) if self.pre_norm else x_BTC
-        attn_BTC, self_probs_BHTM = self.self_attn(h_BTC, self_mask_B1TM, None, self_cache, output_attentions, **kwargs)
-        x_BTC = self._residual(x_BTC, attn_BTC, self.input_layernorm)
-
-        h_BTC = self.cross_attention_layernorm(x_BTC) if self.pre_norm else x_BTC
-        attn_BTC, cross_probs_BHTS = self.cross_attn(
-            h_BTC, enc_BSC, cross_mask_B1TS, cache, output_attentions, **kwargs
-        )
-        x_BTC = self._residual(x_BTC, attn_BTC, self.cross_attention_layernorm)
-
-        h_BTC = self.post_attention_layernorm(x_BTC) if self.pre_norm else x_BTC
-        x_BTC = self._residual(x_BTC, self.mlp(h_BTC), self.post_attention_layernorm)
-        return x_BTC, self_probs_BHTM, cross_probs_BHTS
-
-    def _residual(self, x_BTC: torch.Tensor, sublayer_BTC: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        # Pre-norm normalised the sublayer's input already; post-norm normalises the sum.
-        if self.pre_norm:
-            return x_BTC + self.dropout(sublayer_BTC)
-        return norm(x_BTC + self.dropout(sublayer_BTC))
-
 
 # ----------------------------------------------------------------------------------------------
 # Hugging Face plumbing
@@ -203,7 +82,7 @@ class ScratchformerSeq2SeqPreTrainedModel(PreTrainedModel):
     config: ScratchformerSeq2SeqConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["ScratchformerSeq2SeqEncoderLayer", "ScratchformerSeq2SeqDecoderLayer"]
+    _no_split_modules = ["ScratchformerBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]  # both names: see CACHE_NAME
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -251,54 +130,47 @@ def shift_tokens_right(labels_BT: torch.Tensor, pad_token_id: int, decoder_start
     return inputs_BT.masked_fill(inputs_BT == -100, pad_token_id)
 
 
-def _embed(module: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-    if input_ids is not None:
-        vocab = module.embed_tokens.num_embeddings
-        bad = id_outside_vocabulary(input_ids, vocab)
-        if bad is not None:
-            raise ValueError(f"input ids contain {bad}, outside the vocabulary [0, {vocab}).")
-        inputs_embeds = module.embed_tokens(input_ids)
-    return inputs_embeds
-
-
-def _positions(config: ScratchformerSeq2SeqConfig) -> nn.Module:
-    if config.position_embedding == "learned":
-        return nn.Embedding(config.max_position_embeddings, config.hidden_size)
-    return ScratchformerSinusoidalEmbedding(config.max_position_embeddings, config.hidden_size)
-
-
-def _eager_mask_config(config: ScratchformerSeq2SeqConfig, output_attentions: bool) -> ScratchformerSeq2SeqConfig:
-    # Masks are built in the chosen kernel's form (sdpa may get None); the eager path, which is the
-    # one that returns attention maps, always needs an explicit tensor.
-    if output_attentions and config._attn_implementation != "eager":
-        config = copy.copy(config)
-        config._attn_implementation = "eager"
-    return config
-
-
 # ----------------------------------------------------------------------------------------------
 # Encoder and decoder stacks
 # ----------------------------------------------------------------------------------------------
 
 
-class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
-    """Figure 1, left: embed, add positions, N bidirectional layers."""
+class ScratchformerSeq2SeqStack(ScratchformerSeq2SeqPreTrainedModel):
+    """What the encoder and the decoder share: the token embedding (one matrix for both), positions
+    added to it, dropout, `num_layers` blocks and the final norm."""
 
-    def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
+    def __init__(
+        self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None, num_layers: int, **block_kwargs
+    ) -> None:
         super().__init__(config)
         if embed_tokens is None:  # standalone use; the full model passes its shared matrix
             embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_tokens = embed_tokens
-        self.embed_positions = _positions(config)
-        # sqrt(C): the paper's scaling, so embeddings are not drowned by the unit-amplitude sinusoids.
-        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
-        self.dropout = nn.Dropout(config.embedding_dropout)
-        self.layers = nn.ModuleList(ScratchformerSeq2SeqEncoderLayer(config, i) for i in range(config.encoder_layers))
-        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.embed_positions = make_absolute_positions(config)
+        self.embed_scale = embedding_scale(config)
+        self.dropout = make_dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(ScratchformerBlock(config, i, **block_kwargs) for i in range(num_layers))
+        self.norm = final_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, name: str) -> torch.Tensor:
+        """The token embeddings, checked; positions are added once the caller knows them."""
+        check_one_input(input_ids, inputs_embeds)
+        if input_ids is not None:
+            check_token_ids(input_ids, self.embed_tokens.num_embeddings, name)
+            inputs_embeds = self.embed_tokens(input_ids)
+        check_embeddings(inputs_embeds)
+        return inputs_embeds
+
+
+class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqStack):
+    """Figure 1, left: embed, add positions, N bidirectional blocks."""
+
+    def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        # A source sentence is read whole, so every token may look at every other: with no padding
+        # (mask None) sdpa/flash must not add causality either.
+        super().__init__(config, embed_tokens, config.encoder_layers, is_causal=False)
 
     @can_return_tuple
     def forward(
@@ -311,10 +183,10 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutput:
         config = self.config
-        output_attentions = bool(output_attentions if output_attentions is not None else config.output_attentions)
-        output_hidden_states = bool(output_hidden_states or config.output_hidden_states)
-        x_BSC = _embed(self, input_ids, inputs_embeds)
+        output_attentions, output_hidden_states = output_flags(config, output_attentions, output_hidden_states)
+        x_BSC = self.embed(input_ids, inputs_embeds, "input_ids")
         B, S, _ = x_BSC.shape
+        check_attention_mask(attention_mask, B, S, length="source tokens")
         # Positions count real tokens only, so a left-padded source reads exactly like an unpadded one.
         if attention_mask is not None:
             position_ids_BS = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -325,38 +197,20 @@ class ScratchformerSeq2SeqEncoder(ScratchformerSeq2SeqPreTrainedModel):
         x_BSC = self.dropout(x_BSC * self.embed_scale + self.embed_positions(position_ids_BS))
 
         mask_B1SS = create_bidirectional_mask(
-            config=_eager_mask_config(config, output_attentions), inputs_embeds=x_BSC, attention_mask=attention_mask
+            config=eager_mask_config(config, output_attentions), inputs_embeds=x_BSC, attention_mask=attention_mask
         )
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (x_BSC,)
-            x_BSC, probs_BHSS = layer(x_BSC, mask_B1LM=mask_B1SS, output_attentions=output_attentions, **kwargs)
-            if output_attentions:
-                all_attentions += (probs_BHSS,)
-        x_BSC = self.norm(x_BSC)
-        if output_hidden_states:
-            all_hidden_states += (x_BSC,)
+        x_BSC, all_hidden_states, all_attentions, _ = run_blocks(
+            self.layers, self.norm, x_BSC, output_attentions, output_hidden_states, mask_B1LM=mask_B1SS, **kwargs
+        )
         return BaseModelOutput(last_hidden_state=x_BSC, hidden_states=all_hidden_states, attentions=all_attentions)
 
 
-class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
-    """Figure 1, right: embed the target so far, add positions, N layers of masked self-attention,
+class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqStack):
+    """Figure 1, right: embed the target so far, add positions, N blocks of masked self-attention,
     cross-attention and MLP."""
 
     def __init__(self, config: ScratchformerSeq2SeqConfig, embed_tokens: nn.Embedding | None = None) -> None:
-        super().__init__(config)
-        if embed_tokens is None:  # standalone use; the full model passes its shared matrix
-            embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_tokens = embed_tokens
-        self.embed_positions = _positions(config)
-        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
-        self.dropout = nn.Dropout(config.embedding_dropout)
-        self.layers = nn.ModuleList(ScratchformerSeq2SeqDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
-        self.gradient_checkpointing = False
-        self.post_init()
+        super().__init__(config, embed_tokens, config.decoder_layers, is_causal=True, cross_attention=True)
 
     @can_return_tuple
     @accepts_past_key_values
@@ -374,12 +228,11 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         config = self.config
-        output_attentions = bool(output_attentions if output_attentions is not None else config.output_attentions)
-        output_hidden_states = bool(output_hidden_states or config.output_hidden_states)
+        output_attentions, output_hidden_states = output_flags(config, output_attentions, output_hidden_states)
         use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs encoder_hidden_states: run the encoder on the source first.")
-        x_BTC = _embed(self, input_ids, inputs_embeds)
+        x_BTC = self.embed(input_ids, inputs_embeds, "decoder_input_ids")
         B, T, _ = x_BTC.shape
 
         if use_cache and cache is None:
@@ -387,11 +240,12 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
         if cache is not None and not isinstance(cache, EncoderDecoderCache):
             raise TypeError("An encoder-decoder needs an EncoderDecoderCache (self- and cross-attention caches).")
         past = cache.get_seq_length() if cache is not None else 0
+        check_attention_mask(attention_mask, B, past + T, "decoder_attention_mask")
         position_ids_BT = torch.arange(past, past + T, device=x_BTC.device)[None].expand(B, T)
         check_positions(config, position_ids_BT, past + T - 1, "target")
         x_BTC = self.dropout(x_BTC * self.embed_scale + self.embed_positions(position_ids_BT))
 
-        mask_config = _eager_mask_config(config, output_attentions)
+        mask_config = eager_mask_config(config, output_attentions)
         # Not position_ids_BT: they are one plain range, and shown them the mask builder would look for
         # packed documents with a host sync.
         self_cache = cache.self_attention_cache if cache is not None else None
@@ -403,26 +257,11 @@ class ScratchformerSeq2SeqDecoder(ScratchformerSeq2SeqPreTrainedModel):
             encoder_hidden_states=encoder_hidden_states,
         )
 
-        all_hidden_states = () if output_hidden_states else None
-        all_self, all_cross = ((), ()) if output_attentions else (None, None)
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (x_BTC,)
-            x_BTC, self_probs_BHTM, cross_probs_BHTS = layer(
-                x_BTC,
-                encoder_hidden_states,
-                self_mask_B1TM=self_mask_B1TM,
-                cross_mask_B1TS=cross_mask_B1TS,
-                cache=cache,
-                output_attentions=output_attentions,
-                **kwargs,
-            )
-            if output_attentions:
-                all_self += (self_probs_BHTM,)
-                all_cross += (cross_probs_BHTS,)
-        x_BTC = self.norm(x_BTC)
-        if output_hidden_states:
-            all_hidden_states += (x_BTC,)
+        x_BTC, all_hidden_states, all_self, all_cross = run_blocks(
+            self.layers, self.norm, x_BTC, output_attentions, output_hidden_states,
+            mask_B1LM=self_mask_B1TM, cache=cache, encoder_BSC=encoder_hidden_states, cross_mask_B1LS=cross_mask_B1TS,
+            **kwargs,
+        )  # fmt: skip
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x_BTC,
             **cache_field(cache if use_cache else None),
@@ -577,8 +416,8 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
 
         loss = None
         if labels is not None:
-            if labels.shape != logits_BTV.shape[:2]:
-                raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(logits_BTV.shape[:2])}.")
+            check_labels(labels, logits_BTV.shape[:2], "labels must have the shape of decoder_input_ids")
+            check_label_ids(labels, self.config.vocab_size, -100)
             # No shift here: the decoder's inputs were shifted instead, so position t predicts labels[t].
             # Summed, then divided by the batch's token count (num_items_in_batch from Trainer when
             # accumulating gradients), so every target token weighs the same across micro-batches.

@@ -34,7 +34,8 @@ from scratchformer.modeling import (
     ScratchformerForConditionalGeneration,
     ScratchformerSeq2SeqConfig,
 )
-from scratchformer.modeling import modeling_scratchformer as msf
+from scratchformer.modeling.loss_scratchformer import LinearCrossEntropy
+from scratchformer.modeling.transformer_scratchformer import ScratchformerAttention
 from scratchformer.training import finetune, generate, pretrain
 from scratchformer.training import tokenizer as tokenizer_cli
 from scratchformer.training.library import finetuning
@@ -109,14 +110,14 @@ def watching(*, module_hooks: bool = True):
     `torch.compile` is recorded and then really run by dynamo, with a backend that counts the graphs
     and runs them eagerly (inductor would spend a minute compiling C++ on a CPU)."""
     watch = Watch()
-    real_compile, real_apply = torch.compile, msf.LinearCrossEntropy.apply
+    real_compile, real_apply = torch.compile, LinearCrossEntropy.apply
 
     def forward_hook(module, args, output):
         if not module.training:
             return
         if isinstance(module, torch.nn.Linear) and torch.is_tensor(output):
             watch.linear_dtypes.add(output.dtype)
-        if isinstance(module, msf.ScratchformerAttention):
+        if isinstance(module, ScratchformerAttention):
             watch.attention_calls += 1
 
     def step_hook(optimizer, args, kwargs):
@@ -156,7 +157,7 @@ def watching(*, module_hooks: bool = True):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(huggingface_hub, "HfApi", FakeHfApi)
         mp.setattr(torch, "compile", compile_spy)
-        mp.setattr(msf.LinearCrossEntropy, "apply", fused)
+        mp.setattr(LinearCrossEntropy, "apply", fused)
         handles.append(register_optimizer_step_pre_hook(step_hook))
         if module_hooks:
             handles.append(torch.nn.modules.module.register_module_forward_hook(forward_hook))

@@ -161,6 +161,28 @@ def test_upgrade_checkpoint_repairs_a_checkpoint_saved_before_the_cache_fix(
         assert_reproduces(f"upgraded {fixture_set.name}/{d.name}", after[d.name], expected)
 
 
+@pytest.mark.parametrize("fixture_set", fixture_sets(prefix_payload=False), ids=lambda p: p.name)
+def test_upgrade_checkpoint_gives_a_release_set_the_current_payload(fixture_set, tmp_path, run_without_scratchformer):
+    """A checkpoint saved by any release, upgraded, holds exactly the files a fresh save writes (0.3
+    split the model into more files: they are added) and still reproduces its recorded outputs."""
+    work = tmp_path / "checkpoints"
+    shutil.copytree(fixture_set, work)
+    directories = sorted(p for p in work.iterdir() if p.is_dir())
+    for d in directories:
+        auto_map, files = upgrade._payload(json.loads((d / "config.json").read_text())["model_type"])
+        changes = upgrade.upgrade_checkpoint(d)
+        assert {c.file for c in changes if c.action == "added"} == {f.name for f in files} - set(
+            p.name for p in (fixture_set / d.name).glob("*.py")
+        )
+        assert sorted(p.name for p in d.glob("*.py")) == sorted(f.name for f in files), d.name
+        for f in files:
+            assert (d / f.name).read_bytes() == f.read_bytes(), f"{d.name}/{f.name}"
+    (tmp_path / "after").mkdir()
+    after = measure_without_scratchformer(run_without_scratchformer, directories, tmp_path / "after")
+    for d in directories:
+        assert_reproduces(f"upgraded {fixture_set.name}/{d.name}", after[d.name], load_file(d / "expected.safetensors"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding, ours against transformers' own classes, on lively models
 # ---------------------------------------------------------------------------------------------

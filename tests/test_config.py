@@ -15,7 +15,7 @@ from scratchformer.modeling.configuration_scratchformer import (
     NORM_TYPES,
     POSITION_EMBEDDINGS,
 )
-from scratchformer.modeling.modeling_scratchformer import (
+from scratchformer.modeling.transformer_scratchformer import (
     ScratchformerLayerNorm,
     ScratchformerRMSNorm,
     ScratchformerRotaryEmbedding,

@@ -12,8 +12,7 @@ import copy
 import pytest
 import torch
 
-from scratchformer.modeling import ScratchformerForCausalLM
-from scratchformer.modeling import modeling_scratchformer as msf
+from scratchformer.modeling import ScratchformerForCausalLM, loss_scratchformer
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ def test_gradient_accumulation_divides_by_the_whole_batch(pair, num_items):
 
 def test_many_uneven_chunks_give_the_same_step(pair, monkeypatch):
     # 60 rows of 97 logits, at most 7 rows a chunk: 9 chunks, the last one short.
-    monkeypatch.setattr(msf, "LOSS_CHUNK_ELEMENTS", 97 * 7)
+    monkeypatch.setattr(loss_scratchformer, "LOSS_CHUNK_ELEMENTS", 97 * 7)
     fused, plain = pair()
     assert_same_step(fused, plain)
 

@@ -15,7 +15,7 @@ from scratchformer.modeling import (
     ScratchformerForTokenClassification,
     ScratchformerModel,
 )
-from scratchformer.modeling import modeling_scratchformer as modeling
+from scratchformer.modeling import transformer_scratchformer as modeling
 
 POSITIONS = ["sinusoidal", "learned", "rope"]
 V = 97
@@ -356,6 +356,15 @@ def test_output_hidden_states(tiny_config):
         out.hidden_states[0], model.embed_tokens(x) + model.embed_positions.weight[: x.shape[1]], atol=0, rtol=0
     )
     assert model(x).hidden_states is None and model(x).attentions is None
+
+
+def test_an_explicit_false_wins_over_the_configs_output_flags(tiny_config):
+    model = build(ScratchformerModel, tiny_config(output_hidden_states=True, output_attentions=True))
+    x = ids()
+    by_config = model(x)
+    assert len(by_config.hidden_states) == 3 and len(by_config.attentions) == 2
+    refused = model(x, output_hidden_states=False, output_attentions=False)
+    assert refused.hidden_states is None and refused.attentions is None
 
 
 def test_return_dict_false_returns_tuples(tiny_config):

@@ -92,13 +92,54 @@ def test_cross_attention_maps_are_returned():
     torch.testing.assert_close(out.cross_attentions[0].sum(-1), torch.ones(3, 4, 4))
 
 
+def test_an_explicit_false_wins_over_the_configs_output_flags():
+    """forward(output_hidden_states=False) with a config that says True returns none: the caller's
+    choice wins, False included (a `flag or config.flag` would have returned them anyway)."""
+    m = model(output_hidden_states=True, output_attentions=True)
+    x, y = src(S=9), src(S=4, seed=5)
+    by_config = m(input_ids=x, decoder_input_ids=y)
+    assert len(by_config.encoder_hidden_states) == len(by_config.decoder_hidden_states) == 3
+    maps = (by_config.encoder_attentions, by_config.decoder_attentions, by_config.cross_attentions)
+    assert [len(layers) for layers in maps] == [2, 2, 2]
+    refused = m(input_ids=x, decoder_input_ids=y, output_hidden_states=False, output_attentions=False)
+    for field in ("encoder_hidden_states", "decoder_hidden_states", "encoder_attentions", "decoder_attentions",
+                  "cross_attentions"):  # fmt: skip
+        assert getattr(refused, field) is None, field
+    torch.testing.assert_close(refused.logits, by_config.logits)  # maps make it run eager, not sdpa
+    encoder = m.get_encoder()(input_ids=x, output_hidden_states=False, output_attentions=False)
+    assert encoder.hidden_states is None and encoder.attentions is None
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(use_reentrant):
+    """With use_reentrant=True, gradients reach only what a checkpointed layer gets positionally: the
+    decoder's blocks must get the encoder's output so, or the encoder learns nothing through them."""
+    m = model().train()
+    x, y = src(S=9), src(S=5, seed=4)
+
+    def loss_and_grads():
+        m.zero_grad()
+        loss = m(input_ids=x, labels=y).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    loss, grads = loss_and_grads()
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(layer.gradient_checkpointing for layer in (*m.model.encoder.layers, *m.model.decoder.layers))
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    torch.testing.assert_close(loss_ckpt, loss, atol=0, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_save_load_identical_and_remote_code(tmp_path, run_without_scratchformer):
     m = model()
     x = src()
     y = src(S=5, seed=4)
     m.save_pretrained(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").glob("*.py")}
-    assert files == {"configuration_scratchformer.py", "modeling_scratchformer.py",
+    assert files == {"configuration_scratchformer.py", "modeling_scratchformer.py", "transformer_scratchformer.py",
+                     "loss_scratchformer.py", "checks_scratchformer.py",
                      "configuration_scratchformer_seq2seq.py", "modeling_scratchformer_seq2seq.py"}
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ckpt").eval()
     assert type(loaded) is ScratchformerForConditionalGeneration

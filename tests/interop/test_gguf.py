@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
-from scratchformer.modeling.modeling_scratchformer import apply_rotary, rope_inv_freq
+from scratchformer.modeling.transformer_scratchformer import apply_rotary, rope_inv_freq
 from scratchformer.tokenization.bpe import train_bpe
 from scratchformer.training.export import main
 from scratchformer.training.library.errors import UserError

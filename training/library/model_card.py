@@ -104,7 +104,8 @@ Every flag of the run is in `training_args.json`.
 
 ## How to load
 
-The model code ships in this directory (`configuration_scratchformer.py`, `modeling_scratchformer.py`),
+The model code ships in this directory (`configuration_scratchformer.py`, `modeling_scratchformer.py`
+and the files it imports: `transformer_scratchformer.py`, `loss_scratchformer.py`, `checks_scratchformer.py`),
 so stock transformers loads it with `trust_remote_code=True`; with the `scratchformer` package
 installed and imported, no remote code is needed.
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from transformers import PreTrainedModel
 
-from scratchformer.modeling.modeling_scratchformer import rope_inv_freq
+from scratchformer.modeling.transformer_scratchformer import rope_inv_freq
 from scratchformer.training.library.errors import UserError
 
 from .common import _figure, _stack
