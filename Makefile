@@ -2,13 +2,14 @@
 #   make demo   the main job end to end on the embedded default corpus
 #   make test   lint + the suite on the pinned set + the compatibility matrix + the interop suite
 #               (what CI runs)
-# Day to day: make test-pinned (lint + the suite on the pinned set, no matrix).
+# Day to day: make test-pinned (lint + the suite on the pinned set, no matrix), or make test-fast
+# (the same without the tests marked slow: subprocesses, kills, whole trainings).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test test-pinned compat compat-lowest compat-newest interop interop-ci interop-vllm mutation lint bench clean
+.PHONY: install demo demo-quick test test-pinned test-fast compat compat-lowest compat-newest interop interop-ci interop-vllm mutation lint bench clean
 
 install: $(STAMP)
 
@@ -32,6 +33,10 @@ test: test-pinned compat interop-ci
 test-pinned: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # The compat suite in fresh environments at both ends of the supported range (.ci/compat-leg).
 compat: compat-lowest compat-newest

@@ -197,7 +197,7 @@ class ScratchformerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # A decoding step with a static cache compiles as one graph (tests/test_performance_paths.py), so
+    # A decoding step with a static cache compiles as one graph (tests/modeling/test_performance_paths.py), so
     # generate() may compile it by itself (compile_config / cache_implementation="static").
     _can_compile_fullgraph = True
     # With `_auto_class` set, save_pretrained copies this file and its sibling config next to the

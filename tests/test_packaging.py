@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import scratchformer.modeling
 
 BARE = ("modeling", "tokenization", "training")
@@ -23,6 +25,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_only_scratchformer_names_are_importable(tmp_path):
     # cwd is an empty tmp dir: the repo root (which holds bare `modeling/` etc.) is not on sys.path.
     proc = subprocess.run([sys.executable, "-c", CHILD], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -105,6 +108,7 @@ def test_transformers_upper_bound_is_the_next_major_release():
     assert "<6" in str(transformers.specifier)
 
 
+@pytest.mark.slow
 def test_console_script_help_of_every_subcommand(tmp_path):
     # The README's promise: `scratchformer <command> --help` lists every option. Through the installed
     # console script, as a user runs it, so a command whose module fails to import or whose parser

@@ -2,7 +2,7 @@
 from .errors import UserError
 parsing and no printing (progress bars and log records aside). Commands (`scratchformer.training.*`)
 parse flags, call into here, and print; pictures live in `scratchformer.training.viz`. The library
-imports neither (tests/test_layering.py holds it to that).
+imports neither (tests/training/test_layering.py holds it to that).
 
     data          text sources: files, hub datasets, the embedded corpus
     packing       text into fixed-length training blocks; bytes per token

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from accelerate import Accelerator
-from test_pretrain import TINY, as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
+from pretrain_runs import TINY, as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
 from transformers import AutoModelForCausalLM
 
 from scratchformer.training.library.pretraining import PretrainConfig, train
@@ -55,6 +55,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_dir, tmp_path):
     # The paper preset has dropout 0.1, so this also checks the random state is restored. The small
     # file packs into a few steps an epoch, so the replayed steps cross an epoch boundary.

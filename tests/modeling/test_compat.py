@@ -41,9 +41,10 @@ from transformers import (
 )
 
 from scratchformer.training import upgrade
+from scratchformer.training.library import upgrade as upgrade_library
 from scratchformer.training.library.convert import convert_model
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from checkpoint_outputs import comparable  # noqa: E402  (beside the fixtures, shared with the maker)
 
@@ -169,7 +170,7 @@ def test_upgrade_checkpoint_gives_a_release_set_the_current_payload(fixture_set,
     shutil.copytree(fixture_set, work)
     directories = sorted(p for p in work.iterdir() if p.is_dir())
     for d in directories:
-        auto_map, files = upgrade._payload(json.loads((d / "config.json").read_text())["model_type"])
+        auto_map, files = upgrade_library._payload(json.loads((d / "config.json").read_text())["model_type"])
         changes = upgrade.upgrade_checkpoint(d)
         assert {c.file for c in changes if c.action == "added"} == {f.name for f in files} - set(
             p.name for p in (fixture_set / d.name).glob("*.py")

@@ -69,6 +69,7 @@ if dist.get_rank() == 0:
 """
 
 
+@pytest.mark.slow
 def test_tensor_parallel_on_two_processes_matches_one(tmp_path):
     dirs = []
     for preset in PRESETS:

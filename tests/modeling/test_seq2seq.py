@@ -162,6 +162,7 @@ def test_save_load_identical_and_remote_code(tmp_path, run_without_scratchformer
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_copy_task_is_learned():
     # The Annotated Transformer's first test: copy a random sequence (vocabulary 11, length 9), at
     # width 64 with 2 layers each side. A plain torch loop, since this tests the model, not the

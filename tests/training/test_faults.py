@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrain_runs import as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
 from safetensors.torch import load_file
-from test_pretrain import as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
 from transformers import AutoModelForCausalLM
 
 from scratchformer.modeling import ScratchformerForCausalLM
@@ -54,6 +54,10 @@ def _flags(cfg: PretrainConfig) -> list[str]:
     return as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
 
 
+
+# Spawns processes and runs whole trainings: `make test-fast` (-m "not slow") leaves it out.
+pytestmark = pytest.mark.slow
+
 # ------------------------------------------------------------------------------------------------
 # kill -9 at random moments, many times, then --resume
 # ------------------------------------------------------------------------------------------------
@@ -65,6 +69,7 @@ _CHILD = """
 import os, signal, sys, time
 import torch
 import accelerate.checkpointing as ckpt
+
 
 real_step = torch.optim.AdamW.step
 def slow_step(self, *args, **kwargs):

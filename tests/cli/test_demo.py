@@ -13,6 +13,9 @@ import pytest
 from scratchformer.training import demo
 from scratchformer.training.library.pretraining import SIZES
 
+# Spawns processes and runs whole trainings: `make test-fast` (-m "not slow") leaves it out.
+pytestmark = pytest.mark.slow
+
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     # The demo's fresh processes copy remote code into $HF_HOME/modules: keep that inside tmp_path.

@@ -13,7 +13,7 @@ from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.training import cli, upgrade
 from scratchformer.training.library.upgrade import upgrade_checkpoint
 
-OLD = Path(__file__).parent / "fixtures" / "checkpoints" / "v0.1.0" / "causal_llama"
+OLD = Path(__file__).parents[1] / "fixtures" / "checkpoints" / "v0.1.0" / "causal_llama"
 MODELING = Path(upgrade.__file__).parents[1] / "modeling"  # the installed package's modeling/
 
 

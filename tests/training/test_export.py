@@ -23,7 +23,7 @@ from scratchformer.training import export
 from scratchformer.training.library import export as export_lib
 from scratchformer.training.library.errors import UserError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints" / "v0.2.0"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "checkpoints" / "v0.2.0"
 STOCK = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel}
 
 

@@ -23,6 +23,10 @@ from scratchformer.training.library.data import default_corpus
 from scratchformer.training.library.pretraining import PretrainConfig, train
 from scratchformer.training.library.tokenizer_training import train_tokenizer
 
+# Spawns processes and runs whole trainings: `make test-fast` (-m "not slow") leaves it out.
+pytestmark = pytest.mark.slow
+
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

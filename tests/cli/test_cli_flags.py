@@ -276,6 +276,7 @@ def test_tokenizer_min_frequency_stops_merges_below_it(corpus, tmp_path, capsys)
 # -- pretrain: the console script, and the flags that shape the model ------------------------------
 
 
+@pytest.mark.slow
 def test_pretrain_console_model_flags_reach_the_saved_model(corpus, tokenizer_dir, tmp_path):
     out = tmp_path / "run"
     proc = console(["pretrain", "--output_dir", str(out), "--train_files", corpus["train"],
@@ -490,6 +491,7 @@ def test_lora_merges_the_trained_adapter_into_the_targeted_weights(lm_dir, corpu
         torch.testing.assert_close(reloaded(input_ids=probe).logits, peft_logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finetune_console_early_stopping_and_kept_checkpoints(lm_dir, corpus, tmp_path):
     """Learning rate 0: the validation loss cannot improve, so patience 1 stops after the second
     evaluation of the six epochs asked for; --keep-checkpoints keeps Trainer's checkpoints."""
@@ -657,6 +659,7 @@ def greedy_tokens(lm_dir: str, prompt: str = "the list", n: int = 12) -> list[in
     return out[0, ids.shape[1] :].tolist()
 
 
+@pytest.mark.slow
 def test_generate_console_greedy_is_what_generate_gives(lm_dir, tmp_path):
     proc = console(["generate", "--model", lm_dir, "--temperature", "0", "--max-new-tokens", "6", "the list"],
                    cwd=tmp_path)  # fmt: skip
