@@ -238,3 +238,4 @@ def lively_seq2seq() -> Callable[..., torch.nn.Module]:
         return _LIVELY[key]
 
     return make
+

@@ -184,15 +184,6 @@ def watched_pretrain(argv: list[str], **kwargs) -> Watch:
 # -- shared inputs --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices gain nothing from threads, and two test workers share two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
     """Slices of the embedded corpus: documents as .jsonl, and running text as .txt."""

@@ -56,14 +56,6 @@ def cpu_args(tmp, **overrides) -> TrainingArguments:
     return TrainingArguments(**{**fields, **overrides})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Directories for each pipeline: {"clm", "clf", "ner", "mlm"}."""

@@ -4,11 +4,8 @@ test_, so nothing here is collected)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-
-import torch
 
 from scratchformer.training.library.data import default_corpus
 from scratchformer.training.library.pretraining import PretrainConfig
@@ -33,15 +30,6 @@ def as_flags(**overrides) -> list[str]:
         for v in value if isinstance(value, list) else [value]:
             out += [f"--{key}", str(v)] if v is not True else [f"--{key}"]
     return out
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and two test workers share two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_corpus(root: Path) -> dict[str, Path]:

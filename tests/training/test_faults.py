@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
+from pretrain_runs import as_flags, logged_losses, run_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -34,25 +34,8 @@ from scratchformer.training.library.run_dir import CHECKPOINT_RE, STATE_FILE, co
 from scratchformer.training.pretrain import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(corpus, tmp_path_factory) -> str:
-    return write_tokenizer(corpus, tmp_path_factory.mktemp("tok"))
-
-
 def _flags(cfg: PretrainConfig) -> list[str]:
     return as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
-
 
 
 # Spawns processes and runs whole trainings: `make test-fast` (-m "not slow") leaves it out.

@@ -58,15 +58,6 @@ def cpu_args(tmp, **overrides) -> TrainingArguments:
     return TrainingArguments(**{**fields, **overrides})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and two pytest workers then share two cores cleanly.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")

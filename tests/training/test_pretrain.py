@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
+from pretrain_runs import as_flags, logged_losses, run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scratchformer.modeling import ScratchformerForCausalLM
@@ -19,23 +19,6 @@ from scratchformer.training.library.pretraining import train
 from scratchformer.training.library.run_dir import push_model_dir
 from scratchformer.training.pretrain import main
 from scratchformer.training.viz.curves import draw_run_curves
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(corpus, tmp_path_factory) -> str:
-    return write_tokenizer(corpus, tmp_path_factory.mktemp("tok"))
-
 
 # -- one run, looked at from every side -----------------------------------------------------------
 

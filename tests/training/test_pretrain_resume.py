@@ -13,28 +13,11 @@ import sys
 import pytest
 import torch
 from accelerate import Accelerator
-from pretrain_runs import TINY, as_flags, logged_losses, one_torch_thread, run_config, write_corpus, write_tokenizer
+from pretrain_runs import TINY, as_flags, logged_losses, run_config
 from transformers import AutoModelForCausalLM
 
 from scratchformer.training.library.pretraining import PretrainConfig, train
 from scratchformer.training.pretrain import main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(corpus, tmp_path_factory) -> str:
-    return write_tokenizer(corpus, tmp_path_factory.mktemp("tok"))
-
 
 # A real crash: the subprocess SIGKILLs itself while writing its second checkpoint, after
 # accelerate has written the files into the temporary directory but before it is renamed.
