@@ -48,6 +48,29 @@ DEPRECATED: dict[str, dict[str, str]] = {
     "demo": {"--out": "--output_dir", "--files": "--train_files", "--steps": "--max_train_steps"},
     "inspect": {"--out": "--output_file"},
 }
+# SCRATCHFORMER_SMOKE_TEST=1: every command line runs in seconds, as written, with these flags added
+# after the user's (the last spelling of a flag wins), so that a test can run the README's commands
+# exactly. The models such runs train are useless; a line on stderr says so.
+SMOKE_TEST_ENV = "SCRATCHFORMER_SMOKE_TEST"
+SMOKE_TEST_FLAGS: dict[str, list[str]] = {
+    "pretrain": ["--max_train_steps", "2"],
+    "finetune": ["--max_steps", "2"],
+    "seq2seq": ["--max_steps", "2"],
+    "generate": ["--max_new_tokens", "4"],
+    "demo": ["--quick", "--max_train_steps", "2"],
+}
+
+
+def smoke_test_flags(command: str) -> list[str]:
+    """The flags SCRATCHFORMER_SMOKE_TEST=1 adds to `command`'s command line (none when unset)."""
+    if os.environ.get(SMOKE_TEST_ENV, "") in ("", "0"):
+        return []
+    flags = SMOKE_TEST_FLAGS.get(command, [])
+    if flags:
+        print(f"warning: {SMOKE_TEST_ENV} is set: running with {' '.join(flags)} added", file=sys.stderr)
+    return flags
+
+
 # The other usual name of the same thing, accepted quietly: both are the vocabulary.
 SYNONYMS: dict[str, dict[str, str]] = {
     "pretrain": {"--max_steps": "--max_train_steps", "--warmup_steps": "--num_warmup_steps"},
@@ -165,6 +188,16 @@ class HfParser(HfArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def _before_positionals(args: list[str], flags: list[str]) -> list[str]:
+    """`flags` added to `args`: at the end, or before a `--` that ends the options."""
+    if not flags:
+        return args
+    if "--" in args:
+        i = args.index("--")
+        return args[:i] + flags + args[i:]
+    return args + flags
+
+
 def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Sequence[str] | None], int]]:
     """The one error boundary: wraps a command's `main(argv)`. Old spellings are rewritten first
     (`rewrite`); a user error (`UserError`, any `ValueError` or `OSError`, a datasets error) is one
@@ -176,6 +209,7 @@ def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Seque
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None) -> int:
             args = rewrite(name, list(sys.argv[1:] if argv is None else argv))
+            args = _before_positionals(args, smoke_test_flags(name))
             try:
                 return int(main(args) or 0)
             except (ValueError, OSError, DatasetsError) as e:  # UserError is a ValueError

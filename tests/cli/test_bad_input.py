@@ -351,3 +351,30 @@ def test_finetune_tokenizer_inspect_convert_and_demo_make_no_network_call(tmp_pa
     for path in ("tok/tokenizer.json", "clf/config.json", "a.png", "a.html", "e.png", "converted/model.safetensors",
                  "demo/demo.json"):  # fmt: skip
         assert (tmp_path / "work" / path).is_file(), path
+
+
+@pytest.mark.parametrize("command, argv, hub_like", [
+    ("pretrain", ["--tokenizer", "tok-typo", "--output_dir", "out"], True),
+    ("pretrain", ["--tokenizer", "./tok-typo", "--output_dir", "out"], False),
+    ("finetune", ["--model", "runs-typo/model", "--task", "classification", "--train_files", "t.jsonl",
+                  "--output_dir", "out"], True),
+    ("generate", ["--model", "runs/mini/modle", "hello"], False),
+    ("inspect", ["positions", "--model", "modle", "--output_file", "p.png"], True),
+    ("export", ["--model", "~/no-such-dir", "--to", "llama", "--output_dir", "out"], False),
+])
+def test_a_path_that_is_not_a_directory_fails_at_once_naming_it(command, argv, hub_like, tmp_path, monkeypatch, capsys):
+    """A typo'd local path used to cost a minute of hub retries and end in "couldn't connect to
+    huggingface.co" (or "Repo id must use alphanumeric chars"): now one line names it, says it is not a
+    directory here, and, only when it reads like a hub id, how to fetch one; nothing is written."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    main = importlib.import_module(f"scratchformer.training.{command}").main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    typo = argv[argv.index("--tokenizer" if command == "pretrain" else "--model") + 1]
+    assert err.startswith(f"error: {typo}: no such directory here"), err
+    assert ("hf download" in err) == hub_like, err
+    assert not (tmp_path / "out").exists()

@@ -220,7 +220,8 @@ def test_cli_draws_the_models_own_attention_maps(peaked_checkpoint, tmp_path, mo
 # Every `scratchformer inspect` error the user can reach: exit 2 and one line naming the problem
 # and the fix. {ckpt}, {bare} and {tmp} are filled in by the test.
 CLI_ERRORS = [
-    (["attention", "--model", "{tmp}", "hi"], "{tmp} is not a model directory (no config.json). Pass --model DIR"),
+    (["attention", "--model", "{tmp}", "hi"], "{tmp} has no config.json, so it is not a Hugging Face model directory"),
+    (["attention", "--model", "{tmp}/modle", "hi"], "{tmp}/modle: no such directory here"),
     (["attention", "--model", "{bare}", "hi"],
      "No tokenizer in {bare} (a model saved on its own has none). Pass --tokenizer DIR"),
     (["attention", "--model", "{ckpt}", "hi", "--layer", "7"],

@@ -257,3 +257,22 @@ def test_push_to_hub_uploads_the_model_directory(tmp_path, monkeypatch):
         ("create", "me/tiny", True),
         ("upload", str(tmp_path), "me/tiny", "scratchformer pretrain, step 7"),
     ]
+
+
+def test_checkpoints_of_a_tied_model_log_one_line_each_and_no_shared_tensor_warning(corpus, tokenizer_dir, tmp_path,
+                                                                                      caplog):
+    """accelerate logged "Removed shared tensor {'lm_head.weight'} while saving" and a line per file at
+    every checkpoint (and at every resume) of a model with tied embeddings: noise that hid the run's
+    own lines. The run logs one line per checkpoint; resuming from it still works."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, save_steps=1, eval_steps=100)
+    train(cfg)
+    assert ScratchformerForCausalLM.from_pretrained(tmp_path / "model").config.tie_word_embeddings
+    train(dataclasses.replace(cfg, max_train_steps=3, resume="auto"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Removed shared tensor" not in text
+    assert not [r for r in caplog.records if r.name.startswith("accelerate.") and r.levelno < logging.WARNING], text
+    assert text.count("checkpoint saved: ") == 3, text
+    assert "resuming from" in text and sorted(logged_losses(tmp_path)) == [1, 2, 3]

@@ -196,3 +196,17 @@ def test_a_dataset_validation_split_is_used_when_there_is_one(tmp_path):
     train, val, described = load_text(cfg)
     assert list(val["text"]) == [f"dev {i}" for i in range(5)] and len(train) == 5
     assert described["validation_data"] == "split 'dev' of the same source"
+
+
+def test_run_length_defaults_to_the_demos_budget_on_the_embedded_corpus_only():
+    """`scratchformer pretrain --output_dir runs/mini --size mini`, the README's first command, ran one
+    pass of the embedded corpus (25 steps, perplexity ~1300): a model not worth looking at."""
+    from scratchformer.training.library.pretraining import EMBEDDED_CORPUS_STEPS, PretrainConfig, run_length
+
+    assert EMBEDDED_CORPUS_STEPS == 400
+    assert run_length(PretrainConfig(), steps_per_epoch=25) == EMBEDDED_CORPUS_STEPS
+    assert run_length(PretrainConfig(num_train_epochs=1.0), steps_per_epoch=25) == 25
+    assert run_length(PretrainConfig(num_train_epochs=2.5), steps_per_epoch=10) == 25
+    assert run_length(PretrainConfig(max_train_steps=7, num_train_epochs=3.0), steps_per_epoch=25) == 7
+    assert run_length(PretrainConfig(train_files=["mine.txt"]), steps_per_epoch=25) == 25
+    assert run_length(PretrainConfig(dataset_name="wikitext"), steps_per_epoch=31) == 31

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,22 @@ TOKENIZER_FILE = "tokenizer.json"
 UserError = UserError
 
 
+def require_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
+    """`path` as a Path, checked to be a directory here. Commands take local directories only (nothing
+    downloads at run time), so a name that is not one fails at once, naming it; when it reads like a
+    hub repository id, the message says how to fetch it (instead of a minute of hub retries)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise UserError(f"{path} is a file, not a {what}; pass the directory that holds it")
+    text = str(path)
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None and not text.endswith((".", "-"))
+    fetch = (f"; if you mean the Hugging Face Hub repository {text!r}, download it first "
+             f"(`hf download {text} --local-dir {text.split('/')[-1]}`) and pass that directory") if hub_like else ""
+    raise UserError(f"{path}: no such directory here ({Path.cwd()}); pass a {what}{fetch}")
+
+
 def read_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
     """`path/config.json` as a dict, checked to be JSON with a `model_type` transformers knows (or,
     with `trust_remote_code`, one whose code the directory ships)."""
@@ -40,11 +57,7 @@ def read_config(path: str | os.PathLike, trust_remote_code: bool = False) -> dic
 
     import scratchformer.modeling  # noqa: F401  (registers scratchformer's model types)
 
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such directory; pass a model directory (e.g. the model/ of a pretrain run)")
-    if not p.is_dir():
-        raise UserError(f"{p} is a file, not a model directory; pass the directory that holds config.json")
+    p = require_dir(path, "model directory (e.g. the model/ of a pretrain run)")
     config_file = p / "config.json"
     if not config_file.is_file():
         raise UserError(
@@ -117,7 +130,7 @@ def check_weights(path: str | os.PathLike) -> list[Path]:
 
 def check_tokenizer(path: str | os.PathLike) -> Path:
     """`path/tokenizer.json`, checked to exist and be JSON."""
-    p = Path(path)
+    p = require_dir(path, "tokenizer directory (e.g. written by `scratchformer tokenizer`)")
     file = p / TOKENIZER_FILE
     if not file.is_file():
         raise UserError(

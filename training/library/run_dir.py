@@ -11,8 +11,10 @@ leaves what a reader opens complete:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -77,6 +79,34 @@ def checkpoint_to_resume(resume: str | None, root: Path) -> Path | None:
     return path
 
 
+class _DropTiedWeightNotice(logging.Filter):
+    """accelerate warns "Removed shared tensor {'lm_head.weight'} while saving" at every checkpoint of
+    a model with tied embeddings: safetensors stores a shared tensor once, and `load_state` ties it
+    back (a resumed run equals the uninterrupted one: tests/training/test_pretrain_resume.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_accelerate_checkpointing():
+    """accelerate's save_state/load_state log a line per file at INFO, and the tied-weights notice
+    above; the run logs one line per checkpoint of its own instead."""
+    names = ("accelerate.checkpointing", "accelerate.accelerator", "accelerate.utils.other")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    drop = _DropTiedWeightNotice()
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+            lg.removeFilter(drop)
+
+
 def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int) -> Path:
     """`accelerator.save_state` into `root/step-NNNNNN`, written as `.step-NNNNNN.tmp` and renamed
     once every process has finished; then all but the newest `keep` complete checkpoints (0: all)
@@ -91,7 +121,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp))
+        with quiet_accelerate_checkpointing():
+            accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -102,6 +133,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
         raise write_error(e, f"checkpoint {final}", kept, root) from e
     if accelerator.is_main_process:
         os.replace(tmp, final)
+        logger.info(f"checkpoint saved: {final}", main_process_only=True)
         for old in complete_checkpoints(root)[: -keep if keep else 0]:
             # renamed first, so a kill part way through the removal cannot leave a half-deleted
             # directory that still carries a checkpoint's name (and its trainer_state.json)
@@ -138,7 +170,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             "differ from the original run's",
             main_process_only=True,
         )
-    accelerator.load_state(str(path))
+    with quiet_accelerate_checkpointing():
+        accelerator.load_state(str(path))
     return state
 
 

@@ -49,8 +49,6 @@ def load_model(
     from scratchformer.training.library.model_dir import load_model_dir, load_tokenizer_dir
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir} is not a model directory (no config.json). Pass --model DIR of a checkpoint.")
     try:
         model, _ = load_model_dir(model_dir, auto_class or AutoModel, need_tokenizer=False, dtype=torch.float32)
     except UserError as e:
