@@ -110,7 +110,8 @@ def test_the_readme_runs_as_written(tmp_path):
     for block in readme_blocks(README.read_text()):
         if block.language not in ("bash", "python") or block.skip:
             continue
-        argv = ["bash", "-euo", "pipefail", "-c", block.text] if block.language == "bash" else [sys.executable, "-c", block.text]
+        shell = ["bash", "-euo", "pipefail", "-c"] if block.language == "bash" else [sys.executable, "-c"]
+        argv = [*shell, block.text]
         proc = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, (
