@@ -188,6 +188,19 @@ class HfParser(HfArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def given_fields(argv: Sequence[str], fields: set[str]) -> set[str]:
+    """The dataclass fields a command line sets: `--max-train-steps 5` and `--no_fused_lm_loss` name
+    max_train_steps and fused_lm_loss."""
+    given = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name = _canonical(arg.partition("=")[0])[2:]
+            given.add(name[3:] if name.startswith("no_") and name[3:] in fields else name)
+    return given
+
+
 def _before_positionals(args: list[str], flags: list[str]) -> list[str]:
     """`flags` added to `args`: at the end, or before a `--` that ends the options."""
     if not flags:

@@ -16,6 +16,7 @@ Several machines: add `--num_machines N --machine_rank R --main_process_ip HOST`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,9 +24,10 @@ import sys
 
 from accelerate import PartialState
 
-from scratchformer.training.arguments import HfParser, command
+from scratchformer.training.arguments import HfParser, command, given_fields
 from scratchformer.training.library.loop import lost_a_process, lost_a_process_message
 from scratchformer.training.library.pretraining import PretrainConfig, train
+from scratchformer.training.library.run_dir import with_flags_of_resumed_run
 from scratchformer.training.viz.curves import draw_run_curves
 
 EXIT_NON_FINITE = 1  # the loss became NaN/inf (--on_nonfinite stop)
@@ -47,6 +49,9 @@ def build_parser() -> HfParser:
 def main(argv: list[str]) -> int:
     (cfg,) = build_parser().parse(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    cfg, taken = with_flags_of_resumed_run(cfg, given_fields(argv, {f.name for f in dataclasses.fields(cfg)}))
+    if taken and os.environ.get("RANK", "0") == "0":
+        print(f"--resume: continuing with the run's own {', '.join('--' + k for k in taken)}", file=sys.stderr)
     try:
         result = train(cfg, draw_curves=draw_run_curves)
     except FloatingPointError as e:

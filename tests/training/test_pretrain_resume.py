@@ -109,3 +109,61 @@ def test_ctrl_c_stops_at_a_step_boundary_saves_and_writes_the_model(
     model_dir = tmp_path / "model"
     assert "3 of 50 (stopped early" in (model_dir / "README.md").read_text()
     AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+# -- what --resume checks -------------------------------------------------------------------------
+
+
+def _first_run(corpus, tokenizer_dir, out) -> list[str]:
+    flags = as_flags(**TINY, tokenizer=tokenizer_dir, train_files=str(corpus["train"]),
+                     validation_files=str(corpus["validation"]), output_dir=str(out), max_train_steps=2,
+                     num_hidden_layers=1, logging_steps=1)
+    assert main(flags) == 0
+    return flags
+
+
+def test_a_bare_resume_continues_with_the_runs_own_flags(corpus, tokenizer_dir, tmp_path, capsys):
+    """`--resume` with only --output_dir stopped with a dump of two model-config dicts: the flags of
+    the run (model size, data, learning rate) now come from its checkpoint; flags given still win."""
+    _first_run(corpus, tokenizer_dir, tmp_path)
+    capsys.readouterr()
+    assert main(["--output_dir", str(tmp_path), "--resume", "--max_train_steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume: continuing with the run's own" in err and "--num_hidden_layers" in err and "--train_files" in err
+    assert sorted(logged_losses(tmp_path)) == [1, 2, 3]
+    config = AutoModelForCausalLM.from_pretrained(tmp_path / "model").config
+    assert (config.num_hidden_layers, config.hidden_size) == (1, TINY["hidden_size"])
+
+
+def test_resume_refuses_changed_data_naming_the_file(corpus, tokenizer_dir, tmp_path, capsys):
+    flags = _first_run(corpus, tokenizer_dir, tmp_path)
+    train_file = corpus["train"]
+    original = train_file.read_text()
+    try:
+        train_file.write_text(original + '{"text": "one more document"}\n')
+        capsys.readouterr()
+        assert main([*flags, "--resume", "--max_train_steps", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "the training data changed since the checkpoint" in err and f"{train_file.resolve()} changed" in err, err
+        assert "bytes then" in err
+    finally:
+        train_file.write_text(original)
+    # With the original data back, the same command continues.
+    assert main([*flags, "--resume", "--max_train_steps", "3"]) == 0
+
+
+def test_resume_warns_when_the_run_length_changes(corpus, tokenizer_dir, tmp_path, caplog):
+    import logging
+
+    flags = _first_run(corpus, tokenizer_dir, tmp_path)
+    caplog.set_level(logging.WARNING)
+    assert main([*flags, "--resume", "--max_train_steps", "4"]) == 0
+    assert "the run now ends at step 4 (it was started for 2)" in caplog.text
+
+
+def test_resume_with_another_model_names_the_differences(corpus, tokenizer_dir, tmp_path, capsys):
+    flags = _first_run(corpus, tokenizer_dir, tmp_path)
+    capsys.readouterr()
+    assert main([*flags, "--resume", "--num_hidden_layers", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "num_hidden_layers 1 in the checkpoint, 2 now" in err and "{" not in err, err

@@ -93,6 +93,29 @@ def load_text_dataset(
     return ds.to_iterable_dataset() if streaming else ds
 
 
+def data_fingerprint(
+    files: Sequence[str] | None, dataset_name: str | None = None, dataset_config_name: str | None = None,
+    split: str | None = None,
+) -> list[dict]:
+    """What a run trains on, recorded in its checkpoints so that `--resume` can tell when the data
+    changed: each file's path, size and the SHA-256 of its first MiB (cheap on a 10 GB corpus, and a
+    file edited, replaced or appended to changes its size or its head); or the dataset's name; or
+    the embedded corpus."""
+    import hashlib
+
+    if files:
+        found = []
+        for f in files:
+            p = Path(f)
+            with open(p, "rb") as fh:
+                head = hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]
+            found.append({"file": str(p.resolve()), "bytes": p.stat().st_size, "sha256_first_mib": head})
+        return found
+    if dataset_name:
+        return [{"dataset": dataset_name, "config": dataset_config_name, "split": split}]
+    return [{"embedded": "pydoc_data.topics"}]
+
+
 def iter_text_batches(
     ds: datasets.Dataset | datasets.IterableDataset, batch_size: int = 1000, text_column: str = "text"
 ) -> Iterator[list[str]]:

@@ -40,7 +40,7 @@ from transformers import PreTrainedTokenizerBase
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
-from .data import BUILDERS, EpochSampler, load_text_dataset
+from .data import BUILDERS, EpochSampler, data_fingerprint, load_text_dataset
 from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
 from .metrics import evaluate
 from .model_dir import load_tokenizer_dir, require_dir
@@ -63,9 +63,7 @@ logger = get_logger(__name__)
 # Named model sizes; any explicit size flag overrides its entry. "tiny" is for tests and smoke
 # runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
 # "base" GPT-2 small's shape.
-# Steps of a run on the embedded corpus when neither --max_train_steps nor --num_train_epochs is given
-# (`scratchformer demo`'s budget: validation perplexity ~80 at size mini, about two minutes on 2 cores).
-EMBEDDED_CORPUS_STEPS = 400
+EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~80 at size mini (`run_length`)
 
 SIZES: dict[str, dict] = {
     "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
@@ -197,8 +195,7 @@ class PretrainConfig:
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
     num_train_epochs: float | None = field(default=None, metadata={
-        "help": "Passes over the training blocks (default: 1; on the embedded corpus, "
-                f"{EMBEDDED_CORPUS_STEPS} steps, the demo's budget, instead)."})
+        "help": f"Passes over the training blocks (default: 1; the embedded corpus: {EMBEDDED_CORPUS_STEPS} steps)."})
     max_train_steps: int | None = field(
         default=None, metadata={"help": "Optimizer steps; overrides --num_train_epochs."}
     )
@@ -309,7 +306,9 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
 
     # Where we start: fresh, or exactly where a checkpoint left off.
     signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)),
-                 "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed}
+                 "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed,
+                 "max_train_steps": max_steps,
+                 "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from, signature)
@@ -369,7 +368,8 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
             if done or stopping or step % cfg.save_steps == 0:
-                state.update(eval=last_eval, run=signature, skipped_steps=guard.skipped, train_loss=last_loss,
+                state.update(eval=last_eval, run=signature, flags=dataclasses.asdict(cfg), skipped_steps=guard.skipped,
+                             train_loss=last_loss,
                              train_seconds=state["train_seconds"] + time.perf_counter() - clock)
                 save_checkpoint(accelerator, checkpoints, state, keep=cfg.save_total_limit)
                 clock = time.perf_counter()  # train_seconds now holds everything up to here

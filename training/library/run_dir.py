@@ -12,6 +12,7 @@ leaves what a reader opens complete:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -20,7 +21,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -39,6 +40,7 @@ logger = get_logger(__name__)  # accelerate's: it knows which process speaks
 CHECKPOINT_RE = re.compile(r"step-(\d+)")
 
 
+ConfigT = TypeVar("ConfigT")  # a run's dataclass of flags (PretrainConfig)
 STATE_FILE = "trainer_state.json"  # our own counters, beside accelerate's files in each checkpoint
 
 
@@ -154,14 +156,46 @@ def write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
     return OSError(e.errno, f"could not write {what}: {cause}; the partial files were removed and {kept}. {fix}")
 
 
+def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, list[str]]:
+    """`--resume` with few or none of the run's flags: every field the command line does not set
+    (`given`: the field names it does) is taken from the flags the checkpoint's run was started
+    with, so `scratchformer pretrain --output_dir runs/x --resume` continues the run as it was.
+    Returns the config and the names of the fields taken."""
+    if cfg.resume is None:
+        return cfg, []
+    root = Path(cfg.output_dir) / "checkpoints"
+    found = complete_checkpoints(root) if cfg.resume == "auto" else [Path(cfg.resume)]
+    state_file = found[-1] / STATE_FILE if found else None
+    if state_file is None or not state_file.is_file():
+        return cfg, []  # nothing to resume from: train() says so
+    flags = json.loads(state_file.read_text()).get("flags") or {}
+    names = {f.name for f in dataclasses.fields(cfg)} - {"resume", "output_dir"} - given
+    taken = {k: v for k, v in flags.items() if k in names and v != getattr(cfg, k)}
+    return dataclasses.replace(cfg, **taken), sorted(taken)
+
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> dict:
     check_weights(path)  # a damaged model.safetensors is named, not a deserialization traceback
     state = json.loads((path / STATE_FILE).read_text())
     saved = state.get("run", {})
     if saved.get("model_config") != signature["model_config"]:
         raise ValueError(
-            f"--resume {path}: the checkpoint holds a different model ({saved.get('model_config')}) than the flags "
-            f"describe ({signature['model_config']}); use the run's original model flags"
+            f"--resume {path}: the checkpoint holds a different model than the flags describe "
+            f"({_differences(saved.get('model_config') or {}, signature['model_config'])}); give the run's "
+            "original model flags, or none (a bare --resume takes them from the checkpoint)"
+        )
+    if "data" in saved and saved["data"] != signature["data"]:  # checkpoints from before 0.3 lack it
+        raise ValueError(
+            f"--resume {path}: the training data changed since the checkpoint "
+            f"({_data_differences(saved['data'], signature['data'])}), so the run cannot continue where it "
+            "stopped; resume with the original data, or start a new run in another --output_dir"
+        )
+    if saved.get("max_train_steps") not in (None, signature["max_train_steps"]):
+        logger.warning(
+            f"--resume: the run now ends at step {signature['max_train_steps']} (it was started for "
+            f"{saved['max_train_steps']}): the learning-rate schedule follows the new length from here",
+            main_process_only=True,
         )
     changed = [k for k in ("samples_per_step", "block_size", "seed") if saved.get(k) != signature[k]]
     if changed:
@@ -173,6 +207,27 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
     with quiet_accelerate_checkpointing():
         accelerator.load_state(str(path))
     return state
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """`num_hidden_layers 4 in the checkpoint, 2 now; ...` for the keys whose values differ."""
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    return "; ".join(f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys[:6])
+
+
+def _data_differences(saved: list[dict], now: list[dict]) -> str:
+    def name(d: dict) -> str:
+        return d.get("file") or d.get("dataset") or "the embedded corpus"
+
+    before, after = {name(d): d for d in saved}, {name(d): d for d in now}
+    parts = [f"{n} is no longer given" for n in before if n not in after]
+    parts += [f"{n} is new" for n in after if n not in before]
+    for n in before.keys() & after.keys():
+        if before[n] != after[n]:
+            b, a = before[n], after[n]
+            what = f"{b['bytes']} bytes then, {a['bytes']} now" if b.get("bytes") != a.get("bytes") else "its content"
+            parts.append(f"{n} changed ({what})")
+    return "; ".join(parts)
 
 
 def log_record(accelerator: Accelerator, path: Path, record: dict) -> None:
