@@ -78,6 +78,7 @@ SYNONYMS: dict[str, dict[str, str]] = {
                  "--model_name_or_path": "--model"},
     "seq2seq": {"--num_warmup_steps": "--warmup_steps", "--model_name_or_path": "--model"},
     "generate": {"--model_name_or_path": "--model"},
+    "eval": {"--model_name_or_path": "--model"},
     "convert": {"--model_name_or_path": "--model"},
     "export": {"--model_name_or_path": "--model"},
     "inspect": {"--model_name_or_path": "--model"},

@@ -91,9 +91,11 @@ def format_results(results: dict) -> str:
     ]
     if results["labels"]:
         lines.append(f"labels      {', '.join(results['labels'])}")
-    for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity"):
+    for key in ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_macro_f1", "eval_loss",
+                "eval_perplexity"):
         if key in results["eval"]:
-            lines.append(f"{key[5:]:<11} {results['eval'][key]:.4f}")
+            name = {"f1": "entity F1", "precision": "entity P", "recall": "entity R"}.get(key[5:], key[5:])
+            lines.append(f"{name:<11} {results['eval'][key]:.4f}")
     out = results["output_dir"]
     lines.append(f"saved to    {out}  (model card: {out}/README.md)")
     lines.append(f"use it      pipeline({results['pipeline_task']!r}, model={out!r})")

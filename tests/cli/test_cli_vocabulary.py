@@ -46,6 +46,9 @@ FROZEN = {
     ],
     "generate": ["--chat", "--device", "--max_new_tokens", "--model", "--repetition_penalty", "--seed", "--system",
                  "--temperature", "--top_k", "--top_p", "--trust_remote_code"],
+    "eval": ["--block_size", "--dataset_config_name", "--dataset_name", "--max_eval_samples", "--model",
+             "--output_file", "--per_device_eval_batch_size", "--tasks", "--text_column", "--trust_remote_code",
+             "--validation_files", "--validation_split"],
     "inspect": ["--head", "--html", "--k", "--layer", "--max_tokens", "--model", "--output_file", "--positions",
                 "--source", "--target", "--token", "--tokenizer", "--words"],
     "convert": ["--model", "--output_dir"],
@@ -88,14 +91,14 @@ def test_shared_names_mean_the_same_thing_everywhere():
 
     writes_a_directory = ["tokenizer", "pretrain", "finetune", "convert", "export", "demo", "finetune --task seq2seq"]
     assert all(has(c, "--output_dir") for c in writes_a_directory)
-    reads_a_model = ["finetune", "generate", "inspect", "convert", "export", "upgrade-checkpoint",
+    reads_a_model = ["finetune", "generate", "eval", "inspect", "convert", "export", "upgrade-checkpoint",
                      "finetune --task seq2seq"]  # fmt: skip
     assert all(has(c, "--model") for c in reads_a_model)
     reads_files = ["tokenizer", "pretrain", "finetune", "demo", "finetune --task seq2seq"]
     assert all(has(c, "--train_files") for c in reads_files)
-    assert all(has(c, "--validation_files") for c in ["pretrain", "finetune", "finetune --task seq2seq"])
-    assert all(has(c, "--dataset_name") for c in ["tokenizer", "pretrain", "finetune"])
-    assert all(has(c, "--text_column") for c in ["tokenizer", "pretrain", "finetune"])
+    assert all(has(c, "--validation_files") for c in ["pretrain", "finetune", "eval", "finetune --task seq2seq"])
+    assert all(has(c, "--dataset_name") for c in ["tokenizer", "pretrain", "finetune", "eval"])
+    assert all(has(c, "--text_column") for c in ["tokenizer", "pretrain", "finetune", "eval"])
     assert all(has(c, "--seed") for c in ["pretrain", "finetune", "generate", "demo"])
     assert all(has(c, "--max_train_steps") for c in ["pretrain", "demo"])
     # No command keeps an old spelling as a visible flag.

@@ -1,17 +1,17 @@
 """scratchformer's training library: everything the commands do, as functions, with no argument
-from .errors import UserError
 parsing and no printing (progress bars and log records aside). Commands (`scratchformer.training.*`)
 parse flags, call into here, and print; pictures live in `scratchformer.training.viz`. The library
 imports neither (tests/training/test_layering.py holds it to that).
 
     data          text sources: files, hub datasets, the embedded corpus
     packing       text into fixed-length training blocks; bytes per token
-    tokenizers    training a byte-level BPE tokenizer on a corpus, atomically
+    tokenizer_training  training a byte-level BPE tokenizer on a corpus, atomically
     pretraining   PretrainConfig and train(): the pretraining run, as a story
     loop          the pieces the loop names: loss meter, signals, non-finite guard, lost processes
     run_dir       everything under --output_dir: checkpoints, the metrics log, model/, hub push
     optim         parameter groups, learning-rate schedule
-    metrics       validation loss / perplexity / bits per byte, accuracy and F1, BLEU
+    metrics       validation loss / perplexity / bits per byte, accuracy and F1 (entity-level: seqeval), BLEU
+    evaluation    a checkpoint's loss / perplexity / bits per byte on any text (`scratchformer eval`)
     tasks         fine-tuning data: classification, token classification, language modelling, chat
     finetuning    fine-tuning with transformers.Trainer
     seq2seq       training the encoder-decoder with Seq2SeqTrainer

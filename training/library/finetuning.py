@@ -37,7 +37,7 @@ import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* class
 
 from .data import BUILDERS
 from .errors import UserError, one_line
-from .metrics import compute_classification_metrics, compute_token_metrics
+from .metrics import compute_classification_metrics, token_metrics
 from .model_card import render_finetune_card
 from .model_dir import (
     check_tokenizer,
@@ -239,7 +239,11 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
     elif args.task == "token-classification":
         train, validation, labels = prepare_token_classification(args, tokenizer, train_raw, validation_raw, max_length)
         collator = DataCollatorForTokenClassification(tokenizer)
-        compute_metrics = compute_token_metrics
+        compute_metrics = token_metrics(labels)
+        if compute_metrics.entity_level and training_args.metric_for_best_model == "accuracy":
+            # Entity tags: token accuracy, the command's default, mostly counts the `O` words, so keep the
+            # model with the best entity F1 instead (`--metric_for_best_model eval_accuracy` keeps accuracy).
+            training_args.metric_for_best_model = "f1"
     else:
         train, validation, is_chat = prepare_language_modeling(args, tokenizer, train_raw, validation_raw, max_length)
         if args.task == "masked-lm":
@@ -317,6 +321,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
         "train_runtime_s": train_output.metrics.get("train_runtime"),
         "eval": eval_metrics,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "metric_for_best_model": training_args.metric_for_best_model if training_args.load_best_model_at_end else None,
         "hyperparameters": {
             "learning_rate": training_args.learning_rate,
             "num_train_epochs": training_args.num_train_epochs,

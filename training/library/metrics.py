@@ -1,9 +1,13 @@
 """The numbers a run reports: validation loss, perplexity and bits per byte for language models;
-accuracy and macro-F1 for classifiers (BLEU for translation is in `bleu`)."""
+accuracy and macro-F1 for classifiers, entity-level F1 for BIO taggers (BLEU for translation is in `bleu`)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,18 +16,20 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 
-def evaluate(model, loader: DataLoader, accelerator: Accelerator, byte_lengths: torch.Tensor) -> dict:
+def evaluate(model, loader: DataLoader, accelerator: Accelerator | None, byte_lengths: torch.Tensor) -> dict:
     """Validation loss (nats per token), perplexity and bits per byte over every block of `loader`.
+    With no `accelerator` (one process, a plain loader), batches go to `byte_lengths`' device.
 
     Bits per byte divides the summed loss by the UTF-8 bytes the predicted tokens spell, so it
     measures the model and tokenizer together and compares across vocabularies; per-token loss
     does not (a bigger vocabulary predicts fewer, harder tokens).
     """
+    device = byte_lengths.device if accelerator is None else accelerator.device
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # nats, tokens, bytes
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
     with torch.no_grad():
         for batch in loader:
-            ids_BL = batch["input_ids"]
+            ids_BL = batch["input_ids"] if accelerator is not None else batch["input_ids"].to(device)
             logits_BLV = model(input_ids=ids_BL, use_cache=False).logits
             # position t predicts token t+1
             nll_BL = F.cross_entropy(logits_BLV[:, :-1].float().transpose(1, 2), ids_BL[:, 1:], reduction="none")
@@ -32,7 +38,7 @@ def evaluate(model, loader: DataLoader, accelerator: Accelerator, byte_lengths: 
                 dim=1,
             ).double()
             # gather_for_metrics drops the blocks repeated to give every process equal batches.
-            totals += accelerator.gather_for_metrics(per_block_B3).sum(0)
+            totals += (per_block_B3 if accelerator is None else accelerator.gather_for_metrics(per_block_B3)).sum(0)
     model.train()
     nats, tokens, n_bytes = totals.tolist()  # host sync: once per evaluation
     loss = nats / tokens
@@ -72,3 +78,55 @@ def compute_token_metrics(eval_pred) -> dict[str, float]:
     logits = logits[0] if isinstance(logits, tuple) else logits
     keep = labels != -100
     return accuracy_and_macro_f1(np.argmax(logits, axis=-1)[keep], labels[keep])
+
+
+logger = logging.getLogger(__name__)
+
+# B-/I-/E-/S- and an entity type ("B-PER"), or the bare tag ("B", as keyphrase or word-segmentation data tag).
+_ENTITY_TAG = re.compile(r"[BIES](-.+)?")
+
+
+def is_entity_tagging(label_names: Sequence[str] | None) -> bool:
+    """Whether the labels are chunk tags of the BIO family (IOB1, IOB2, IOBES): each one `O`, or
+    `B-`/`I-`/`E-`/`S-` and a type (`B-PER`), or a bare `B`/`I`/`E`/`S`; and not all of them `O`.
+    These are the tags seqeval's default mode (CoNLL's conlleval) reads spans from."""
+    names = list(label_names or ())
+    return any(n != "O" for n in names) and all(n == "O" or _ENTITY_TAG.fullmatch(n) for n in names)
+
+
+def token_metrics(label_names: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
+    """`compute_metrics` for token classification, with the label names the ids index.
+
+    Always word-level `accuracy` and `macro_f1`, as `compute_token_metrics`. When the labels are
+    entity tags (`is_entity_tagging`) and seqeval is installed (`pip install "scratchformer[ner]"`),
+    also entity-level `precision`, `recall` and `f1`, micro-averaged over entities as seqeval's
+    default mode (CoNLL's conlleval) counts them: a predicted entity is right only when its type and
+    both ends are. Without seqeval one warning says how to get them, and the token metrics go on
+    alone. The function's `entity_level` attribute says which it computes."""
+    names = [str(n) for n in label_names or ()]
+    scores = None
+    if is_entity_tagging(names):
+        try:
+            from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as scores
+        except ImportError:
+            logger.warning(
+                "the labels are entity tags (B-/I-/O), but entity-level precision/recall/F1 need seqeval: "
+                'pip install "scratchformer[ner]"; reporting token accuracy and macro-F1 only'
+            )
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.argmax(logits, axis=-1)
+        keep = labels != -100  # each word's first sub-token (`tasks.align_word_labels`)
+        metrics = accuracy_and_macro_f1(predictions[keep], labels[keep])
+        if scores is not None:
+            # One sequence per sentence, one tag per word: spans never run across sentences.
+            true = [[names[i] for i in row[mask]] for row, mask in zip(labels, keep)]
+            pred = [[names[i] for i in row[mask]] for row, mask in zip(predictions, keep)]
+            precision, recall, f1, _ = scores(true, pred, average="micro", zero_division=0)
+            metrics.update(precision=float(precision), recall=float(recall), f1=float(f1))
+        return metrics
+
+    compute.entity_level = scores is not None
+    return compute

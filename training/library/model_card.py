@@ -144,9 +144,13 @@ def render_finetune_card(results: dict, base_card: str | None = None) -> str:
     name = Path(results["output_dir"]).resolve().name
     tags = ["scratchformer", "custom_code", pipeline_task] + (["lora"] if results["lora"] else [])
     rows = []
+    entities = "eval_f1" in results["eval"]  # a BIO tagger: entity scores first, then the per-word ones
     for key, label, spec in (
-        ("eval_accuracy", "validation accuracy", "{:.4f}"),
-        ("eval_macro_f1", "validation macro-F1", "{:.4f}"),
+        ("eval_f1", "validation entity F1 (micro, seqeval)", "{:.4f}"),
+        ("eval_precision", "validation entity precision", "{:.4f}"),
+        ("eval_recall", "validation entity recall", "{:.4f}"),
+        ("eval_accuracy", "validation accuracy" + (" (per word)" if entities else ""), "{:.4f}"),
+        ("eval_macro_f1", "validation macro-F1" + (" (per tag)" if entities else ""), "{:.4f}"),
         ("eval_loss", "validation loss", "{:.4f}"),
         ("eval_perplexity", "validation perplexity", "{:.2f}"),
     ):
