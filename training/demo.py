@@ -90,8 +90,8 @@ def build_parser() -> Parser:
 
 @command("demo")
 def main(argv: list[str]) -> int:
-    run_demo(build_parser().parse(argv))
-    return 0
+    result = run_demo(build_parser().parse(argv))
+    return 130 if result.get("interrupted") else 0  # 130: the shell's code for "stopped by a signal"
 
 
 class DemoError(UserError):
@@ -160,6 +160,10 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
         draw_curves=draw_run_curves,
     )
     model_dir = Path(pre["output_dir"])
+    if pre["interrupted"]:  # Ctrl-C or SIGTERM: stop here, not carry on with a part-trained model
+        print(f"\n    stopped by a signal at step {pre['steps']} of {steps}; the checkpoint is in {out / 'pretrain'}. "
+              f"Continue it with: scratchformer pretrain --output_dir {out / 'pretrain'} --resume", file=sys.stderr)
+        return {"interrupted": True, "pretrain": pre}
     print(
         f"    {pre['parameters'] / 1e6:.2f}M parameters, {pre['tokens_seen']:,} tokens seen; validation loss "
         f"{pre['eval_loss']:.3f} (perplexity {pre['eval_ppl']:.1f}, {pre['eval_bpb']:.3f} bits per byte)"

@@ -44,6 +44,60 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
         assert (out / path).is_file(), path
     config = json.loads((out / "classifier" / "config.json").read_text())
     assert config["id2label"] == {"0": "original", "1": "scrambled"}
+    _run_the_next_commands(printed, tmp_path)
+
+
+def next_commands(printed: str) -> list[str]:
+    """The shell commands under the demo's closing "Next:", continuation lines joined."""
+    lines = printed.split("\n    Next:\n", 1)[1].splitlines()
+    commands, current = [], ""
+    for line in lines:
+        if not line.strip():
+            break
+        current += line.strip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        commands.append(current)
+        current = ""
+    return commands
+
+
+def _run_the_next_commands(printed: str, cwd) -> None:
+    """Every command the demo suggests next runs as printed (training capped by the smoke-test switch),
+    with the reader's own `your.jsonl` written first."""
+    import os
+    import subprocess
+    import sys
+
+    commands = next_commands(printed)
+    assert len(commands) == 4 and commands[0].startswith("scratchformer generate"), commands
+    (cwd / "your.jsonl").write_text("".join(json.dumps({"text": f"passage {i} " * 3, "label": ["a", "b"][i % 2]}) + "\n"
+                                            for i in range(24)))
+    env = {**os.environ, "SCRATCHFORMER_SMOKE_TEST": "1", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        proc = subprocess.run(["bash", "-c", command.replace("python ", f"{sys.executable} ", 1)], cwd=cwd, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, f"{command}\n{proc.stderr[-2000:]}"
+    assert (cwd / "attention.png").is_file() and (cwd / "your-classifier" / "config.json").is_file()
+
+
+def test_a_signal_during_pretraining_stops_the_demo(tmp_path, capsys, monkeypatch):
+    """SIGTERM (or Ctrl-C) during pretraining made the demo carry on with a part-trained model: it
+    now stops with exit 130 and says how to resume the pretraining."""
+    from scratchformer.training.library import pretraining
+
+    def interrupted(cfg, draw_curves=None):
+        return {"interrupted": True, "steps": 3, "output_dir": f"{cfg.output_dir}/model"}
+
+    monkeypatch.setattr(pretraining, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--quick", "--output_dir", "demo-out"]) == 130
+    captured = capsys.readouterr()
+    assert "[3/6]" not in captured.out
+    assert "stopped by a signal at step 3 of 150" in captured.err
+    assert f"scratchformer pretrain --output_dir {tmp_path / 'demo-out' / 'pretrain'} --resume" in captured.err
 
 
 def _assert_figures_are_plausible(summary, printed):

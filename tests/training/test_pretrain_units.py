@@ -4,6 +4,7 @@ evaluation arithmetic."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
@@ -210,3 +211,73 @@ def test_run_length_defaults_to_the_demos_budget_on_the_embedded_corpus_only():
     assert run_length(PretrainConfig(max_train_steps=7, num_train_epochs=3.0), steps_per_epoch=25) == 7
     assert run_length(PretrainConfig(train_files=["mine.txt"]), steps_per_epoch=25) == 25
     assert run_length(PretrainConfig(dataset_name="wikitext"), steps_per_epoch=31) == 31
+
+
+class RecordingBar:
+    """A stand-in for tqdm that remembers every bar made: (kwargs, final n, final total)."""
+
+    made: list = []
+
+    def __init__(self, iterable=None, **kwargs):
+        self.iterable, self.kwargs, self.n, self.total = iterable, kwargs, 0, kwargs.get("total")
+        if iterable is not None and self.total is None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+        RecordingBar.made.append(self)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_description(self, desc):
+        self.kwargs["desc"] = desc
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_the_tokenizer_bar_ends_complete_on_jsonl(tmp_path, monkeypatch):
+    """It counted text bytes against the files' size on disk and stopped at ~95 % on .jsonl."""
+    from scratchformer.training.library import tokenizer_training
+
+    docs = list(default_corpus("train"))[:20]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    RecordingBar.made = []
+    monkeypatch.setattr(tokenizer_training, "tqdm", RecordingBar)
+    tokenizer_training.train_tokenizer(tmp_path / "tok", files=[str(data)], vocab_size=300, show_progress=True)
+    (bar,) = RecordingBar.made
+    assert bar.n == bar.total and bar.n < data.stat().st_size, (bar.n, bar.total)
+    assert bar.kwargs["desc"] == "computing merges"
+
+
+def test_evaluation_shows_a_bar_over_every_batch(tokenizer, monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+    from scratchformer.training.library import metrics
+    from scratchformer.training.library.packing import token_byte_lengths
+
+    model = ScratchformerForCausalLM(ScratchformerConfig.from_preset(
+        "llama", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4))
+    blocks = [{"input_ids": torch.randint(0, len(tokenizer), (16,))} for _ in range(10)]
+    RecordingBar.made = []
+    monkeypatch.setattr(metrics, "tqdm", RecordingBar)
+    result = metrics.evaluate(model, DataLoader(blocks, batch_size=4), None, token_byte_lengths(tokenizer))
+    (bar,) = RecordingBar.made
+    assert (bar.n, bar.total, bar.kwargs["desc"], bar.kwargs["leave"]) == (3, 3, "evaluating", False)
+    assert result["eval_tokens"] == 10 * 15
+    metrics.evaluate(model, DataLoader(blocks, batch_size=4), None, token_byte_lengths(tokenizer), progress=False)
+    assert RecordingBar.made[-1].kwargs["disable"] is True

@@ -14,11 +14,15 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 
-def evaluate(model, loader: DataLoader, accelerator: Accelerator | None, byte_lengths: torch.Tensor) -> dict:
+def evaluate(
+    model, loader: DataLoader, accelerator: Accelerator | None, byte_lengths: torch.Tensor, progress: bool = True
+) -> dict:
     """Validation loss (nats per token), perplexity and bits per byte over every block of `loader`.
-    With no `accelerator` (one process, a plain loader), batches go to `byte_lengths`' device.
+    With no `accelerator` (one process, a plain loader), batches go to `byte_lengths`' device;
+    `progress` shows a bar on the main process while it runs (gone when done).
 
     Bits per byte divides the summed loss by the UTF-8 bytes the predicted tokens spell, so it
     measures the model and tokenizer together and compares across vocabularies; per-token loss
@@ -27,8 +31,9 @@ def evaluate(model, loader: DataLoader, accelerator: Accelerator | None, byte_le
     device = byte_lengths.device if accelerator is None else accelerator.device
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+    main = accelerator is None or accelerator.is_local_main_process
     with torch.no_grad():
-        for batch in loader:
+        for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not main or not progress):
             ids_BL = batch["input_ids"] if accelerator is not None else batch["input_ids"].to(device)
             logits_BLV = model(input_ids=ids_BL, use_cache=False).logits
             # position t predicts token t+1

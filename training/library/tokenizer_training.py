@@ -84,6 +84,9 @@ def train_tokenizer(
                 if counts["bytes"] <= HOLDOUT_MAX_BYTES:
                     sample.append(text)
             yield kept
+        # The bar's total is the files' size on disk, but it counts the text's UTF-8 bytes (no JSON
+        # syntax, no line ends): at the end of the corpus it is complete, whatever the two say.
+        bar.total = bar.n
         bar.set_description("computing merges")  # the corpus is read; what remains is the merge loop
         bar.refresh()
 
