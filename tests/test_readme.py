@@ -78,6 +78,8 @@ def write_the_readers_files(root: Path) -> None:
     jsonl("chats.jsonl", [{"messages": [{"role": "user", "content": f"What is {w}?"},
                                         {"role": "assistant", "content": f"{w} is a word."}]}
                           for w in words[:40]])
+    jsonl("pairs.jsonl", [{"source": " ".join(w), "target": " ".join(reversed(w))}
+                          for w in (words[i:i + rng.randint(2, 5)] for i in range(0, 400, 5))])
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2,
@@ -123,6 +125,7 @@ def test_the_readme_runs_as_written(tmp_path):
     for path in ("tok/tokenizer.json", "runs/mini/model/model.safetensors", "runs/gpt2/model/config.json",
                  "my-clf/config.json", "my-tagger/config.json", "my-chat/config.json", "my-encoder/config.json",
                  "lora-clf/config.json", "attention.png", "attention.html", "positions.png", "converted/config.json",
-                 "mini-llama/config.json", "mini-gpt2/config.json", "results.json", "my-model/config.json"):
+                 "mini-llama/config.json", "mini-gpt2/config.json", "results.json", "my-model/config.json",
+                 "my-s2s/config.json", "my-s2s/finetune_results.json", "my-s2s/README.md"):
         assert (tmp_path / path).exists(), path
     assert len(ran) >= 12

@@ -70,10 +70,10 @@ def parse_args(argv: Sequence[str]) -> tuple[FinetuneArguments, TrainingArgument
 @command("finetune")
 def main(argv: list[str]) -> int:
     if _seq2seq_requested(argv):
-        # The encoder-decoder trains through Seq2SeqTrainer with the paper's recipe: its own command.
+        # The encoder-decoder trains through Seq2SeqTrainer: its own command, with its own flags.
         from scratchformer.training import seq2seq
 
-        return seq2seq.main([a for a in argv if a not in ("--task", "seq2seq", "--task=seq2seq")])
+        return seq2seq.main(_without_task(argv))
     args, training_args = parse_args(argv)
     results = finetune(args, training_args, draw_curves=draw_run_curves)
     print(format_results(results))
@@ -82,6 +82,19 @@ def main(argv: list[str]) -> int:
 
 def _seq2seq_requested(argv: list[str]) -> bool:
     return "--task=seq2seq" in argv or any(a == "--task" and b == "seq2seq" for a, b in zip(argv, argv[1:]))
+
+
+def _without_task(argv: list[str]) -> list[str]:
+    """`argv` less its `--task seq2seq` (and nothing else: `--output_dir seq2seq` keeps its value)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--task" and argv[i + 1 : i + 2] == ["seq2seq"]:
+            i += 2
+            continue
+        if argv[i] != "--task=seq2seq":
+            out.append(argv[i])
+        i += 1
+    return out
 
 
 def format_results(results: dict) -> str:

@@ -54,10 +54,15 @@ FROZEN = {
     "convert": ["--model", "--output_dir"],
     "export": ["--dtype", "--model", "--output_dir", "--output_file", "--to"],
     "upgrade-checkpoint": ["--dry_run", "--model"],
+    # A new model from the command alone (pretrain's --preset/--size/size flags/--tokenizer/--vocab_size, the
+    # seq2seq config's --encoder_layers/--decoder_layers), the shared training flags, the opt-in paper schedule.
     "finetune --task seq2seq": [
-        "--label_smoothing_factor", "--learning_rate", "--model", "--no_paper_schedule", "--num_beams",
-        "--num_train_epochs", "--output_dir", "--per_device_train_batch_size", "--source_column", "--target_column",
-        "--train_files", "--validation_files", "--warmup_steps",
+        "--decoder_layers", "--dropout", "--encoder_layers", "--gradient_accumulation_steps", "--hidden_size",
+        "--intermediate_size", "--label_smoothing_factor", "--learning_rate", "--max_source_length", "--max_steps",
+        "--max_target_length", "--model", "--no_paper_schedule", "--num_attention_heads", "--num_beams",
+        "--num_hidden_layers", "--num_train_epochs", "--output_dir", "--overwrite", "--paper_schedule",
+        "--per_device_train_batch_size", "--preset", "--seed", "--size", "--source_column", "--target_column",
+        "--tokenizer", "--train_files", "--validation_files", "--vocab_size", "--warmup_steps",
     ],
 }  # fmt: skip
 TRAINER_FLAGS = {"--" + f.name for f in dataclasses.fields(TrainingArguments)}

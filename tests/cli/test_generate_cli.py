@@ -135,7 +135,7 @@ EMPTY = "error: empty prompt: give the text to continue, as an argument"
         (["classifier", "x"], None,
          "holds a ScratchformerForSequenceClassification, not a language model, so it cannot generate text. "
          "Use it with pipeline('text-classification', model=...)"),
-        (["missing", "x"], None, "/nonexistent/model: no such directory; pass a model directory"),
+        (["missing", "x"], None, "/nonexistent/model: no such directory here"),
     ],
 )  # fmt: skip
 def test_errors_name_the_fix(dirs, capsys, monkeypatch, argv, stdin, message):

@@ -118,6 +118,22 @@ def test_decoding_step_with_a_static_cache_compiles_as_one_graph(tiny_config, pr
     torch.testing.assert_close(logits["compiled"], logits["eager"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_static_cache_step_without_a_mask_sees_only_the_written_slots(tiny_config, preset):
+    """A static cache holds max_cache_len slots, most of them still empty: a decoding step given no
+    attention mask must still attend to the written ones only, i.e. equal the full forward. (A step
+    that skipped its mask when none was given read 10 empty slots: logits off by ~0.9.)"""
+    model = lm(tiny_config, preset)
+    x, nxt = ids(2, 6), ids(2, 1, seed=5)
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    with torch.no_grad():
+        model(input_ids=x, past_key_values=cache, use_cache=True)
+        step = model(input_ids=nxt, past_key_values=cache, use_cache=True,
+                     cache_position=torch.tensor([6]), position_ids=torch.tensor([[6], [6]]))
+        full = model(input_ids=torch.cat([x, nxt], dim=1))
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("preset", ["llama", "gpt2", "paper"])
 def test_static_cache_generates_the_tokens_the_dynamic_cache_does(lively_lm, preset, assert_same_decoding):
     model = lively_lm(preset, num_key_value_heads=2 if preset == "llama" else 4)

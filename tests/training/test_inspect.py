@@ -86,6 +86,28 @@ def test_encoder_decoder_shows_its_encoder(tokenizer):
     assert viz.position_encodings(model).shape == (64, 32)
 
 
+def test_cross_attention_maps_are_the_models_own_layer_by_layer(tokenizer):
+    """`inspect cross-attention` draws what the decoder's cross-attention computed, every layer in
+    its place (maps of reversed layers passed: only a PNG was checked)."""
+    from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
+
+    torch.manual_seed(0)
+    config = ScratchformerSeq2SeqConfig(vocab_size=len(tokenizer), hidden_size=32, encoder_layers=1, decoder_layers=3,
+                                        num_attention_heads=4, max_position_embeddings=64)
+    model = ScratchformerForConditionalGeneration(config).eval()
+    src, tgt, maps = viz.cross_attention_maps(model, tokenizer, "The cat sat on the mat", "A dog ran")
+    enc = tokenizer("The cat sat on the mat", return_tensors="pt")
+    target = torch.tensor([tokenizer("A dog ran", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+    with torch.no_grad():
+        out = model(**enc, decoder_input_ids=model.prepare_decoder_input_ids_from_labels(target),
+                    output_attentions=True)
+    assert maps.shape == (3, 4, len(tgt), len(src)) == (3, 4, target.shape[1], enc["input_ids"].shape[1])
+    for layer, probs in enumerate(out.cross_attentions):
+        np.testing.assert_allclose(maps[layer], probs[0].numpy(), atol=1e-6)
+    assert not np.allclose(maps[0], maps[-1], atol=1e-3)  # the layers differ, so their order is checked
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+
+
 def test_token_labels_show_whitespace_and_bytes(tokenizer):
     tokens, _ = viz.attention_maps(tiny(tokenizer), tokenizer, " The cat\n日")
     assert tokens[0] == "<s>"

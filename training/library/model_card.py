@@ -241,3 +241,106 @@ pipe = pipeline("{pipeline_task}", model="path/to/{name}", tokenizer=tokenizer, 
 
 def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def render_seq2seq_card(results: dict) -> str:
+    """The card of an encoder-decoder trained by `scratchformer finetune --task seq2seq`: what it is
+    (from scratch or from which checkpoint), how well it translates, how it was trained, how to run it."""
+    name = Path(results["output_dir"]).resolve().name
+    m, h, scores = results["model"], results["hyperparameters"], results["eval"]
+    origin = f"`{results['base_model']}` trained further" if results["base_model"] else "Trained from scratch"
+    rows = []
+    for key, label, spec in (
+        ("exact_match", "validation exact match", "{:.2f} %"),
+        ("bleu", "validation BLEU (corpus, 0-100)", "{:.2f}"),
+        ("loss", "validation loss (label-smoothed, as trained)", "{:.4f}"),
+    ):
+        if key in scores:
+            rows.append((label, spec.format(scores[key])))
+    if not scores:
+        rows.append(("validation", "not measured (no --validation_files)"))
+    rows.append(("final training loss", _fmt(results["train_loss"], "{:.4f}")))
+    if results.get("generation"):
+        g = results["generation"]
+        rows.append(("decoding", f"{'greedy' if g['num_beams'] == 1 else str(g['num_beams']) + ' beams'}, "
+                                 f"BLEU by {g['bleu']}"))  # fmt: skip
+    arch = [
+        ("parameters", f"{m['parameters']:,}"),
+        ("layers", f"{m['encoder_layers']} encoder + {m['decoder_layers']} decoder, width {m['hidden_size']}"),
+        ("attention heads", str(m["num_attention_heads"])),
+        ("feed-forward", f"{m['mlp_type']}, width {m['intermediate_size']}"),
+        ("positions", f"{m['position_embedding']}, up to {m['max_position_embeddings']} tokens"),
+        ("normalization", f"{m['norm_type']}, {m['norm_position']}-norm"),
+        (
+            "vocabulary",
+            f"{m['vocab_size']:,} tokens, one embedding for source, target and output"
+            if m["tie_word_embeddings"]
+            else f"{m['vocab_size']:,} tokens",
+        ),
+    ]
+    steps = f"{results['train_steps']} optimizer steps ({results['epochs']:.3g} epochs)"
+    training = [
+        ("data", results["data"]),
+        ("examples", f"{results['train_examples']} training, {results['validation_examples']} validation"),
+        ("tokenizer", results["tokenizer"]),
+        (
+            "tokens per example",
+            f"source up to {results['max_source_length']}, target up to {results['max_target_length']}",
+        ),
+        ("length", steps),
+        ("learning rate", f"{h['learning_rate']:.3g} peak, {h['schedule']} ({h['warmup_steps']} warm-up steps)"),
+        (
+            "optimizer",
+            f"AdamW, betas ({h['adam_beta1']}, {h['adam_beta2']}), eps {h['adam_epsilon']:g}, "
+            f"weight decay {h['weight_decay']:g}",
+        ),
+        ("label smoothing", f"{h['label_smoothing_factor']:g}"),
+        ("batch", f"{h['per_device_train_batch_size']} per device x {h['gradient_accumulation_steps']} accumulation"),
+        ("seed", str(h["seed"])),
+    ]
+    curve = "\n![Training loss](loss_curve.png)\n" if results.get("has_loss_curve") else ""
+    return f"""---
+library_name: transformers
+pipeline_tag: text2text-generation
+tags:
+- scratchformer
+- custom_code
+- encoder-decoder
+- text2text-generation
+---
+
+# {name}
+
+{origin} with `Seq2SeqTrainer` (`scratchformer finetune --task seq2seq`): a
+{m["parameters"] / 1e6:.2f}M-parameter encoder-decoder in the shape of "Attention Is All You Need"
+that maps a source text to a target text.
+
+## Results
+
+{_table(rows)}
+{curve}
+## Architecture
+
+{_table(arch)}
+
+## Training
+
+{_table(training)}
+
+`finetune_results.json` holds every number above and Trainer's full log (also in `metrics.jsonl`).
+
+## How to use
+
+The model code ships in this directory, so stock transformers runs it with `trust_remote_code=True`;
+with the `scratchformer` package installed and imported, no remote code is needed.
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/{name}", trust_remote_code=True)
+model = AutoModelForSeq2SeqLM.from_pretrained("path/to/{name}", trust_remote_code=True)
+inputs = tokenizer(["a source text"], return_tensors="pt", padding=True)
+outputs = model.generate(**inputs, max_new_tokens=64, num_beams=4)
+print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
+```
+"""
