@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _requirements() -> list:
     """The installed distribution's requirements (pyproject.toml as pip read it): the core ones and
-    the optional extras users install (plots, tracking, peft, ner); dev tools are not runtime claims."""
+    the optional extras users install (plots, tracking, peft, ner, gguf); dev tools are not runtime claims."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
@@ -78,7 +78,7 @@ def _requirements() -> list:
     for line in importlib.metadata.requires("scratchformer") or []:
         requirement = Requirement(line)
         marker = str(requirement.marker or "")
-        if not marker or any(f'extra == "{extra}"' in marker for extra in ("plots", "tracking", "peft", "ner")):
+        if not marker or any(f'extra == "{extra}"' in marker for extra in ("plots", "tracking", "peft", "ner", "gguf")):
             kept.append(requirement)
     return kept
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
+from .files import fresh_sibling, make_weights_readable
 from .model_dir import load_model_dir
 
 SUPPORTED = ("llama", "gpt2")
@@ -158,13 +158,14 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     ours = convert_model(model)
     ours.generation_config = model.generation_config
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = fresh_sibling(out)
     try:
         ours.save_pretrained(tmp)
         if (src / "tokenizer.json").is_file() or (src / "vocab.json").is_file():
             AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         if out.exists():
-            raise FileExistsError(f"{out} already exists: choose a new --out or remove it first.")
+            raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first.")
+        make_weights_readable(tmp)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from .data import load_text_dataset
 from .errors import UserError
+from .files import fresh_sibling_file
 from .generation import _best_device, load
 from .metrics import evaluate
 from .packing import token_byte_lengths, tokenize_and_pack
@@ -189,7 +189,7 @@ def write_json_atomically(data: dict[str, Any], path: str | os.PathLike) -> Path
     out = Path(path)
     check_output_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp_name = fresh_sibling_file(out)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_finite(data), f, indent=2, allow_nan=False, default=str)

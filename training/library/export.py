@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError
+from .files import fresh_sibling, make_weights_readable
 from .model_dir import load_model_dir
 
 TARGETS = ("llama", "gpt2", "gguf")
@@ -253,7 +253,7 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
     config.dtype = model.dtype
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = fresh_sibling(out)
     try:
         config.architectures = ["LlamaForCausalLM" if target == "llama" else "GPT2LMHeadModel"]
         config.save_pretrained(tmp)
@@ -276,6 +276,7 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
         if diff > tolerance:
             raise UserError(f"the exported {target} model's logits differ from the original by {diff:.2e}; "
                               "nothing was written (please report this)")
+        make_weights_readable(tmp)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

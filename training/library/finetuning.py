@@ -37,6 +37,7 @@ import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* class
 
 from .data import BUILDERS
 from .errors import UserError, one_line
+from .files import make_weights_readable
 from .metrics import compute_classification_metrics, token_metrics
 from .model_card import render_finetune_card
 from .model_dir import (
@@ -348,6 +349,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
 def _move_into(staging: Path, out: Path) -> None:
     """Renames each entry of `staging` into `out` (same file system: each rename is atomic),
     replacing what an earlier attempt left there, then removes `staging`."""
+    make_weights_readable(staging)
     for entry in sorted(staging.iterdir()):
         dest = out / entry.name
         if entry.is_dir() and dest.is_dir():

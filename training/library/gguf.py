@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 
 from .errors import UserError
 from .export import check_exportable
+from .files import fresh_sibling_file
 from .model_dir import load_model_dir, read_config
 
 DTYPES = ("f32", "f16")
@@ -280,7 +280,9 @@ def write_gguf(
         import gguf
         import numpy as np
     except ImportError:
-        raise UserError("--to gguf needs the gguf package: pip install gguf") from None
+        raise UserError(
+            '--to gguf needs the gguf package: pip install gguf (or pip install "scratchformer[gguf]")'
+        ) from None
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -321,7 +323,7 @@ def write_gguf(
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name in the target directory and renamed at the end: the output is
     # complete or absent, never a file llama.cpp would half-load.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp_name = fresh_sibling_file(out)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from transformers import GenerationConfig
 
+from .files import make_weights_readable
 from .model_card import render_model_card
 from .model_dir import check_weights
 
@@ -285,6 +286,7 @@ def write_model_dir(
             raise write_error(e, f"the model directory {final}", kept, out) from e
         if final.exists():
             final.rename(out / f"model.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        make_weights_readable(tmp)
         os.replace(tmp, final)
         logger.info(f"model written to {final}", main_process_only=True)
     accelerator.wait_for_everyone()

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from scratchformer.tokenization import bytes_per_token, check_bpe_args, train_bpe
 
 from .data import BUILDERS, default_corpus, iter_text_batches, load_text_dataset
+from .files import fresh_sibling
 
 STATS_FILE = "training_stats.json"
 
@@ -137,12 +137,12 @@ def _write_atomically(out: Path, overwrite: bool, tok: transformers.PreTrainedTo
     one sits in a hidden `.old` folder beside it for the instant between the two renames.)"""
     _check_out_dir(out, overwrite)  # again: something may have appeared while training ran
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_sibling(out, "tmp")
+    tmp = fresh_sibling(out, "tmp")
     try:
         tok.save_pretrained(tmp)
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
         if out.exists():  # empty, or overwrite=True: move it aside, then swap
-            old = _fresh_sibling(out, "old")
+            old = fresh_sibling(out, "old")
             os.replace(out, old / out.name)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -151,18 +151,6 @@ def _write_atomically(out: Path, overwrite: bool, tok: transformers.PreTrainedTo
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fresh_sibling(out: Path, kind: str) -> Path:
-    """A new hidden folder beside `out` (same file system, so renames are atomic), created with the
-    user's umask, unlike `tempfile.mkdtemp`'s 0700."""
-    while True:
-        path = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.{kind}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
 
 
 def _known_size(files: Sequence[str] | None) -> int | None:
