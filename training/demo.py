@@ -1,7 +1,7 @@
 """`scratchformer demo`: the whole story in one command, offline, in minutes on a laptop CPU.
 
     scratchformer demo                          # Python's help topics (embedded), a 1.3M-parameter model
-    scratchformer demo --quick                  # the same story in under a minute (what CI runs)
+    scratchformer demo --quick                  # the same story at toy size (what the tests run)
     scratchformer demo --train_files my.txt --size small --max_train_steps 2000 --output_dir my-demo
 
 1. train a byte-level BPE tokenizer on the text;
@@ -83,7 +83,8 @@ def build_parser() -> Parser:
     p.add("--preset", choices=("llama", "gpt2", "paper"), default="llama", help="architecture family")
     p.add("--max_train_steps", type=int, help="pretraining steps (default: 400; 150 with --quick)")
     p.add("--prompt", action="append", help="a prompt to continue (repeatable)")
-    p.add("--quick", action="store_true", help="a smaller, faster run (about a minute on a CPU)")
+    p.add("--quick", action="store_true",
+          help="the same story at toy size: tiny model, 150 steps (timings: benchmarks/results/demo_full.md)")
     p.add("--seed", type=int, default=0, help="random seed")
     return p
 
