@@ -37,7 +37,8 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, optimizer):
     docs = [d[:2000] for d in list(default_corpus("train"))[:12]]
     train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
@@ -56,6 +57,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         eval_steps=2,
         save_steps=2,
         report_to="none",
+        optimizer=optimizer,
     )
 
     # Two processes x 4 blocks: the same 8 blocks a step as one process x 8 (rank r takes the r-th
@@ -106,5 +108,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert not list((tmp_path / "two").glob(".*tmp")) and not list((tmp_path / "two").glob("model.replaced-*"))
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(one["output_dir"]).state_dict()
+    # Muon orthogonalises in bfloat16, where gradients summed in another order can round apart.
+    atol = 5e-4 if optimizer == "muon" else 1e-5
     for name in b:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=atol)

@@ -6,10 +6,12 @@ imports neither (tests/training/test_layering.py holds it to that).
     data          text sources: files, hub datasets, the embedded corpus
     packing       text into fixed-length training blocks; bytes per token
     tokenizer_training  training a byte-level BPE tokenizer on a corpus, atomically
-    pretraining   PretrainConfig and train(): the pretraining run, as a story
+    pretrain_config  PretrainConfig (every pretraining flag), the model sizes, the checks on flags
+    pretraining   train(): the pretraining run, as a story
+    parallel      the Accelerator a run starts from; FSDP on CPU processes
     loop          the pieces the loop names: loss meter, signals, non-finite guard, lost processes
     run_dir       everything under --output_dir: checkpoints, the metrics log, model/, hub push
-    optim         parameter groups, learning-rate schedule
+    optim         AdamW or Muon with AdamW, which parameters each moves; learning-rate schedules
     metrics       validation loss / perplexity / bits per byte, accuracy and F1 (entity-level: seqeval), BLEU
     evaluation    a checkpoint's loss / perplexity / bits per byte on any text (`scratchformer eval`)
     tasks         fine-tuning data: classification, token classification, language modelling, chat

@@ -58,13 +58,17 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
         ),
         (
             "optimizer",
-            f"AdamW, betas ({cfg.adam_beta1}, {cfg.adam_beta2}), weight decay {cfg.weight_decay} "
+            ("Muon (linear layers inside the blocks) with AdamW (embeddings, norms, biases), AdamW "
+             if getattr(cfg, "optimizer", "adamw") == "muon" else "AdamW, ")
+            + f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), weight decay {cfg.weight_decay} "
             f"on matrices, gradient clipping {cfg.max_grad_norm}",
         ),
         (
             "learning rate",
             f"{run_config['learning_rate']:g} peak, {run_config['num_warmup_steps']} warmup steps, "
-            f"cosine to {run_config['learning_rate'] * cfg.min_lr_ratio:g}",
+            + (f"held, then linear over the last {cfg.lr_decay_fraction:.0%} of the steps"
+               if getattr(cfg, "lr_scheduler_type", "cosine") == "wsd" else "cosine")
+            + f" to {run_config.get('min_lr', run_config['learning_rate'] * 0.1):g}",
         ),
         ("seed", str(cfg.seed)),
     ]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
 from transformers import GenerationConfig
 
 from .files import make_weights_readable
@@ -34,7 +35,7 @@ from .model_dir import check_weights
 if TYPE_CHECKING:
     from scratchformer.modeling import ScratchformerConfig
 
-    from .pretraining import PretrainConfig
+    from .pretrain_config import PretrainConfig
 
 logger = get_logger(__name__)  # accelerate's: it knows which process speaks
 
@@ -43,6 +44,7 @@ CHECKPOINT_RE = re.compile(r"step-(\d+)")
 
 ConfigT = TypeVar("ConfigT")  # a run's dataclass of flags (PretrainConfig)
 STATE_FILE = "trainer_state.json"  # our own counters, beside accelerate's files in each checkpoint
+SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's name for an FSDP model's sharded state
 
 
 def check_writable(out: Path) -> None:
@@ -177,7 +179,17 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> dict:
-    check_weights(path)  # a damaged model.safetensors is named, not a deserialization traceback
+    sharded = (path / SHARDED_MODEL_DIR).is_dir()  # written by FSDP: one DCP directory, every process's shards
+    under_fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if sharded != under_fsdp:
+        how = "by FSDP (sharded)" if sharded else "without FSDP (one model.safetensors)"
+        raise ValueError(
+            f"--resume {path}: the checkpoint was written {how}, and this run is "
+            f"{'' if under_fsdp else 'not '}launched with FSDP; resume it the way it was launched "
+            "(FSDP: accelerate launch --config_file training/accelerate_fsdp.yaml ...)"
+        )
+    if not sharded:
+        check_weights(path)  # a damaged model.safetensors is named, not a deserialization traceback
     state = json.loads((path / STATE_FILE).read_text())
     saved = state.get("run", {})
     if saved.get("model_config") != signature["model_config"]:
@@ -274,6 +286,12 @@ def write_model_dir(
     state_dict = accelerator.get_state_dict(model)  # every process: under FSDP this gathers the shards
     # A compiled model's keys carry torch.compile's wrapper prefix; the saved names must not.
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    # A gathered FSDP state dict holds tied weights as separate copies, which safetensors would store
+    # twice: the tied copy (the LM head) is left for from_pretrained to tie back, as an unsharded save does.
+    config = accelerator.unwrap_model(model, keep_torch_compile=False).config
+    if getattr(config, "tie_word_embeddings", False):
+        tied = getattr(accelerator.unwrap_model(model, keep_torch_compile=False), "_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
     if accelerator.is_main_process:
         try:
             write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result)

@@ -1,0 +1,72 @@
+"""How a run spreads over processes: the `Accelerator` each run starts from, and FSDP on CPU.
+
+accelerate reads the launch (`accelerate launch --config_file ...`, or torchrun's environment)
+and picks plain DDP or FSDP. On CPU it only ever picks DDP: `distributed_type: FSDP` in the config
+is silently run as multi-process data parallelism (unsharded `model.safetensors` and
+`optimizer.bin` checkpoints). Yet torch's FSDP2 (`fully_shard`) runs on CPU over gloo, every
+collective it needs included, so `fsdp_on_cpu` turns accelerate's own FSDP path back on there.
+This is what lets FSDP be tested on a laptop or CI without a GPU: the sharding, the sharded
+checkpoints and their resume, the gathered model directory are then the very code a GPU run goes
+through (tests/training/test_pretrain_fsdp.py).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
+
+
+def make_accelerator(
+    out: Path, mixed_precision: str | None, trackers: list[str], torch_compile: bool, ddp_timeout: int
+) -> Accelerator:
+    """Devices, processes, precision, compilation and the timeout that ends a run whose other process
+    died. accelerate keeps precision and the compile backend in a process-wide singleton that a
+    later Accelerator() inherits: a second run in one process (a notebook, tests) would silently keep
+    the first one's --mixed_precision and --torch_compile, or refuse its own. Each run starts from
+    its flags (the process group, in PartialState, is kept), as transformers' TrainingArguments does."""
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dynamo_backend="inductor" if torch_compile else None,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=ddp_timeout))],
+    )
+    fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def fsdp_requested() -> bool:
+    """Whether the launch asked for FSDP (`accelerate launch` sets this from the config file)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def fsdp_on_cpu(accelerator: Accelerator) -> bool:
+    """Run FSDP where accelerate would fall back to DDP: several CPU processes launched for FSDP.
+
+    The plugin is built from the same environment variables `accelerate launch` sets from the
+    config file (fsdp_version, the wrap policy, the state-dict type...), exactly as accelerate
+    builds it on GPUs; the distributed type is set on both of accelerate's state singletons, since
+    every `AcceleratorState()` re-reads it from `PartialState`. Returns whether it switched."""
+    state = accelerator.state
+    on_cpu = state.distributed_type in (DistributedType.MULTI_CPU, DistributedType.FSDP)
+    has_plugin = getattr(state, "fsdp_plugin", None) is not None  # no attribute at all under DDP
+    if not (fsdp_requested() and on_cpu and accelerator.device.type == "cpu") or has_plugin:
+        return False
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    return True

@@ -1,0 +1,360 @@
+"""What a pretraining run is asked to do: `PretrainConfig` (every flag of `scratchformer pretrain`),
+the named model sizes, and the checks that turn inconsistent flags into a clear error before
+anything slow runs. `pretraining.train` is the run itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .data import BUILDERS
+from .model_dir import require_dir
+from .optim import OPTIMIZERS, SCHEDULES
+
+# Named model sizes; any explicit size flag overrides its entry. "tiny" is for tests and smoke
+# runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
+# "base" GPT-2 small's shape.
+EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~80 at size mini (`run_length`)
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
+    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256, learning_rate=1e-3),
+    "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, block_size=256, learning_rate=1e-3),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, block_size=1024, learning_rate=6e-4),
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Every flag of `scratchformer pretrain`; `None` means "derived" (see each help)."""
+
+    # -- data --
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"Local training files, all of one type: {', '.join(sorted(BUILDERS))}. .txt files "
+            "are running text (read by line, joined back exactly); other rows are documents, "
+            "framed as <s> text </s>. With no data flag: the embedded default corpus."
+        },
+    )
+    validation_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Local validation files. Default: the dataset's validation split, or a held-out part of "
+            "the training text."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hugging Face hub dataset (needs network) or a local dataset folder."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_split: str = field(
+        default="validation", metadata={"help": "Split of --dataset_name used for validation, when it has one."}
+    )
+    validation_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fraction of the training rows held out for validation when none is given: random "
+            "documents (seeded by --seed), or the last lines of .txt files (nanoGPT's split)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the corpus lazily (no cache, flat memory) for corpora larger than disk or RAM. "
+            "Needs --max_train_steps."
+        },
+    )
+    streaming_holdout_documents: int = field(
+        default=1000, metadata={"help": "With --streaming and no validation split: hold out this many leading rows."}
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "With --streaming: blocks in the shuffle buffer."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many validation blocks (unset: all)."}
+    )
+
+    # -- tokenizer --
+    tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A tokenizer directory or hub name. Default: train a byte-level BPE on the training "
+            "text into OUTPUT_DIR/tokenizer first."
+        },
+    )
+    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size when training the tokenizer."})
+
+    # -- model --
+    preset: Literal["paper", "gpt2", "llama"] = field(
+        default="llama", metadata={"help": "Architecture family: the 2017 paper, GPT-2 or Llama."}
+    )
+    size: Literal["tiny", "mini", "small", "base"] = field(
+        default="mini",
+        metadata={
+            "help": "Model size: "
+            + "; ".join(
+                f"{k}={v['num_hidden_layers']}x{v['hidden_size']}, {v['num_attention_heads']} heads, context "
+                f"{v['block_size']}, lr {v['learning_rate']}"
+                for k, v in SIZES.items()
+            )
+            + ". Size flags override it."
+        },
+    )
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Layers (unset: from --size)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Model width (unset: from --size)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Query heads (unset: from --size)."})
+    num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "Key/value heads; fewer than the query heads is grouped-query attention."}
+    )
+    intermediate_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward width (unset: from the MLP type)."}
+    )
+    block_size: int | None = field(default=None, metadata={"help": "Training context in tokens (unset: from --size)."})
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "Longest sequence the model accepts (unset: --block_size)."}
+    )
+    position_embedding: Literal["sinusoidal", "learned", "rope"] | None = field(
+        default=None, metadata={"help": "Where positions come from (unset: the preset's)."}
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on embeddings, residual branches and attention (unset: the preset's)."},
+    )
+
+    # -- optimization --
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    total_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Blocks per optimizer step over all processes; sets --gradient_accumulation_steps to "
+            "total / (per-device batch x processes), which must divide exactly."
+        },
+    )
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate (unset: from --size)."})
+    optimizer: Literal["adamw", "muon"] = field(
+        default="adamw",
+        metadata={
+            "help": "adamw: AdamW on every parameter. muon: torch.optim.Muon on the linear layers inside the "
+            "blocks, AdamW on embeddings, the LM head, norms and biases, one --learning_rate for both "
+            "(Muon's update scaled to AdamW's RMS).",
+        },
+    )
+    lr_scheduler_type: Literal["cosine", "wsd"] = field(
+        default="cosine",
+        metadata={
+            "help": "After the warmup: cosine down to learning_rate x --min_lr_ratio, or wsd (warmup-stable-"
+            "decay): the peak held, then a linear decay over the last --lr_decay_fraction of the steps.",
+            "aliases": ["--lr_scheduler", "--lr-scheduler"],
+        },
+    )
+    lr_decay_fraction: float = field(
+        default=0.2, metadata={"help": "With --lr_scheduler_type wsd: the fraction of the steps spent decaying."}
+    )
+    min_lr_ratio: float | None = field(
+        default=None,
+        metadata={"help": "The schedule ends at learning_rate x this (unset: 0.1 for cosine, 0 for wsd)."},
+    )
+    num_warmup_steps: int | None = field(
+        default=None, metadata={"help": "Linear warmup steps (unset: 5%% of the training steps)."}
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "Decoupled weight decay, on matrices only."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping)."})
+    num_train_epochs: float | None = field(default=None, metadata={
+        "help": f"Passes over the training blocks (default: 1; the embedded corpus: {EMBEDDED_CORPUS_STEPS} steps)."})
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Optimizer steps; overrides --num_train_epochs."}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "Autocast precision (unset: accelerate's config, else no)."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
+    fused_lm_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the LM head and the loss together, chunk by chunk, so the full logits never exist "
+            "(faster, less memory). A choice of this loop: the saved model's config keeps it off."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30%% slower."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds weights, data order and dropout."})
+    on_nonfinite: Literal["stop", "skip"] = field(
+        default="stop",
+        metadata={
+            "help": "A NaN/inf training loss: `stop` the run (the last good checkpoint is kept), or `skip` that "
+            "optimizer step's update and go on (costs one host sync per micro-batch)."
+        },
+    )
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds a process waits for the others in a collective operation before failing (several "
+            "processes only): a process that died then stops the run instead of hanging it forever."
+        },
+    )
+
+    # -- output --
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run writes everything."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, tokens/s every this many steps."})
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate every this many steps (and at the end)."})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every this many steps (and at the end)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep this many newest checkpoints (0: keep all)."})
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue from a checkpoint: a step-N directory, or `auto` (also plain --resume) for "
+            "the newest complete one in OUTPUT_DIR/checkpoints.",
+            "nargs": "?",
+            "const": "auto",
+            "aliases": ["--resume_from_checkpoint", "--resume-from-checkpoint"],
+        },
+    )
+    report_to: str = field(
+        default="auto",
+        metadata={
+            "help": "Trackers, comma-separated (tensorboard, wandb, ...), `none`, or `auto`: tensorboard "
+            "when installed."
+        },
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Upload the final model directory to this hub repository (needs a login)."}
+    )
+    max_shard_size: str = field(default="2GB", metadata={"help": "Split model.safetensors into shards of this size."})
+
+    def __post_init__(self) -> None:
+        for key in ("train_files", "validation_files"):  # train(PretrainConfig(train_files="a.txt")) reads well too
+            if isinstance(getattr(self, key), (str, os.PathLike)):
+                setattr(self, key, [str(getattr(self, key))])
+
+
+
+def run_length(cfg: PretrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: --max_train_steps, else --num_train_epochs passes over the data. With
+    neither, one pass over the user's data, but on the embedded corpus (0.46 MB: one pass is ~25 steps
+    at size mini and leaves perplexity ~1300, word salad) the demo's budget, which reaches ~80."""
+    if cfg.max_train_steps:
+        return cfg.max_train_steps
+    if cfg.num_train_epochs is None and not (cfg.train_files or cfg.dataset_name):
+        return EMBEDDED_CORPUS_STEPS
+    return max(1, math.ceil((cfg.num_train_epochs or 1.0) * steps_per_epoch))
+
+
+
+def model_sizes(cfg: PretrainConfig) -> dict:
+    """The size preset with every explicitly given flag laid over it."""
+    sizes = {**SIZES[cfg.size]}
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "block_size", "learning_rate"):
+        if getattr(cfg, key) is not None:
+            sizes[key] = getattr(cfg, key)
+    sizes["max_position_embeddings"] = cfg.max_position_embeddings or sizes["block_size"]
+    return sizes
+
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Fail on inconsistent flags before anything slow runs."""
+    if cfg.size not in SIZES:
+        raise ValueError(f"--size {cfg.size!r} is not one of {', '.join(SIZES)}")
+    counts = (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "vocab_size",
+        "shuffle_buffer_size",
+        "total_batch_size",
+        "max_train_steps",
+        "max_eval_samples",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "block_size",
+    )
+    for key in counts:
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"--{key} must be a positive integer, got {value}")
+    if cfg.save_total_limit < 0:
+        raise ValueError(f"--save_total_limit must be 0 (keep all) or more, got {cfg.save_total_limit}")
+    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"--optimizer {cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if cfg.lr_scheduler_type not in SCHEDULES:
+        raise ValueError(f"--lr_scheduler_type {cfg.lr_scheduler_type!r} is not one of {', '.join(SCHEDULES)}")
+    if not 0.0 < cfg.lr_decay_fraction <= 1.0:
+        raise ValueError(f"--lr_decay_fraction must be in (0, 1], got {cfg.lr_decay_fraction}")
+    if cfg.min_lr_ratio is not None and not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ValueError(f"--min_lr_ratio must be between 0 and 1, got {cfg.min_lr_ratio}")
+    if not 0.0 < cfg.validation_fraction < 1.0:
+        raise ValueError(f"--validation_fraction must be between 0 and 1, got {cfg.validation_fraction}")
+    if cfg.num_train_epochs is not None and not cfg.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be positive, got {cfg.num_train_epochs}")
+    if cfg.train_files and cfg.dataset_name:
+        raise ValueError("give --train_files or --dataset_name, not both")
+    if cfg.tokenizer is not None:
+        require_dir(cfg.tokenizer, "tokenizer directory (e.g. written by `scratchformer tokenizer`)")
+    if cfg.streaming and cfg.max_train_steps is None:
+        raise ValueError("--streaming reads a corpus of unknown length: give --max_train_steps")
+    sizes = model_sizes(cfg)
+    if sizes["block_size"] < 2:
+        raise ValueError(f"--block_size must be at least 2, got {sizes['block_size']}")
+    if sizes["block_size"] > sizes["max_position_embeddings"]:
+        raise ValueError(
+            f"--block_size {sizes['block_size']} is longer than the model's positions (--max_position_embeddings "
+            f"{sizes['max_position_embeddings']}): raise --max_position_embeddings or lower --block_size"
+        )
+
+
+def accumulation_steps(cfg: PretrainConfig, num_processes: int) -> int:
+    if cfg.total_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_pass = cfg.per_device_train_batch_size * num_processes
+    if cfg.total_batch_size % per_pass:
+        raise ValueError(
+            f"--total_batch_size {cfg.total_batch_size} is not a multiple of --per_device_train_batch_size "
+            f"{cfg.per_device_train_batch_size} x {num_processes} process(es) = {per_pass}; pick a total that "
+            f"{per_pass} divides, or change the per-device batch"
+        )
+    return cfg.total_batch_size // per_pass
+
+
+def trackers(report_to: str) -> list[str]:
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if names == ["auto"]:
+        return ["tensorboard"] if installed("tensorboard") or installed("tensorboardX") else []
+    for name in names:
+        if not installed("tensorboard" if name == "tensorboard" else name):
+            raise ValueError(f"--report_to {name}: the {name} package is not installed (pip install {name})")
+    return names
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+
+
+def lr_schedule(cfg: PretrainConfig, max_steps: int) -> dict:
+    """The keyword arguments of `optim.lr_at` for this run."""
+    max_lr = model_sizes(cfg)["learning_rate"]
+    warmup = cfg.num_warmup_steps if cfg.num_warmup_steps is not None else round(0.05 * max_steps)
+    ratio = cfg.min_lr_ratio if cfg.min_lr_ratio is not None else (0.0 if cfg.lr_scheduler_type == "wsd" else 0.1)
+    return dict(max_lr=max_lr, warmup_steps=warmup, total_steps=max_steps, min_lr=max_lr * ratio,
+                schedule=cfg.lr_scheduler_type, decay_fraction=cfg.lr_decay_fraction)
