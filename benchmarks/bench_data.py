@@ -268,6 +268,8 @@ How to read it:
   on 32 cores scales much less: its Python share per batch stays on one core (Amdahl), so it is
   bounded by a few times the 1-core rate. The reference `encode_batch` also uses all cores, so the
   ratio to it on 32 cores is best judged against the 32-worker figure.
+- Rows above the smallest size are single runs, and their ratio is to the reference measured at the
+  smallest size (a rate does not depend on size, but the machine's load between the two does).
 - The old path's blocks differ by a few: it dropped the tail of every 10,000-line batch; the new one
   drops only the corpus's last partial block, for any number of workers.
 """
