@@ -381,6 +381,25 @@ def test_optimizer_flags_reach_every_optimizer_step(corpus, tokenizer_dir, tmp_p
     assert min(unclipped) > 0.1  # ... from norms that needed it
 
 
+def test_muon_and_wsd_flags_reach_every_optimizer_step(corpus, tokenizer_dir, tmp_path):
+    flags = ["--optimizer", "muon", "--lr_scheduler_type", "wsd", "--lr_decay_fraction", "0.5", "--weight_decay",
+             "0.3", "--num_warmup_steps", "1", "--max_train_steps", "4"]  # fmt: skip
+    watch = watched_pretrain(pretrain_argv(corpus, tokenizer_dir, tmp_path, *flags))
+    assert watch.code == 0
+    # One optimizer for accelerate (the inner Muon and AdamW steps fire the hook too: leave them out).
+    combined = [s for s in watch.steps if {g.get("optimizer") for g in s["groups"]} == {"muon", "adamw"}]
+    assert len(combined) == 4
+    peak = 3e-3
+    # Warmup over 1 step, the peak held, then a line from the peak towards 0 over the last 2 steps.
+    for step, want in zip(combined, [peak, peak, peak, peak / 2]):
+        muon, decay, no_decay = step["groups"]
+        assert muon["optimizer"] == "muon" and muon["adjust_lr_fn"] == "match_rms_adamw"
+        assert all(g["lr"] == pytest.approx(want) for g in (muon, decay, no_decay))
+        assert (muon["weight_decay"], decay["weight_decay"], no_decay["weight_decay"]) == (0.3, 0.3, 0.0)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "Muon" in card and "held, then linear over the last 50% of the steps to 0" in card
+
+
 def test_push_to_hub_uploads_the_finished_model_once(corpus, tokenizer_dir, tmp_path):
     watch = watched_pretrain(pretrain_argv(corpus, tokenizer_dir, tmp_path, "--push_to_hub", "me/tiny"))
     assert watch.code == 0

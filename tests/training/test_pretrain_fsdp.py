@@ -16,15 +16,18 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 from safetensors.torch import load_file
 from test_pretrain_distributed import _free_port, _records
 from transformers import AutoModelForCausalLM
 
 from scratchformer.training.library.data import default_corpus
+from scratchformer.training.library.parallel import FSDP_MIN_ACCELERATE
 from scratchformer.training.library.pretraining import PretrainConfig, train
 from scratchformer.training.library.tokenizer_training import train_tokenizer
 
@@ -40,6 +43,19 @@ def fsdp_launch(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([*launch, *argv], env=env, capture_output=True, text=True, timeout=400)
 
 
+def accelerate_has_exact_fsdp_resume() -> bool:
+    return Version(version("accelerate")) >= Version(FSDP_MIN_ACCELERATE)
+
+
+@pytest.mark.skipif(accelerate_has_exact_fsdp_resume(), reason="this accelerate runs FSDP (the test below)")
+def test_fsdp_on_an_older_accelerate_is_refused_before_anything_runs(tmp_path):
+    proc = fsdp_launch([f"--output_dir={tmp_path / 'run'}", "--size=tiny", "--max_train_steps=2"])
+    assert proc.returncode != 0
+    assert f"FSDP needs accelerate >= {FSDP_MIN_ACCELERATE}" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not accelerate_has_exact_fsdp_resume(), reason="refused on this accelerate (the test above)")
 def test_fsdp_on_two_cpu_processes_shards_trains_like_one_and_resumes_exactly(tmp_path):
     docs = [d[:2000] for d in list(default_corpus("train"))[:12]]
     train_file = tmp_path / "train.jsonl"

@@ -43,6 +43,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 # text file (short rows) get bigger batches to keep that waste near 0.1 %; documents are long
 # enough that 1000 (Hugging Face's run_clm value) wastes as little while keeping memory flat.
 PACK_ROWS = {"documents": 1_000, "lines": 10_000}
+# A column of int32 lists: datasets' `List` feature since datasets 4, `Sequence` before (our floor is 3.0).
+_LIST = getattr(datasets, "List", None) or datasets.Sequence
 TOKENIZE_ROWS = 1_000  # texts per `encode_batch_fast` call: enough to keep every core busy
 # Bump when the blocks this module makes for the same inputs change, so old caches are not reused.
 PACKING_VERSION = "2"
@@ -84,7 +86,7 @@ def tokenize_and_pack(
     step = block_size if rows_are_documents or bos is None else block_size - 1
     opener = None if step == block_size else bos
     tokenize = _tokenize_function(tokenizer, rows_are_documents, eos)
-    token_ids = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))})
+    token_ids = datasets.Features({"input_ids": _LIST(datasets.Value("int32"))})
 
     if streaming:
         tokenized = ds.with_format("arrow").map(
@@ -217,7 +219,7 @@ def _blocks_table(blocks: np.ndarray, block_size: int) -> pa.Table:
 
 
 def _block_features(block_size: int) -> datasets.Features:
-    return datasets.Features({"input_ids": datasets.List(datasets.Value("int32"), length=block_size)})
+    return datasets.Features({"input_ids": _LIST(datasets.Value("int32"), length=block_size)})
 
 
 def _packed_tables(tokenized: datasets.Dataset, block_size: int, step: int, opener: int | None, rows: int):
