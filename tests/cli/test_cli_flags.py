@@ -363,8 +363,9 @@ def test_torch_compile_compiles_the_model_that_trains(baseline, corpus, tokenize
 
 
 def test_optimizer_flags_reach_every_optimizer_step(corpus, tokenizer_dir, tmp_path):
-    flags = ["--adam_beta1", "0.8", "--adam_beta2", "0.9", "--weight_decay", "0.3", "--num_warmup_steps", "2",
-             "--min_lr_ratio", "0.5", "--max_grad_norm", "0.01", "--max_train_steps", "4"]  # fmt: skip
+    flags = ["--optimizer", "adamw", "--lr_scheduler_type", "cosine", "--adam_beta1", "0.8", "--adam_beta2", "0.9",
+             "--weight_decay", "0.3", "--num_warmup_steps", "2", "--min_lr_ratio", "0.5", "--max_grad_norm", "0.01",
+             "--max_train_steps", "4"]  # fmt: skip
     watch = watched_pretrain(pretrain_argv(corpus, tokenizer_dir, tmp_path, *flags))
     assert watch.code == 0 and len(watch.steps) == 4
     peak, floor = 3e-3, 3e-3 * 0.5

@@ -36,7 +36,7 @@ def lr_at(
     total_steps: int,
     min_lr: float = 0.0,
     schedule: Literal["cosine", "wsd"] = "cosine",
-    decay_fraction: float = 0.2,
+    decay_fraction: float = 0.4,
 ) -> float:
     """The learning rate for optimizer step `step` (0-based): a linear warmup to `max_lr`, then
 

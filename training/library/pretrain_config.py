@@ -18,11 +18,11 @@ from .optim import OPTIMIZERS, SCHEDULES
 # Named model sizes; any explicit size flag overrides its entry. "tiny" is for tests and smoke
 # runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
 # "base" GPT-2 small's shape.
-EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~80 at size mini (`run_length`)
+EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~70 at size mini (`run_length`)
 
 SIZES: dict[str, dict] = {
     "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
-    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256, learning_rate=1e-3),
+    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256, learning_rate=2e-3),
     "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, block_size=256, learning_rate=1e-3),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, block_size=1024, learning_rate=6e-4),
 }
@@ -141,24 +141,25 @@ class PretrainConfig:
         },
     )
     learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate (unset: from --size)."})
+    # The defaults are the recipe that measured best (benchmarks/results/recipes_shakespeare.md).
     optimizer: Literal["adamw", "muon"] = field(
-        default="adamw",
+        default="muon",
         metadata={
-            "help": "adamw: AdamW on every parameter. muon: torch.optim.Muon on the linear layers inside the "
-            "blocks, AdamW on embeddings, the LM head, norms and biases, one --learning_rate for both "
-            "(Muon's update scaled to AdamW's RMS).",
+            "help": "muon: torch.optim.Muon on the linear layers inside the blocks, AdamW on embeddings, the LM "
+            "head, norms and biases, one --learning_rate for both (Muon's update scaled to AdamW's RMS). "
+            "adamw: AdamW on every parameter.",
         },
     )
     lr_scheduler_type: Literal["cosine", "wsd"] = field(
-        default="cosine",
+        default="wsd",
         metadata={
-            "help": "After the warmup: cosine down to learning_rate x --min_lr_ratio, or wsd (warmup-stable-"
-            "decay): the peak held, then a linear decay over the last --lr_decay_fraction of the steps.",
+            "help": "After the warmup: wsd (warmup-stable-decay): the peak held, then a linear decay over the last "
+            "--lr_decay_fraction of the steps; or cosine down to learning_rate x --min_lr_ratio.",
             "aliases": ["--lr_scheduler", "--lr-scheduler"],
         },
     )
     lr_decay_fraction: float = field(
-        default=0.2, metadata={"help": "With --lr_scheduler_type wsd: the fraction of the steps spent decaying."}
+        default=0.4, metadata={"help": "With --lr_scheduler_type wsd: the fraction of the steps spent decaying."}
     )
     min_lr_ratio: float | None = field(
         default=None,
@@ -244,7 +245,7 @@ class PretrainConfig:
 def run_length(cfg: PretrainConfig, steps_per_epoch: int) -> int:
     """Optimizer steps of the run: --max_train_steps, else --num_train_epochs passes over the data. With
     neither, one pass over the user's data, but on the embedded corpus (0.46 MB: one pass is ~25 steps
-    at size mini and leaves perplexity ~1300, word salad) the demo's budget, which reaches ~80."""
+    at size mini and leaves perplexity ~1300, word salad) the demo's budget, which reaches ~70."""
     if cfg.max_train_steps:
         return cfg.max_train_steps
     if cfg.num_train_epochs is None and not (cfg.train_files or cfg.dataset_name):

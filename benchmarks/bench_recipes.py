@@ -1,0 +1,256 @@
+"""Time to target: which optimizer and schedule reach a given quality soonest, at nanoGPT's budget.
+
+Tiny Shakespeare with nanoGPT's split and character budget (`bench_pretrain_shakespeare.py`: the
+model of nanoGPT's CPU recipe, 4 x 128, 4 heads, context 64 tokens, batch 12, BPE 512 whose blocks
+span ~122 characters, 1,536,000 training characters). Every recipe trains the same model on the
+same blocks in the same order (per seed), evaluating the whole validation split every
+`--eval_every` steps, and reports:
+
+- the final validation bits/byte at the budget;
+- the steps, training characters, tokens and training time (evaluation excluded) at which
+  validation first reaches nanoGPT's final figure, 1.88 nats/char = 2.712 bits/byte;
+
+each as mean and spread (min-max) over `--seeds`. Seeds change the weights, the data order and
+dropout-free noise alike. Runs go in parallel processes (`--workers`, one torch thread each):
+
+    .venv/bin/python benchmarks/bench_recipes.py                          # every recipe, 3 seeds
+    .venv/bin/python benchmarks/bench_recipes.py --recipes muon-wsd --seeds 1
+
+Writes `recipes_shakespeare.json`, `.md` (the table) and `.png` (validation bits/byte against
+training characters, every recipe on one chart, the mean over seeds) under `--out`, merging with
+the recipes already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+BUDGET_CHARS = 12 * 64 * 2000  # nanoGPT's CPU recipe: batch x context x iterations
+NANOGPT_NATS_PER_CHAR = 1.88
+TARGET_BPB = NANOGPT_NATS_PER_CHAR / math.log(2)  # 2.712: the file is ASCII, so bytes are characters
+
+MODEL = dict(preset="llama", num_hidden_layers=4, hidden_size=128, num_attention_heads=4, dropout=0.0,
+             per_device_train_batch_size=12, block_size=64, weight_decay=0.1, num_warmup_steps=100)  # fmt: skip
+VOCAB = 512
+# name -> the flags that differ between recipes. The first is today's default of `scratchformer pretrain`.
+RECIPES: dict[str, dict] = {
+    "adamw-cosine": dict(optimizer="adamw", lr_scheduler_type="cosine", learning_rate=1e-3),
+    "adamw-wsd": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=1e-3),
+    "adamw-cosine-2e-3": dict(optimizer="adamw", lr_scheduler_type="cosine", learning_rate=2e-3),
+    "adamw-wsd-2e-3": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3),
+    "muon-wsd": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=1e-3),
+    "muon-wsd-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3),
+    "muon-wsd-4e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=4e-3),
+    "muon-cosine-2e-3": dict(optimizer="muon", lr_scheduler_type="cosine", learning_rate=2e-3),
+    "muon-wsd-3e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=3e-3),
+    "muon-wsd40-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4),
+    "muon-wsd40-3e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=3e-3, lr_decay_fraction=0.4),
+    "muon-wsd60-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.6),
+    "adamw-wsd40-2e-3": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4),
+    "muon-wsd40-2.5e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2.5e-3, lr_decay_fraction=0.4),
+    "muon-wsd40-2e-3-wu50": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4,
+                                 num_warmup_steps=50),
+}
+
+
+def split(data: Path, work: Path) -> tuple[Path, Path]:
+    """nanoGPT's split: the first 90 % of the characters train, the last 10 % validate."""
+    text = data.read_text(encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    train_file, val_file = work / "train.txt", work / "val.txt"
+    train_file.write_text(text[:cut], encoding="utf-8")
+    val_file.write_text(text[cut:], encoding="utf-8")
+    return train_file, val_file
+
+
+def run_one(recipe: str, seed: int, work: str, steps: int, chars_per_step: float, eval_every: int,
+            threads: int) -> dict:  # fmt: skip
+    """One training run in this (worker) process; its validation curve and training time."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from scratchformer.training.library.pretraining import PretrainConfig, train
+
+    out = Path(work) / f"run-{recipe}-{seed}"
+    cfg = PretrainConfig(
+        train_files=[str(Path(work) / "train.txt")], validation_files=[str(Path(work) / "val.txt")],
+        tokenizer=str(Path(work) / "tokenizer"), output_dir=str(out), max_train_steps=steps,
+        logging_steps=eval_every, eval_steps=eval_every, save_steps=steps, report_to="none", seed=seed,
+        **{**MODEL, **RECIPES[recipe]},
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Training time up to each evaluation: the logged throughput over each logging interval, so
+    # evaluation and saving are left out (they are the same for every recipe).
+    seconds, clock, last_step, tokens_per_step = {}, 0.0, 0, 12 * 64
+    for r in records:
+        if "tokens_per_s" in r and r["tokens_per_s"]:
+            clock += (r["step"] - last_step) * tokens_per_step / r["tokens_per_s"]
+            last_step = r["step"]
+        if "eval_bpb" in r:
+            seconds[r["step"]] = clock
+    curve = [{"step": r["step"], "chars": round(r["step"] * chars_per_step), "tokens": r["step"] * tokens_per_step,
+              "train_seconds": round(seconds[r["step"]], 2), "val_bpb": r["eval_bpb"]}
+             for r in records if "eval_bpb" in r]  # fmt: skip
+    return {"recipe": recipe, "seed": seed, "steps": steps, "final_val_bpb": result["eval_bpb"],
+            "train_seconds": round(clock, 1), "wall_seconds": round(wall, 1), "curve": curve}  # fmt: skip
+
+
+def first_reaching(curve: list[dict], target: float) -> dict | None:
+    return next((point for point in curve if point["val_bpb"] <= target), None)
+
+
+def summarise(runs: list[dict], steps: int) -> dict:
+    def stats(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+    reached = [first_reaching(r["curve"], TARGET_BPB) for r in runs]
+    out = {"seeds": [r["seed"] for r in runs], "final_val_bpb": stats([r["final_val_bpb"] for r in runs]),
+           "reached_target": sum(p is not None for p in reached)}  # fmt: skip
+    if all(reached):
+        for key in ("step", "chars", "tokens", "train_seconds"):
+            out[f"target_{key}"] = stats([p[key] for p in reached])
+        out["target_fraction_of_budget"] = stats([p["step"] / steps for p in reached])
+    return out
+
+
+def write_markdown(path: Path, data: dict, command: str) -> None:
+    m = data["machine"]
+    lines = [
+        "# Time to target: optimizers and schedules at nanoGPT's budget (Tiny Shakespeare)",
+        "",
+        f"Model: 4 layers x 128, 4 heads, Llama family, no dropout, BPE {VOCAB} (~{data['chars_per_token']:.2f} "
+        f"chars/token), context 64 tokens, batch 12, {data['steps']} steps = {data['budget']:,} training characters "
+        "(nanoGPT's CPU budget); 100 warmup steps (wu50: 50); weight decay 0.1; WSD decays linearly to 0 over "
+        "the last 20 % (wsd40, wsd60: 40 %, 60 %), "
+        f"cosine to 10 % of the peak. Validation (nanoGPT's last 10 %) every {data['eval_every']} steps. Target: "
+        f"nanoGPT's final {NANOGPT_NATS_PER_CHAR} nats/char = {TARGET_BPB:.3f} bits/byte. Mean over seeds, "
+        "[min, max] in brackets.",
+        "",
+        "| recipe | optimizer | schedule | peak lr | seeds | final val bits/byte | steps to target | % of budget | "
+        "training chars to target | train time to target | train time, full run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(data["summary"].items(), key=lambda kv: kv[1]["final_val_bpb"]["mean"])
+    for name, s in rows:
+        spec, f = RECIPES.get(name, {}), s["final_val_bpb"]
+        final = f"**{f['mean']:.3f}** [{f['min']:.3f}, {f['max']:.3f}]"
+        if "target_step" in s:
+            st, fr = s["target_step"], s["target_fraction_of_budget"]
+            ch, ts = s["target_chars"], s["target_train_seconds"]
+            to_target = (f"{st['mean']:.0f} [{st['min']:.0f}, {st['max']:.0f}] | {fr['mean']:.0%} | "
+                         f"{ch['mean'] / 1e6:.2f} M | {ts['mean']:.0f} s")  # fmt: skip
+        else:
+            to_target = f"not reached ({s['reached_target']}/{len(s['seeds'])} seeds) | | |"
+        full = statistics.fmean(r["train_seconds"] for r in data["runs"] if r["recipe"] == name)
+        lines.append(f"| {name} | {spec.get('optimizer')} | {spec.get('lr_scheduler_type')} | "
+                     f"{spec.get('learning_rate'):g} | {len(s['seeds'])} | {final} | {to_target} | "
+                     f"{full:.0f} s |")  # fmt: skip
+    lines += [
+        "",
+        "![Validation bits/byte against training characters, every recipe](recipes_shakespeare.png)",
+        "",
+        "Train time is the training steps alone (evaluation and saving excluded), from the throughput each run "
+        f"logged. Machine: {m['cpus']} CPU cores ({m['platform']}), torch {m['torch']}, one torch thread per run, "
+        f"{m['workers']} runs at a time; load average {m['load_average']} at the start; the machine was shared, "
+        "so times are indicative and steps/characters are the figures to compare.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in sorted(data["summary"], key=lambda n: data["summary"][n]["final_val_bpb"]["mean"]):
+        runs = [r for r in data["runs"] if r["recipe"] == name]
+        steps = [p["chars"] for p in runs[0]["curve"]]
+        mean = [statistics.fmean(r["curve"][i]["val_bpb"] for r in runs) for i in range(len(steps))]
+        ax.plot([c / 1e6 for c in steps], mean, marker=".", label=name)
+    ax.axhline(TARGET_BPB, color="grey", linestyle="--", linewidth=1, label=f"nanoGPT final ({TARGET_BPB:.2f})")
+    ax.set_xlabel("training characters (millions)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_ylim(2.1, 3.6)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Tiny Shakespeare, nanoGPT's budget: validation against training text seen")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per recipe: 1337, 1338, ...")
+    parser.add_argument("--first_seed", type=int, default=1337, help="add seeds to recipes already run")
+    parser.add_argument("--eval_every", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each")
+    parser.add_argument("--budget", type=int, default=BUDGET_CHARS, help="training characters (smaller: a smoke run)")
+    args = parser.parse_args()
+
+    import torch
+
+    from scratchformer.tokenization import bytes_per_token
+    from scratchformer.training.library.tokenizer_training import train_tokenizer
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "recipes_shakespeare.json"
+    data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        train_file, _ = split(args.data, work)
+        train_tokenizer(work / "tokenizer", files=[str(train_file)], vocab_size=VOCAB, max_length=64,
+                        show_progress=False, overwrite=True)  # fmt: skip
+        from transformers import AutoTokenizer
+
+        chars_per_token = bytes_per_token(AutoTokenizer.from_pretrained(work / "tokenizer"),
+                                          [train_file.read_text(encoding="utf-8")])  # fmt: skip
+        chars_per_step = MODEL["per_device_train_batch_size"] * (MODEL["block_size"] - 1) * chars_per_token
+        steps = math.ceil(args.budget / chars_per_step)
+        jobs = [(r, args.first_seed + i) for r in args.recipes for i in range(args.seeds)]
+        machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                   "workers": args.workers, "load_average": round(os.getloadavg()[0], 2)}  # fmt: skip
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = [pool.submit(run_one, r, s, tmp, steps, chars_per_step, args.eval_every, 1) for r, s in jobs]
+            for future in futures:
+                run = future.result()
+                print(f"{run['recipe']} seed {run['seed']}: {run['final_val_bpb']:.4f} bits/byte, "
+                      f"{run['train_seconds']:.0f} s", flush=True)  # fmt: skip
+                data["runs"] = [r for r in data["runs"] if (r["recipe"], r["seed"]) != (run["recipe"], run["seed"])]
+                data["runs"].append(run)
+                data.update(steps=steps, budget=args.budget, chars_per_token=chars_per_token,
+                            eval_every=args.eval_every,
+                            target_bpb=TARGET_BPB, machine=machine)  # fmt: skip
+                names = sorted({r["recipe"] for r in data["runs"]})
+                data["summary"] = {n: summarise([r for r in data["runs"] if r["recipe"] == n], steps) for n in names}
+                json_path.write_text(json.dumps(data, indent=1) + "\n")
+                command = "python benchmarks/bench_recipes.py " + " ".join(
+                    f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                    if k not in ("data", "out"))  # fmt: skip
+                write_markdown(args.out / "recipes_shakespeare.md", data, command)
+                plot(args.out / "recipes_shakespeare.png", data)
+
+
+if __name__ == "__main__":
+    main()
