@@ -15,6 +15,7 @@ dropout-free noise alike. Runs go in parallel processes (`--workers`, one torch 
 
     .venv/bin/python benchmarks/bench_recipes.py                          # every recipe, 3 seeds
     .venv/bin/python benchmarks/bench_recipes.py --recipes muon-wsd --seeds 1
+    .venv/bin/python benchmarks/bench_recipes.py --step_cost 40              # AdamW vs Muon, per step
 
 Writes `recipes_shakespeare.json`, `.md` (the table) and `.png` (validation bits/byte against
 training characters, every recipe on one chart, the mean over seeds) under `--out`, merging with
@@ -43,17 +44,18 @@ TARGET_BPB = NANOGPT_NATS_PER_CHAR / math.log(2)  # 2.712: the file is ASCII, so
 MODEL = dict(preset="llama", num_hidden_layers=4, hidden_size=128, num_attention_heads=4, dropout=0.0,
              per_device_train_batch_size=12, block_size=64, weight_decay=0.1, num_warmup_steps=100)  # fmt: skip
 VOCAB = 512
-# name -> the flags that differ between recipes. The first is today's default of `scratchformer pretrain`.
+# name -> the flags that differ between recipes, each spelled out (pretrain's defaults may change:
+# adamw-cosine was its default when this benchmark was written, muon-wsd40-2e-3 is now).
 RECIPES: dict[str, dict] = {
     "adamw-cosine": dict(optimizer="adamw", lr_scheduler_type="cosine", learning_rate=1e-3),
-    "adamw-wsd": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=1e-3),
+    "adamw-wsd": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=1e-3, lr_decay_fraction=0.2),
     "adamw-cosine-2e-3": dict(optimizer="adamw", lr_scheduler_type="cosine", learning_rate=2e-3),
-    "adamw-wsd-2e-3": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3),
-    "muon-wsd": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=1e-3),
-    "muon-wsd-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3),
-    "muon-wsd-4e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=4e-3),
+    "adamw-wsd-2e-3": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.2),
+    "muon-wsd": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=1e-3, lr_decay_fraction=0.2),
+    "muon-wsd-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.2),
+    "muon-wsd-4e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=4e-3, lr_decay_fraction=0.2),
     "muon-cosine-2e-3": dict(optimizer="muon", lr_scheduler_type="cosine", learning_rate=2e-3),
-    "muon-wsd-3e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=3e-3),
+    "muon-wsd-3e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=3e-3, lr_decay_fraction=0.2),
     "muon-wsd40-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4),
     "muon-wsd40-3e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=3e-3, lr_decay_fraction=0.4),
     "muon-wsd60-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.6),
@@ -159,6 +161,15 @@ def write_markdown(path: Path, data: dict, command: str) -> None:
         lines.append(f"| {name} | {spec.get('optimizer')} | {spec.get('lr_scheduler_type')} | "
                      f"{spec.get('learning_rate'):g} | {len(s['seeds'])} | {final} | {to_target} | "
                      f"{full:.0f} s |")  # fmt: skip
+    cost = data.get("step_cost")
+    if cost:
+        lines += [
+            "",
+            f"Cost of a step: {cost['adamw_ms']:.1f} ms with AdamW, {cost['muon_ms']:.1f} ms with Muon (median of "
+            f"{cost['steps']} interleaved steps of this model, one thread; Muon / AdamW = "
+            f"{cost['muon_over_adamw']:.2f}x per step, the median of paired ratios): the Newton-Schulz "
+            "iterations in bfloat16 are extra matrix products per hidden matrix per step.",
+        ]
     lines += [
         "",
         "![Validation bits/byte against training characters, every recipe](recipes_shakespeare.png)",
@@ -168,7 +179,9 @@ def write_markdown(path: Path, data: dict, command: str) -> None:
         f"{m['workers']} runs at a time; load average {m['load_average']} at the start; the machine was shared, "
         "so times are indicative and steps/characters are the figures to compare.",
         "",
-        f"Command: `{command}`",
+        "Commands (the table merges their runs; a recipe's seeds may come from two of them):",
+        "",
+        *[f"    {c}" for c in data.get("commands", [command])],
         "",
     ]
     path.write_text("\n".join(lines))
@@ -180,21 +193,57 @@ def plot(path: Path, data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name in sorted(data["summary"], key=lambda n: data["summary"][n]["final_val_bpb"]["mean"]):
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    names = sorted(data["summary"], key=lambda n: data["summary"][n]["final_val_bpb"]["mean"])
+    colours = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
         runs = [r for r in data["runs"] if r["recipe"] == name]
-        steps = [p["chars"] for p in runs[0]["curve"]]
-        mean = [statistics.fmean(r["curve"][i]["val_bpb"] for r in runs) for i in range(len(steps))]
-        ax.plot([c / 1e6 for c in steps], mean, marker=".", label=name)
-    ax.axhline(TARGET_BPB, color="grey", linestyle="--", linewidth=1, label=f"nanoGPT final ({TARGET_BPB:.2f})")
+        chars = [p["chars"] for p in runs[0]["curve"]]
+        mean = [statistics.fmean(r["curve"][i]["val_bpb"] for r in runs) for i in range(len(chars))]
+        several = len(runs) > 1  # the recipes run with every seed stand out; one-seed sweeps stay thin
+        ax.plot([c / 1e6 for c in chars], mean, color=colours(i % 20), linewidth=2.2 if several else 0.9,
+                alpha=1.0 if several else 0.7, marker="." if several else None,
+                label=f"{name} ({len(runs)} seeds, {data['summary'][name]['final_val_bpb']['mean']:.3f})")  # fmt: skip
+    ax.axhline(TARGET_BPB, color="grey", linestyle="--", linewidth=1, label=f"nanoGPT's final ({TARGET_BPB:.3f})")
     ax.set_xlabel("training characters (millions)")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_ylim(2.1, 3.6)
+    ax.set_ylabel("validation bits per byte (mean over seeds)")
+    ax.set_ylim(2.15, 3.3)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Tiny Shakespeare, nanoGPT's budget: validation against training text seen")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def step_cost(steps: int) -> dict:
+    """Seconds per training step of the benchmark's model with each optimizer, interleaved in one
+    process (one torch thread), so the machine's load falls on both alike; the ratio is the figure."""
+    import torch
+
+    from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+    from scratchformer.training.library.optim import build_optimizer
+
+    torch.set_num_threads(1)
+    config = ScratchformerConfig.from_preset("llama", vocab_size=VOCAB, num_hidden_layers=4, hidden_size=128,
+                                             num_attention_heads=4, max_position_embeddings=64, fused_lm_loss=True)
+    pairs = {}
+    for name in ("adamw", "muon"):
+        torch.manual_seed(0)
+        model = ScratchformerForCausalLM(config).train()
+        pairs[name] = (model, build_optimizer(model, name, lr=1e-3, weight_decay=0.1))
+    ids = torch.randint(0, VOCAB, (12, 64), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {"adamw": [], "muon": []}
+    for i in range(steps + 5):
+        for name, (model, opt) in pairs.items():
+            start = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 5:  # warm-up steps left out
+                times[name].append(time.perf_counter() - start)
+    ratios = sorted(m / a for a, m in zip(times["adamw"], times["muon"]))
+    return {"steps": steps, "adamw_ms": 1e3 * statistics.median(times["adamw"]),
+            "muon_ms": 1e3 * statistics.median(times["muon"]), "muon_over_adamw": ratios[len(ratios) // 2]}  # fmt: skip
 
 
 def main() -> None:
@@ -207,7 +256,18 @@ def main() -> None:
     parser.add_argument("--eval_every", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--budget", type=int, default=BUDGET_CHARS, help="training characters (smaller: a smoke run)")
+    parser.add_argument("--step_cost", type=int, metavar="STEPS", help="only time AdamW against Muon per step")
+    parser.add_argument("--render", action="store_true", help="only redraw the .md and .png from the .json")
     args = parser.parse_args()
+    json_path = args.out / "recipes_shakespeare.json"
+    if args.step_cost or args.render:
+        data = json.loads(json_path.read_text())
+        if args.step_cost:
+            data["step_cost"] = step_cost(args.step_cost)
+            json_path.write_text(json.dumps(data, indent=1) + "\n")
+        write_markdown(args.out / "recipes_shakespeare.md", data, "")
+        plot(args.out / "recipes_shakespeare.png", data)
+        return
 
     import torch
 
@@ -215,7 +275,6 @@ def main() -> None:
     from scratchformer.training.library.tokenizer_training import train_tokenizer
 
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "recipes_shakespeare.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -237,6 +296,8 @@ def main() -> None:
                 run = future.result()
                 print(f"{run['recipe']} seed {run['seed']}: {run['final_val_bpb']:.4f} bits/byte, "
                       f"{run['train_seconds']:.0f} s", flush=True)  # fmt: skip
+                # Re-read before merging: another invocation may have added runs meanwhile.
+                data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
                 data["runs"] = [r for r in data["runs"] if (r["recipe"], r["seed"]) != (run["recipe"], run["seed"])]
                 data["runs"].append(run)
                 data.update(steps=steps, budget=args.budget, chars_per_token=chars_per_token,
@@ -248,6 +309,8 @@ def main() -> None:
                 command = "python benchmarks/bench_recipes.py " + " ".join(
                     f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
                     if k not in ("data", "out"))  # fmt: skip
+                data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]
+                json_path.write_text(json.dumps(data, indent=1) + "\n")
                 write_markdown(args.out / "recipes_shakespeare.md", data, command)
                 plot(args.out / "recipes_shakespeare.png", data)
 

@@ -471,7 +471,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
 
 
 def run_suite(suite: str, quick: bool, out: Path, threads: int = 2, peak_tflops: float | None = None,
-              jobs: list | None = None, command: str = "") -> list[Row]:
+              jobs: list | None = None, command: str = "", sections: list[str] | None = None) -> list[Row]:
     torch.set_num_threads(threads)
     if suite == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--suite gpu needs CUDA; use --suite cpu here.")
@@ -479,6 +479,8 @@ def run_suite(suite: str, quick: bool, out: Path, threads: int = 2, peak_tflops:
         name = torch.cuda.get_device_name()
         peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     jobs = plan(suite, quick) if jobs is None else jobs
+    if sections:  # a part of the suite, written beside the full one (compare_cpu_unfused.md, ...)
+        jobs = [job for job in jobs if job[1][0] in sections]
     rows: list[Row] = []
     start = time.perf_counter()
     for i, (fn, args, kwargs) in enumerate(jobs):
@@ -494,7 +496,7 @@ def run_suite(suite: str, quick: bool, out: Path, threads: int = 2, peak_tflops:
     info = machine()
     info["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"compare_{suite}{'_quick' if quick else ''}"
+    stem = out / f"compare_{suite}{'_quick' if quick else ''}{''.join('_' + x for x in sections or [])}"
     stem.with_suffix(".json").write_text(json.dumps(
         {"machine": info, "command": command, "rows": [asdict(r) for r in rows]}, indent=1))
     stem.with_suffix(".md").write_text(to_markdown(rows, info, command))
@@ -511,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak, for MFU")
     parser.add_argument("--replot", type=Path, help="redraw the .md and .png of an existing results .json")
+    parser.add_argument("--sections", nargs="+", help="only these sections of the suite (e.g. headline unfused)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -529,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/compare.py --suite " + args.suite + (" --quick" if args.quick else "")
     if args.threads != 2:
         command += f" --threads {args.threads}"
-    run_suite(args.suite, args.quick, args.out, args.threads, args.peak_tflops, command=command)
+    if args.sections:
+        command += " --sections " + " ".join(args.sections)
+    run_suite(args.suite, args.quick, args.out, args.threads, args.peak_tflops, command=command,
+              sections=args.sections)
     return 0
 
 

@@ -48,9 +48,10 @@ def make_accelerator(
 
 
 # The first accelerate release whose FSDP2 checkpoints resume exactly. Measured on 2 CPU processes
-# (tests/training/test_pretrain_fsdp.py) with each release from 1.6 on: through 1.12 a run resumed
-# from a sharded checkpoint trains its first step like the uninterrupted one, then diverges (the
-# optimizer state comes back incomplete); 1.3 to 1.5 have no FSDP2 at all.
+# (tests/training/test_pretrain_fsdp.py): with 1.6, 1.8.1, 1.11 and 1.12 a run resumed from a sharded
+# checkpoint trains its first step like the uninterrupted one, then diverges (the optimizer state
+# comes back incomplete), with AdamW as with Muon; 1.13 and 1.15 resume exactly; 1.3 (our floor)
+# cannot even build its FSDP plugin without a GPU.
 FSDP_MIN_ACCELERATE = "1.13"
 
 
