@@ -306,9 +306,9 @@ def main() -> None:
                 names = sorted({r["recipe"] for r in data["runs"]})
                 data["summary"] = {n: summarise([r for r in data["runs"] if r["recipe"] == n], steps) for n in names}
                 json_path.write_text(json.dumps(data, indent=1) + "\n")
-                command = "python benchmarks/bench_recipes.py " + " ".join(
+                command = " ".join(["python benchmarks/bench_recipes.py"] + [
                     f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-                    if k not in ("data", "out"))  # fmt: skip
+                    if k not in ("data", "out") and v != parser.get_default(k)])  # fmt: skip
                 data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]
                 json_path.write_text(json.dumps(data, indent=1) + "\n")
                 write_markdown(args.out / "recipes_shakespeare.md", data, command)
