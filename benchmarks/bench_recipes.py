@@ -179,7 +179,8 @@ def write_markdown(path: Path, data: dict, command: str) -> None:
         f"{m['workers']} runs at a time; load average {m['load_average']} at the start; the machine was shared, "
         "so times are indicative and steps/characters are the figures to compare.",
         "",
-        "Commands (the table merges their runs; a recipe's seeds may come from two of them):",
+        "Commands (the table merges their runs; a recipe's seeds may come from two of them; the first ran the "
+        "eight recipes the script had then):",
         "",
         *[f"    {c}" for c in data.get("commands", [command])],
         "",
