@@ -197,3 +197,32 @@ def test_muon_with_wsd_and_accumulation_resumes_exactly(corpus, tokenizer_dir, t
     # the last half, which the step after the last would reach.
     lrs = [r["lr"] for r in map(json.loads, (cut / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
     assert lrs == pytest.approx([3e-3, 3e-3, 3e-3, 3e-3, 2e-3, 1e-3])
+
+
+def test_a_checkpoint_from_before_muon_resumes_as_it_was_trained(tmp_path):
+    """0.3 and earlier saved no --optimizer: those runs were AdamW + cosine, mini at lr 1e-3."""
+    from scratchformer.training.library.run_dir import with_flags_of_resumed_run
+
+    step = tmp_path / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    old_flags = {k: v for k, v in dataclasses.asdict(PretrainConfig()).items()
+                 if k not in ("optimizer", "lr_scheduler_type", "lr_decay_fraction")}  # fmt: skip
+    old_flags.update(min_lr_ratio=0.1, learning_rate=None, size="mini")
+    (step / "trainer_state.json").write_text(json.dumps({"step": 2, "flags": old_flags}))
+    cfg, taken = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto"), {"output_dir"})
+    assert (cfg.optimizer, cfg.lr_scheduler_type, cfg.learning_rate) == ("adamw", "cosine", 1e-3)
+    assert {"optimizer", "lr_scheduler_type", "learning_rate"} <= set(taken)
+    # What the command line gives still wins.
+    cfg, _ = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto", learning_rate=5e-4),
+                                       {"output_dir", "learning_rate"})  # fmt: skip
+    assert cfg.learning_rate == 5e-4
+
+
+def test_resume_with_another_optimizer_is_refused_naming_both(corpus, tokenizer_dir, tmp_path):
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, save_steps=2, eval_steps=100)
+    train(cfg)
+    with pytest.raises(ValueError, match="trained with --optimizer muon and this run asks for --optimizer adamw"):
+        train(dataclasses.replace(cfg, optimizer="adamw", resume="auto", max_train_steps=4))
+    # The resolved peak lr is what the checkpoint records, whatever the size's default becomes.
+    state = json.loads((tmp_path / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["flags"]["learning_rate"] == TINY["learning_rate"] and state["run"]["optimizer"] == "muon"

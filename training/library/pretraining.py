@@ -104,7 +104,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
 
     # Where we start: fresh, or exactly where a checkpoint left off.
-    signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)),
+    signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)), "optimizer": cfg.optimizer,
                  "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed,
                  "max_train_steps": max_steps,
                  "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}
@@ -169,7 +169,9 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
             if done or stopping or step % cfg.save_steps == 0:
-                state.update(eval=last_eval, run=signature, flags=dataclasses.asdict(cfg), skipped_steps=guard.skipped,
+                # The peak lr as resolved: a later change of a size's default must not move a resumed run.
+                state.update(eval=last_eval, run=signature, skipped_steps=guard.skipped,
+                             flags={**dataclasses.asdict(cfg), "learning_rate": sizes["learning_rate"]},
                              train_loss=last_loss,
                              train_seconds=state["train_seconds"] + time.perf_counter() - clock)
                 save_checkpoint(accelerator, checkpoints, state, keep=cfg.save_total_limit)

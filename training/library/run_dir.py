@@ -171,11 +171,23 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
     state_file = found[-1] / STATE_FILE if found else None
     if state_file is None or not state_file.is_file():
         return cfg, []  # nothing to resume from: train() says so
-    flags = json.loads(state_file.read_text()).get("flags") or {}
+    flags = flags_of_older_releases(json.loads(state_file.read_text()).get("flags") or {})
     names = {f.name for f in dataclasses.fields(cfg)} - {"resume", "output_dir"} - given
     taken = {k: v for k, v in flags.items() if k in names and v != getattr(cfg, k)}
     return dataclasses.replace(cfg, **taken), sorted(taken)
 
+
+
+def flags_of_older_releases(flags: dict) -> dict:
+    """A checkpoint's flags, completed with what its release did when it predates a flag. Before
+    --optimizer existed (scratchformer 0.3 and earlier) every run was AdamW + cosine, and size mini's
+    peak lr was 1e-3, not today's 2e-3 (newer checkpoints record the lr as resolved)."""
+    if not flags or "optimizer" in flags:
+        return flags
+    old = {"optimizer": "adamw", "lr_scheduler_type": "cosine", **flags}
+    if old.get("learning_rate") is None and old.get("size") == "mini":
+        old["learning_rate"] = 1e-3
+    return old
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> dict:
@@ -197,6 +209,13 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             f"--resume {path}: the checkpoint holds a different model than the flags describe "
             f"({_differences(saved.get('model_config') or {}, signature['model_config'])}); give the run's "
             "original model flags, or none (a bare --resume takes them from the checkpoint)"
+        )
+    trained_with = saved.get("optimizer", "adamw")  # checkpoints from before --optimizer: all AdamW
+    if trained_with != signature["optimizer"]:
+        raise ValueError(
+            f"--resume {path}: the checkpoint was trained with --optimizer {trained_with} and this run asks for "
+            f"--optimizer {signature['optimizer']}; an optimizer's state cannot carry over to another. Resume with "
+            f"--optimizer {trained_with} (a bare --resume takes it from the checkpoint), or start a new run"
         )
     if "data" in saved and saved["data"] != signature["data"]:  # checkpoints from before 0.3 lack it
         raise ValueError(
