@@ -35,12 +35,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fsdp_launch(argv: list[str]) -> subprocess.CompletedProcess:
+# A process of a finished FSDP run once aborted while torch tore its gloo group down (this message,
+# exit -6, after the model was written), in CI; 22 launches in a row did not reproduce it. Such a
+# launch is run once more from a fresh start; anything else fails the test as it is.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def fsdp_launch(argv: list[str], fresh_start=None) -> subprocess.CompletedProcess:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "training" / "accelerate_fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
               "--main_process_port", str(_free_port()), "-m", "scratchformer.training", "pretrain"]  # fmt: skip
-    return subprocess.run([*launch, *argv], env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([*launch, *argv], env=env, capture_output=True, text=True, timeout=400)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr and fresh_start is not None:
+        fresh_start()
+        launch[launch.index("--main_process_port") + 1] = str(_free_port())
+        proc = subprocess.run([*launch, *argv], env=env, capture_output=True, text=True, timeout=400)
+    return proc
 
 
 def accelerate_has_exact_fsdp_resume() -> bool:
@@ -68,7 +79,8 @@ def test_fsdp_on_two_cpu_processes_shards_trains_like_one_and_resumes_exactly(tm
     argv = [f"--{k}={v}" for k, v in flags.items()]
 
     fsdp = tmp_path / "fsdp"
-    proc = fsdp_launch([*argv, f"--output_dir={fsdp}", "--per_device_train_batch_size=4"])
+    proc = fsdp_launch([*argv, f"--output_dir={fsdp}", "--per_device_train_batch_size=4"],
+                       fresh_start=lambda: shutil.rmtree(fsdp))
     assert proc.returncode == 0, proc.stderr[-4000:]
     args = json.loads((fsdp / "model" / "training_args.json").read_text())
     assert (args["distributed_type"], args["num_processes"]) == ("FSDP", 2)
@@ -98,10 +110,16 @@ def test_fsdp_on_two_cpu_processes_shards_trains_like_one_and_resumes_exactly(tm
 
     # Exact resume from a sharded checkpoint: as if killed after step 3.
     resumed = tmp_path / "resumed"
-    shutil.copytree(fsdp, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-000006")
-    shutil.rmtree(resumed / "model")
-    proc = fsdp_launch([f"--output_dir={resumed}", "--resume"])  # the run's own flags, from the checkpoint
+
+    def cut_after_step_3() -> None:
+        shutil.rmtree(resumed, ignore_errors=True)
+        shutil.copytree(fsdp, resumed)
+        shutil.rmtree(resumed / "checkpoints" / "step-000006")
+        shutil.rmtree(resumed / "model")
+
+    cut_after_step_3()
+    # The run's own flags, from the checkpoint.
+    proc = fsdp_launch([f"--output_dir={resumed}", "--resume"], fresh_start=cut_after_step_3)
     assert proc.returncode == 0, proc.stderr[-4000:]
     def without_speed(records: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]

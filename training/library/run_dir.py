@@ -210,7 +210,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             f"({_differences(saved.get('model_config') or {}, signature['model_config'])}); give the run's "
             "original model flags, or none (a bare --resume takes them from the checkpoint)"
         )
-    trained_with = saved.get("optimizer", "adamw")  # checkpoints from before --optimizer: all AdamW
+    # Where the checkpoint's signature does not name it: its flags may; before --optimizer, all were AdamW.
+    trained_with = saved.get("optimizer") or (state.get("flags") or {}).get("optimizer") or "adamw"
     if trained_with != signature["optimizer"]:
         raise ValueError(
             f"--resume {path}: the checkpoint was trained with --optimizer {trained_with} and this run asks for "
