@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM
 
 import scratchformer.modeling  # noqa: F401  (registers the Auto classes)
 
-# max |logits_onnx - logits_torch| over real (unpadded) tokens. float32 logits of magnitude ~10 round
-# at ~1e-6; onnxruntime's fused kernels add and multiply in another order, a few ulps more.
-ATOL = 1e-5
+# |logits_onnx - logits_torch| over real (unpadded) tokens, each within ATOL + RTOL x |logit|:
+# float32 logits of magnitude ~10 round at ~1e-6, and onnxruntime's fused kernels add and multiply
+# in another order, a few ulps more; larger logits (a model trained further) round proportionally.
+ATOL, RTOL = 1e-5, 1e-6
 
 
 class CausalLMLogits(nn.Module):
@@ -79,7 +80,8 @@ def test_dynamo_export_matches_pytorch(preset, trained_checkpoint, tmp_path):
         # Padded positions are left out: no token attends to them and their own outputs are never
         # read (each runtime fills a fully masked attention row its own way).
         real = mask.bool().numpy()
-        diff = float(np.abs(got - expected.numpy())[real].max())
-        report.append(f"{batch}x{length}: {diff:.2e}")
-        assert diff <= ATOL, f"{preset} {batch}x{length}: max |logits diff| {diff:.2e}"
+        delta, scale = np.abs(got - expected.numpy())[real], np.abs(expected.numpy())[real]
+        diff = float(delta.max())
+        report.append(f"{batch}x{length}: {diff:.2e} (|logits| up to {scale.max():.1f})")
+        assert (delta <= ATOL + RTOL * scale).all(), f"{preset} {batch}x{length}: max |logits diff| {diff:.2e}"
     print(f"ONNX {preset} max |delta| " + ", ".join(report))
