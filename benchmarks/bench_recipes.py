@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from bench_pretrain_shakespeare import split  # nanoGPT's 90/10 split, the same file
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 BUDGET_CHARS = 12 * 64 * 2000  # nanoGPT's CPU recipe: batch x context x iterations
@@ -64,16 +66,6 @@ RECIPES: dict[str, dict] = {
     "muon-wsd40-2e-3-wu50": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4,
                                  num_warmup_steps=50),
 }
-
-
-def split(data: Path, work: Path) -> tuple[Path, Path]:
-    """nanoGPT's split: the first 90 % of the characters train, the last 10 % validate."""
-    text = data.read_text(encoding="utf-8")
-    cut = int(len(text) * 0.9)
-    train_file, val_file = work / "train.txt", work / "val.txt"
-    train_file.write_text(text[:cut], encoding="utf-8")
-    val_file.write_text(text[cut:], encoding="utf-8")
-    return train_file, val_file
 
 
 def run_one(recipe: str, seed: int, work: str, steps: int, chars_per_step: float, eval_every: int,
