@@ -63,8 +63,19 @@ RECIPES: dict[str, dict] = {
     "muon-wsd60-2e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.6),
     "adamw-wsd40-2e-3": dict(optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4),
     "muon-wsd40-2.5e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2.5e-3, lr_decay_fraction=0.4),
-    "muon-wsd40-2e-3-wu50": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4,
-                                 num_warmup_steps=50),
+    "muon-wsd40-2e-3-wu50": dict(
+        optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4, num_warmup_steps=50
+    ),
+    "muon-wsd40-2.5e-3-wu50": dict(
+        optimizer="muon", lr_scheduler_type="wsd", learning_rate=2.5e-3, lr_decay_fraction=0.4, num_warmup_steps=50
+    ),
+    "muon-wsd50-2.5e-3": dict(optimizer="muon", lr_scheduler_type="wsd", learning_rate=2.5e-3, lr_decay_fraction=0.5),
+    "muon-wsd40-2e-3-wd0": dict(
+        optimizer="muon", lr_scheduler_type="wsd", learning_rate=2e-3, lr_decay_fraction=0.4, weight_decay=0.0
+    ),
+    "muon-wsd40-2.5e-3-wd0": dict(
+        optimizer="muon", lr_scheduler_type="wsd", learning_rate=2.5e-3, lr_decay_fraction=0.4, weight_decay=0.0
+    ),
 }
 
 
@@ -217,8 +228,15 @@ def step_cost(steps: int) -> dict:
     from scratchformer.training.library.optim import build_optimizer
 
     torch.set_num_threads(1)
-    config = ScratchformerConfig.from_preset("llama", vocab_size=VOCAB, num_hidden_layers=4, hidden_size=128,
-                                             num_attention_heads=4, max_position_embeddings=64, fused_lm_loss=True)
+    config = ScratchformerConfig.from_preset(
+        "llama",
+        vocab_size=VOCAB,
+        num_hidden_layers=4,
+        hidden_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        fused_lm_loss=True,
+    )
     pairs = {}
     for name in ("adamw", "muon"):
         torch.manual_seed(0)
