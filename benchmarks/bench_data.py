@@ -3,7 +3,7 @@ the tokenizer's own batch encode on the same lines; workers, peak memory as the 
 the time to ready when the cache is warm.
 
     .venv/bin/python benchmarks/bench_data.py                       # ~20 MB and ~200 MB of tinyshakespeare
-    .venv/bin/python benchmarks/bench_data.py --sizes-mb 20 --repeats 3
+    .venv/bin/python benchmarks/bench_data.py --sizes_mb 20 --repeats 3
 
 Every cell runs in a fresh subprocess (so peak RSS is that measurement's own) with a fresh
 `HF_DATASETS_CACHE`, except the warm-cache cell, which reuses the cache its cold run left. The
@@ -219,7 +219,8 @@ def to_markdown(report: dict) -> str:
         f"{m['load_average']} at start and {report['machine_at_end']['load_average']} at end (1, 5, 15 min; "
         "the machine is shared). "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + f". Best of {report['repeats']} runs per cell, each in a fresh process with an empty datasets cache.",
+        + f". Best of {report['repeats']} runs per cell at the smallest size and of "
+        f"{report.get('repeats_above', 1)} above it, each in a fresh process with an empty datasets cache.",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -268,8 +269,8 @@ How to read it:
   on 32 cores scales much less: its Python share per batch stays on one core (Amdahl), so it is
   bounded by a few times the 1-core rate. The reference `encode_batch` also uses all cores, so the
   ratio to it on 32 cores is best judged against the 32-worker figure.
-- Rows above the smallest size are single runs, and their ratio is to the reference measured at the
-  smallest size (a rate does not depend on size, but the machine's load between the two does).
+- Every ratio is to the reference `encode_batch` measured at the same size, in the same round-robin
+  (a rate should not depend on size, but the machine's load between sizes does).
 - The old path's blocks differ by a few: it dropped the tail of every 10,000-line batch; the new one
   drops only the corpus's last partial block, for any number of workers.
 """
@@ -280,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, help="only rewrite the .md beside this data_pipeline.json")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"a UTF-8 text file (default {DEFAULT_DATA})")
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[20, 200])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell at the smallest size (1 above it)")
+    parser.add_argument("--sizes_mb", "--sizes-mb", type=float, nargs="+", default=[20, 200])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell at the smallest size")
+    parser.add_argument("--repeats_above", type=int, default=2, help="runs per cell above the smallest size")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         "vocab_size": 8192,
         "block_size": BLOCK_SIZE,
         "repeats": args.repeats,
-        "command": "python benchmarks/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "repeats_above": args.repeats_above,
+        "command": " ".join(["python benchmarks/bench_data.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine_at_start": machine(),
         "cells": [],
     }
@@ -316,20 +319,22 @@ def main(argv: list[str] | None = None) -> int:
             smallest = size == min(args.sizes_mb)
             base = {"tokenizer": str(tok), "corpus": str(corpus), "workers": None}
             cells = []
-            if smallest:  # size does not change a rate: the reference and the old path once, at the smallest
-                cells += [("encode_batch", "reference: `encode_batch`", None),
-                          ("encode_batch_fast", "reference: `encode_batch_fast`", None),
+            # The reference at every size, in the same round-robin as the cells it is the ratio for
+            # (the machine's load moves between sizes); the fast reference and the old path once.
+            cells = [("encode_batch", "reference: `encode_batch`", None)]
+            if smallest:
+                cells += [("encode_batch_fast", "reference: `encode_batch_fast`", None),
                           ("old", "OLD `tokenize_and_pack`", None)]  # fmt: skip
             cells += [("new", "new, cold cache", w) for w in args.workers]
             specs = [{**base, "path": path, "workers": workers} for path, _, workers in cells]
-            results = best_of(args.repeats if smallest else 1, specs, work)
+            repeats = args.repeats if smallest else args.repeats_above
+            results = best_of(repeats, specs, work)
+            reference_mb_per_s = corpus_mb / results[0]["prepare_s"]
             for (path, label, workers), r in zip(cells, results, strict=True):
-                r.update(path=path, label=label, workers=workers, corpus_mb=corpus_mb)
+                r.update(path=path, label=label, workers=workers, corpus_mb=corpus_mb, repeats=repeats)
                 r["mb_per_s"] = corpus_mb / r["prepare_s"]
-                if path == "encode_batch":
-                    report["reference_mb_per_s"] = r["mb_per_s"]
-                if path != "encode_batch" and report.get("reference_mb_per_s"):
-                    r["ratio_to_encode_batch"] = r["mb_per_s"] / report["reference_mb_per_s"]
+                if path != "encode_batch":
+                    r["ratio_to_encode_batch"] = r["mb_per_s"] / reference_mb_per_s
                 report["cells"].append(r)
                 print(json.dumps(r), flush=True)
             w = warm_start({**base, "path": "new", "workers": args.workers[0]}, work)
