@@ -216,6 +216,10 @@ def test_a_checkpoint_from_before_muon_resumes_as_it_was_trained(tmp_path):
     cfg, _ = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto", learning_rate=5e-4),
                                        {"output_dir", "learning_rate"})  # fmt: skip
     assert cfg.learning_rate == 5e-4
+    # Before 0.3 a checkpoint saved no flags at all: AdamW + cosine too, so a bare --resume takes them.
+    (step / "trainer_state.json").write_text(json.dumps({"step": 2}))
+    cfg, taken = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto"), {"output_dir"})
+    assert (cfg.optimizer, cfg.lr_scheduler_type) == ("adamw", "cosine") and "optimizer" in taken
 
 
 def test_resume_with_another_optimizer_is_refused_naming_both(corpus, tokenizer_dir, tmp_path):

@@ -180,9 +180,10 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
 
 def flags_of_older_releases(flags: dict) -> dict:
     """A checkpoint's flags, completed with what its release did when it predates a flag. Before
-    --optimizer existed (scratchformer 0.3 and earlier) every run was AdamW + cosine, and size mini's
-    peak lr was 1e-3, not today's 2e-3 (newer checkpoints record the lr as resolved)."""
-    if not flags or "optimizer" in flags:
+    --optimizer existed (scratchformer 0.3 and earlier; before 0.3 no flags were saved at all) every
+    run was AdamW + cosine, and size mini's peak lr was 1e-3, not today's 2e-3 (newer checkpoints
+    record the lr as resolved)."""
+    if "optimizer" in flags:
         return flags
     old = {"optimizer": "adamw", "lr_scheduler_type": "cosine", **flags}
     if old.get("learning_rate") is None and old.get("size") == "mini":
@@ -210,8 +211,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             f"({_differences(saved.get('model_config') or {}, signature['model_config'])}); give the run's "
             "original model flags, or none (a bare --resume takes them from the checkpoint)"
         )
-    # Where the checkpoint's signature does not name it: its flags may; before --optimizer, all were AdamW.
-    trained_with = saved.get("optimizer") or (state.get("flags") or {}).get("optimizer") or "adamw"
+    # Where the checkpoint's signature does not name it, its flags do, as completed for older releases.
+    trained_with = saved.get("optimizer") or flags_of_older_releases(state.get("flags") or {})["optimizer"]
     if trained_with != signature["optimizer"]:
         raise ValueError(
             f"--resume {path}: the checkpoint was trained with --optimizer {trained_with} and this run asks for "
