@@ -239,6 +239,45 @@ def test_cli_draws_the_models_own_attention_maps(peaked_checkpoint, tmp_path, mo
     np.testing.assert_allclose(payload["maps"], expected, atol=5e-5)  # the page rounds to 4 decimals
 
 
+def test_cli_names_each_heads_scores(peaked_checkpoint, tmp_path, capsys):
+    """`inspect attention` prints every head's previous-token / first-token / entropy scores on the text
+    and names the strongest previous-token head; `inspect heads` prints and saves the probe scores.
+    The numbers are head_scores' own, on the model's own maps."""
+    from transformers import AutoModelForCausalLM
+
+    from scratchformer.training.library.head_scores import (
+        entropy_scores,
+        first_token_scores,
+        head_scores,
+        previous_token_scores,
+    )
+    from scratchformer.training.viz.common import load_model
+
+    expected = _models_own_maps(peaked_checkpoint, TEXT)
+    prev, first, entropy = previous_token_scores(expected), first_token_scores(expected), entropy_scores(expected)
+    assert inspect.main(["attention", "--model", str(peaked_checkpoint), TEXT, "--output_file",
+                         str(tmp_path / "a.png")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    rows = re.findall(r"layer (\d): (.*)", printed)
+    assert len(rows) == 2
+    for layer, cells in rows:
+        for head, p, f, e in re.findall(r"h(\d) ([0-9.]+)/([0-9.]+)/([0-9.]+)", cells):
+            l, h = int(layer), int(head)
+            assert (float(p), float(f), float(e)) == pytest.approx((prev[l, h], first[l, h], entropy[l, h]), abs=0.006)
+    layer, head = divmod(int(prev.argmax()), prev.shape[1])
+    assert f"strongest previous-token head: layer {layer}, head {head} ({prev.max():.2f}" in printed
+
+    saved = tmp_path / "heads.json"
+    assert inspect.main(["heads", "--model", str(peaked_checkpoint), "--output_file", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    scores = head_scores(*load_model(str(peaked_checkpoint), auto_class=AutoModelForCausalLM))
+    assert json.loads(saved.read_text())["induction"] == scores.induction
+    for name, label in (("previous_token", "previous-token"), ("induction", "induction")):
+        layer, head, value = scores.best(name)
+        assert f"strongest {label} head: layer {layer}, head {head} ({value:.2f})" in printed
+    assert f"{scores.loss_first_copy:.2f} nats on the first copy" in printed
+
+
 # Every `scratchformer inspect` error the user can reach: exit 2 and one line naming the problem
 # and the fix. {ckpt}, {bare} and {tmp} are filled in by the test.
 CLI_ERRORS = [
