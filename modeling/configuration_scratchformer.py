@@ -75,7 +75,8 @@ class ScratchformerConfig(PreTrainedConfig):
     `norm_type` ("layernorm" | "rmsnorm"), `norm_position` ("pre" | "post"), `mlp_type`
     ("relu" | "gelu" | "swiglu"; "gelu" is GPT-2's tanh approximation), `attention_bias`,
     `mlp_bias`, `is_causal` (decoder, or bidirectional encoder for masked-LM), `scale_embeddings`
-    (the paper's multiplication of embeddings by sqrt(C)).
+    (the paper's multiplication of embeddings by sqrt(C)), `qk_norm` (RMSNorm on each head's queries
+    and keys, as OLMo 2 and Qwen3 do; off in the three presets).
 
     Speed: `fused_lm_loss=True` computes a training step's LM head and cross-entropy together,
     chunk by chunk, so the (tokens x vocab) float32 logits never exist in full; such a step returns
@@ -136,6 +137,7 @@ class ScratchformerConfig(PreTrainedConfig):
     mlp_bias: bool = False
     is_causal: bool = True
     scale_embeddings: bool = False
+    qk_norm: bool = False
 
     embedding_dropout: float = 0.0
     hidden_dropout: float = 0.0

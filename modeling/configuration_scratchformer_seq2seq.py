@@ -55,7 +55,7 @@ class ScratchformerSeq2SeqConfig(PreTrainedConfig):
     `max_position_embeddings`.
 
     Concepts (as in `ScratchformerConfig`): `position_embedding` ("sinusoidal" | "learned"),
-    `norm_type`, `norm_position`, `mlp_type`, `attention_bias`, `mlp_bias`, `scale_embeddings`.
+    `norm_type`, `norm_position`, `mlp_type`, `attention_bias`, `mlp_bias`, `scale_embeddings`, `qk_norm`.
 
     `ScratchformerSeq2SeqConfig.from_preset("paper", vocab_size=...)` is the paper's base model.
     """
@@ -86,6 +86,7 @@ class ScratchformerSeq2SeqConfig(PreTrainedConfig):
     attention_bias: bool = True
     mlp_bias: bool = True
     scale_embeddings: bool = True
+    qk_norm: bool = False
 
     embedding_dropout: float = 0.1
     hidden_dropout: float = 0.1

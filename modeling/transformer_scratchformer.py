@@ -227,6 +227,11 @@ class ScratchformerAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
         self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
         self.o_proj.is_residual_projection = True
+        # QK-norm (Dehghani et al. 2023; OLMo 2, Qwen3, Gemma 3): RMSNorm on each head's queries and keys
+        # before the dot product, so the attention logits' scale is the norms' learned gains and no longer
+        # grows or shrinks with the projection weights' norms, whatever the optimizer does to those.
+        self.q_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
+        self.k_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -242,11 +247,15 @@ class ScratchformerAttention(nn.Module):
         # -1 where H or G stands: under tensor parallelism (base_model_tp_plan) each rank holds
         # H/n query and G/n key/value heads of the projections, and computes attention for those.
         q_BHLK = self.q_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
+        if self.q_norm is not None:
+            q_BHLK = self.q_norm(q_BHLK)
         if self.is_cross_attention:  # M = S: every source token, no rotation
             k_BGMK, v_BGMK = self.encoder_keys_values(encoder_BSC, cache)
         else:
             k_BGLK = self.k_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
             v_BGLK = self.v_proj(x_BLC).view(B, L, -1, self.K).transpose(1, 2)
+            if self.k_norm is not None:
+                k_BGLK = self.k_norm(k_BGLK)
             if rotary_BLK is not None:
                 q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
             if cache is not None:
@@ -283,6 +292,8 @@ class ScratchformerAttention(nn.Module):
             return cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
         B, S, _ = encoder_BSC.shape
         k_BGSK = self.k_proj(encoder_BSC).view(B, S, -1, self.K).transpose(1, 2)
+        if self.k_norm is not None:
+            k_BGSK = self.k_norm(k_BGSK)
         v_BGSK = self.v_proj(encoder_BSC).view(B, S, -1, self.K).transpose(1, 2)
         if cross_cache is not None:
             k_BGSK, v_BGSK = cross_cache.update(k_BGSK, v_BGSK, self.layer_idx)

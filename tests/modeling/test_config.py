@@ -223,7 +223,7 @@ NON_DEFAULT = dict(
     vocab_size=101, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
     intermediate_size=72, max_position_embeddings=80, position_embedding="learned", rope_theta=500.0,
     norm_type="layernorm", norm_position="post", norm_eps=1e-4, mlp_type="gelu", attention_bias=True,
-    mlp_bias=True, is_causal=False, scale_embeddings=True, embedding_dropout=0.05, hidden_dropout=0.1,
+    mlp_bias=True, is_causal=False, scale_embeddings=True, qk_norm=True, embedding_dropout=0.05, hidden_dropout=0.1,
     attention_dropout=0.15, initializer_range=0.05, pad_token_id=3, bos_token_id=5, eos_token_id=[6, 7],
     mask_token_id=8, tie_word_embeddings=False, use_cache=False, fused_lm_loss=True,
 )

@@ -174,3 +174,44 @@ def test_convert_refuses_gpt2_with_exact_gelu():
                                      bos_token_id=1, eos_token_id=2))
     with pytest.raises(ValueError, match="tanh approximation"):
         convert_model(ref)
+
+
+def qk_norm_pair(attn: str = "sdpa", init: float = 0.02) -> tuple[ScratchformerForCausalLM, torch.nn.Module]:
+    """A llama-preset model with `qk_norm=True` and transformers' Qwen3 holding the same weights: the
+    same names (Qwen3's `q_norm`/`k_norm`), so the state dict loads strictly. The norms' gains are
+    randomised so that a norm applied in the wrong place (after rotary, on the whole width) shows."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from scratchformer.modeling import ScratchformerConfig
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+    config = ScratchformerConfig.from_preset("llama", qk_norm=True, initializer_range=init, **sizes)
+    ours = ScratchformerForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+    ref = Qwen3ForCausalLM(Qwen3Config(head_dim=16, rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1,
+                                       eos_token_id=2, **sizes)).eval()  # fmt: skip
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ours.set_attn_implementation(attn)
+    ref.set_attn_implementation(attn)
+    return ours, ref
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_qk_norm_is_qwen3s(attn):
+    ours, ref = qk_norm_pair(attn)
+    ids = batch()
+    with torch.no_grad():
+        diff = (ref(ids).logits - ours(ids).logits).abs().max().item()
+    assert diff < 1e-5, f"qk_norm/{attn}: max abs logit diff from Qwen3ForCausalLM {diff:.2e}"
+
+
+def test_qk_norm_generates_qwen3s_tokens(assert_same_decoding):
+    ours, ref = qk_norm_pair(init=0.5)
+    ids, mask = left_padded()
+    assert_same_decoding(ref, ours, ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0, eos_token_id=None,
+                         min_distinct=5)

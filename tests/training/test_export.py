@@ -120,6 +120,9 @@ REFUSALS = [
     ("gpt2", "gpt2", {"norm_position": "post"}, "norm_position='post'"),
     ("gpt2", "paper", {}, "scale_embeddings=True"),
     ("gguf", "gpt2", {}, "position_embedding='learned'"),
+    ("llama", "llama", {"qk_norm": True}, "qk_norm=True (RMSNorm on each head's queries and keys)"),
+    ("gpt2", "gpt2", {"qk_norm": True}, "qk_norm=True"),
+    ("gguf", "llama", {"qk_norm": True}, "qk_norm=True"),
 ]
 
 

@@ -44,6 +44,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
         mlp_bias=False,
         scale_embeddings=False,
         is_causal=True,
+        qk_norm=False,
     ),
     "gpt2": dict(
         position_embedding="learned",
@@ -54,6 +55,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
         mlp_bias=True,
         scale_embeddings=False,
         is_causal=True,
+        qk_norm=False,
     ),
 }
 
@@ -72,6 +74,7 @@ MEANING = {
     "mlp_bias": "biases in the MLP",
     "scale_embeddings": "the paper's multiplication of embeddings by sqrt(hidden_size)",
     "is_causal": "causal (decoder) vs bidirectional attention",
+    "qk_norm": "RMSNorm on each head's queries and keys",
 }
 
 
@@ -91,7 +94,7 @@ def check_exportable(config, target: str) -> list[str]:
     wrong = [
         (field, getattr(config, field), want)
         for field, want in REQUIRED[target].items()
-        if getattr(config, field) != want
+        if getattr(config, field, False if field == "qk_norm" else None) != want  # qk_norm: configs before 0.4 lack it
     ]
     if target == "gpt2" and config.num_key_value_heads != config.num_attention_heads:
         wrong.append(("num_key_value_heads", config.num_key_value_heads, config.num_attention_heads))
