@@ -19,14 +19,20 @@ def tiny(preset: str = "llama", hidden: int = 32, **overrides) -> ScratchformerF
     return ScratchformerForCausalLM(config)
 
 
+@pytest.mark.parametrize("query_key", ["adamw", "muon"])
 @pytest.mark.parametrize("preset", ["llama", "gpt2", "paper"])
-def test_muon_moves_the_linear_layers_inside_the_blocks_and_adamw_the_rest(preset):
+def test_muon_moves_the_linear_layers_inside_the_blocks_and_adamw_the_rest(preset, query_key):
     model = tiny(preset)
-    hidden = set(hidden_matrices(model))
+    every = set(hidden_matrices(model))
     expected = {n for n, p in model.named_parameters()
                 if ".layers." in n and n.endswith("proj.weight") and p.ndim == 2}  # fmt: skip
-    assert hidden == expected and len(hidden) == 2 * (7 if preset == "llama" else 6)
-    opt = MuonWithAdamW(model, lr=1e-3, weight_decay=0.1)
+    assert every == expected and len(every) == 2 * (7 if preset == "llama" else 6)
+    # By default the query and key projections go to AdamW (their norms set the logits' scale).
+    query_key_names = {n for n in every if n.endswith(("q_proj.weight", "k_proj.weight"))}
+    assert len(query_key_names) == 4
+    hidden = every - query_key_names if query_key == "adamw" else every
+    assert set(hidden_matrices(model, skip=("q_proj", "k_proj") if query_key == "adamw" else ())) == hidden
+    opt = MuonWithAdamW(model, lr=1e-3, weight_decay=0.1, query_key=query_key)
     muon = [p for g in opt.param_groups if g["optimizer"] == "muon" for p in g["params"]]
     adamw = [p for g in opt.param_groups if g["optimizer"] == "adamw" for p in g["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
@@ -57,13 +63,20 @@ def _update_rms(optimizer_name: str, hidden: int) -> dict[str, float]:
             for n, p in model.named_parameters() if n in hidden_matrices(model)}  # fmt: skip
 
 
+QUERY_KEY_SUFFIXES = ("q_proj.weight", "k_proj.weight")
+
+
 def test_one_learning_rate_means_the_same_step_size_for_muon_as_for_adamw():
     # Moonshot's convention: a Muon update is scaled to RMS 0.2 x lr whatever the matrix's shape
     # (width 128: square 128x128 and rectangular 128x352 / 352x128 MLP matrices; 0.17-0.18 measured,
     # five Newton-Schulz steps leave singular values a little under 1). Keller Jordan's original
     # scaling would give about 1/sqrt(max(rows, cols)) x lr here: 0.05-0.09.
     rms = _update_rms("muon", hidden=128)
-    assert all(0.14 < r < 0.3 for r in rms.values()), rms
+    muon = {n: r for n, r in rms.items() if not n.endswith(QUERY_KEY_SUFFIXES)}
+    assert len(muon) == 2 * 5 and all(0.14 < r < 0.3 for r in muon.values()), muon
+    # The query and key projections are AdamW's: a full lr step, whose growth sharpens attention.
+    query_key = {n: r for n, r in rms.items() if n.endswith(QUERY_KEY_SUFFIXES)}
+    assert len(query_key) == 4 and all(0.9 < r <= 1.0 + 1e-3 for r in query_key.values()), query_key
     # AdamW's first step moves every weight by lr (its update is grad / |grad|): same order.
     adam = _update_rms("adamw", hidden=128)
     assert all(0.9 < r <= 1.0 + 1e-3 for r in adam.values()), adam

@@ -222,6 +222,30 @@ def test_a_checkpoint_from_before_muon_resumes_as_it_was_trained(tmp_path):
     assert (cfg.optimizer, cfg.lr_scheduler_type) == ("adamw", "cosine") and "optimizer" in taken
 
 
+def test_a_muon_checkpoint_from_before_query_key_optimizer_resumes_with_muon_on_query_and_key(
+    corpus, tokenizer_dir, tmp_path
+):
+    """0.3's Muon moved q and k too; its checkpoints record no --query_key_optimizer. A bare --resume
+    continues them that way (their optimizer state has q and k in Muon's group), and asking for
+    today's default is refused naming both, instead of failing inside load_state_dict."""
+    from scratchformer.training.library.run_dir import with_flags_of_resumed_run
+
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, save_steps=2, eval_steps=100,
+                     query_key_optimizer="muon")  # fmt: skip
+    train(cfg)
+    state_file = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["run"]["query_key_optimizer"] == "muon"
+    del state["flags"]["query_key_optimizer"], state["run"]["query_key_optimizer"]  # as 0.3 wrote it
+    state_file.write_text(json.dumps(state))
+    bare, taken = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto"), {"output_dir"})
+    assert bare.query_key_optimizer == "muon" and "query_key_optimizer" in taken
+    with pytest.raises(ValueError, match="trained with --query_key_optimizer muon and this run asks for "
+                                         "--query_key_optimizer adamw"):  # fmt: skip
+        train(dataclasses.replace(cfg, query_key_optimizer="adamw", resume="auto", max_train_steps=3))
+    train(dataclasses.replace(cfg, resume="auto", max_train_steps=3))  # loads: the groups match
+
+
 def test_resume_with_another_optimizer_is_refused_naming_both(corpus, tokenizer_dir, tmp_path):
     cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, save_steps=2, eval_steps=100)
     train(cfg)

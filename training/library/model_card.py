@@ -58,7 +58,8 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
         ),
         (
             "optimizer",
-            ("Muon (linear layers inside the blocks) with AdamW (embeddings, norms, biases), AdamW "
+            (f"Muon (linear layers inside the blocks{_but_query_key(cfg)}) with AdamW (embeddings, norms, biases"
+             f"{', query and key projections' if _but_query_key(cfg) else ''}), AdamW "
              if getattr(cfg, "optimizer", "adamw") == "muon" else "AdamW, ")
             + f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), weight decay {cfg.weight_decay} "
             f"on matrices, gradient clipping {cfg.max_grad_norm}",
@@ -125,6 +126,11 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_spe
 `generation_config.json` samples by default (temperature 0.8, top-k 50, top-p 0.95); pass
 `do_sample=False` for greedy decoding.
 """
+
+
+def _but_query_key(cfg) -> str:
+    """", but the query and key projections" when Muon left them to AdamW (the default since 0.4)."""
+    return ", but the query and key projections" if getattr(cfg, "query_key_optimizer", "muon") == "adamw" else ""
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

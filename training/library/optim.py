@@ -5,10 +5,20 @@ The schedule is a pure function of the step, so it can be tested and plotted alo
 run needs nothing but the step counter to be back on it (no scheduler state to save).
 
     --optimizer adamw   AdamW on every parameter (GPT-2, nanoGPT, Llama)
-    --optimizer muon    Muon (torch.optim.Muon) on the hidden matrices: every linear layer inside a
-                        transformer block (attention's q, k, v, o; the MLP's up, gate, down); AdamW on
-                        the rest: token and position embeddings, the LM head (tied to the embeddings
-                        or not), norms and biases. modded-nanogpt's and nanochat's split.
+    --optimizer muon    Muon (torch.optim.Muon) on the hidden matrices: the linear layers inside the
+                        transformer blocks that map hidden states to hidden states (attention's value and
+                        output projections; the MLP's up, gate, down); AdamW on the rest: the query and
+                        key projections (see below), token and position embeddings, the LM head (tied
+                        to the embeddings or not), norms and biases.
+
+Why the query and key projections go to AdamW (`--query_key_optimizer`, measured in
+benchmarks/results/recipes_shakespeare.md): an attention logit is q . k / sqrt(K), so the norms of
+W_q and W_k set how sharp attention can be. Muon's update is an orthogonalised matrix, which raises a
+weight's largest singular value by at most about 0.2 x sqrt(width) x lr per step; after the few hundred
+steps of a small run W_q's stays near 1 (AdamW's reaches 2.5 to 3.5) and every head attends almost
+uniformly. With q and k under AdamW (modded-nanogpt and nanochat reach the same end with QK-norm
+instead, `qk_norm=True`, which changes the architecture) the heads sharpen as under AdamW, and
+validation improves as well.
 
 Muon's learning rate follows Moonshot's convention (`adjust_lr_fn="match_rms_adamw"`: each matrix's
 update is scaled to the RMS an AdamW update has, 0.2 x sqrt(max(rows, cols))), so one
@@ -25,6 +35,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("adamw", "muon")
+QUERY_KEY = ("q_proj", "k_proj")  # the projections whose norms set the attention logits' scale
 SCHEDULES = ("cosine", "wsd")
 
 
@@ -82,11 +93,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def hidden_matrices(model: nn.Module) -> list[str]:
+def hidden_matrices(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
     """Names of the parameters Muon moves: the weight of every `nn.Linear` inside a transformer block
-    (the classes the model names in `_no_split_modules`). Embeddings are lookups, not maps between
-    hidden states, and the LM head is the embedding matrix itself (or plays its role): those,
-    like norms and biases, go to AdamW."""
+    (the classes the model names in `_no_split_modules`) but those named in `skip` (`QUERY_KEY`, by
+    default of the optimizer). Embeddings are lookups, not maps between hidden states, and the LM
+    head is the embedding matrix itself (or plays its role): those, like norms and biases, go to AdamW."""
     block_types = set(getattr(model, "_no_split_modules", None) or ())
     if not block_types:
         raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules)")
@@ -96,6 +107,8 @@ def hidden_matrices(model: nn.Module) -> list[str]:
         if type(module).__name__ not in block_types:
             continue
         for sub, linear in module.named_modules():
+            if sub.rpartition(".")[2] in skip:
+                continue
             if isinstance(linear, nn.Linear) and linear.weight.requires_grad and id(linear.weight) not in shared:
                 names.append(f"{prefix}.{sub}.weight" if sub else f"{prefix}.weight")
     return names
@@ -121,8 +134,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         weight_decay: float,
         betas: tuple[float, float] = (0.9, 0.95),
         momentum: float = 0.95,
+        query_key: str = "adamw",
     ) -> None:
-        hidden = set(hidden_matrices(model))
+        if query_key not in OPTIMIZERS:
+            raise ValueError(f"--query_key_optimizer {query_key!r} is not one of {', '.join(OPTIMIZERS)}")
+        hidden = set(hidden_matrices(model, skip=QUERY_KEY if query_key == "adamw" else ()))
         params = dict(model.named_parameters())  # tied weights appear once
         muon_params = [p for n, p in params.items() if n in hidden]
         rest = [p for n, p in params.items() if n not in hidden and p.requires_grad]
@@ -168,10 +184,13 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
+    query_key: str = "adamw",
 ) -> torch.optim.Optimizer:
-    """`--optimizer`: AdamW on everything (matrices decayed), or Muon with AdamW (see the module)."""
+    """`--optimizer`: AdamW on everything (matrices decayed), or Muon with AdamW (see the module);
+    `query_key` (`--query_key_optimizer`) says which of the two moves the query and key projections
+    under Muon."""
     if name == "adamw":
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
     if name == "muon":
-        return MuonWithAdamW(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        return MuonWithAdamW(model, lr=lr, weight_decay=weight_decay, betas=betas, query_key=query_key)
     raise ValueError(f"--optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")

@@ -129,6 +129,10 @@ class PretrainConfig:
         default=None,
         metadata={"help": "Dropout on embeddings, residual branches and attention (unset: the preset's)."},
     )
+    qk_norm: bool = field(
+        default=False,
+        metadata={"help": "RMSNorm on each head's queries and keys before attention (QK-norm, as OLMo 2 and Qwen3)."},
+    )
 
     # -- optimization --
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device per micro-batch."})
@@ -145,9 +149,17 @@ class PretrainConfig:
     optimizer: Literal["adamw", "muon"] = field(
         default="muon",
         metadata={
-            "help": "muon: torch.optim.Muon on the linear layers inside the blocks, AdamW on embeddings, the LM "
-            "head, norms and biases, one --learning_rate for both (Muon's update scaled to AdamW's RMS). "
-            "adamw: AdamW on every parameter.",
+            "help": "muon: torch.optim.Muon on the linear layers inside the blocks but the query and key "
+            "projections, AdamW on those, embeddings, the LM head, norms and biases, one --learning_rate for both "
+            "(Muon's update scaled to AdamW's RMS). adamw: AdamW on every parameter.",
+        },
+    )
+    query_key_optimizer: Literal["adamw", "muon"] = field(
+        default="adamw",
+        metadata={
+            "help": "With --optimizer muon, the optimizer of the attention's query and key projections, whose "
+            "norms set how sharp attention can be: adamw lets them grow; under muon (the default before 0.4) "
+            "they grow slowly and short runs end with nearly uniform attention.",
         },
     )
     lr_scheduler_type: Literal["cosine", "wsd"] = field(
@@ -293,8 +305,9 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--save_total_limit must be 0 (keep all) or more, got {cfg.save_total_limit}")
     if cfg.learning_rate is not None and not cfg.learning_rate > 0:
         raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"--optimizer {cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    for key in ("optimizer", "query_key_optimizer"):
+        if getattr(cfg, key) not in OPTIMIZERS:
+            raise ValueError(f"--{key} {getattr(cfg, key)!r} is not one of {', '.join(OPTIMIZERS)}")
     if cfg.lr_scheduler_type not in SCHEDULES:
         raise ValueError(f"--lr_scheduler_type {cfg.lr_scheduler_type!r} is not one of {', '.join(SCHEDULES)}")
     if not 0.0 < cfg.lr_decay_fraction <= 1.0:

@@ -99,12 +99,13 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, cfg.optimizer, lr=sizes["learning_rate"], weight_decay=cfg.weight_decay,
-                                betas=(cfg.adam_beta1, cfg.adam_beta2))
+                                betas=(cfg.adam_beta1, cfg.adam_beta2), query_key=cfg.query_key_optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
 
     # Where we start: fresh, or exactly where a checkpoint left off.
     signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)), "optimizer": cfg.optimizer,
+                 "query_key_optimizer": cfg.query_key_optimizer if cfg.optimizer == "muon" else None,
                  "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed,
                  "max_train_steps": max_steps,
                  "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}
@@ -223,6 +224,8 @@ def build_model_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) 
         for k in ("num_key_value_heads", "intermediate_size", "position_embedding")
         if getattr(cfg, k) is not None
     }
+    if cfg.qk_norm:
+        overrides["qk_norm"] = True
     if cfg.dropout is not None:
         overrides.update(embedding_dropout=cfg.dropout, hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     return ScratchformerConfig.from_preset(
@@ -255,7 +258,10 @@ def model_config_dict(model) -> dict:
         "norm_type",
         "mlp_type",
     )
-    return {k: getattr(model.config, k) for k in keys}
+    signature = {k: getattr(model.config, k) for k in keys}
+    if model.config.qk_norm:  # named only when on, so checkpoints from before the option keep their signature
+        signature["qk_norm"] = True
+    return signature
 
 
 # ----------------------------------------------------------------------------------------------

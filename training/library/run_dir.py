@@ -182,12 +182,15 @@ def flags_of_older_releases(flags: dict) -> dict:
     """A checkpoint's flags, completed with what its release did when it predates a flag. Before
     --optimizer existed (scratchformer 0.3 and earlier; before 0.3 no flags were saved at all) every
     run was AdamW + cosine, and size mini's peak lr was 1e-3, not today's 2e-3 (newer checkpoints
-    record the lr as resolved)."""
-    if "optimizer" in flags:
-        return flags
-    old = {"optimizer": "adamw", "lr_scheduler_type": "cosine", **flags}
-    if old.get("learning_rate") is None and old.get("size") == "mini":
-        old["learning_rate"] = 1e-3
+    record the lr as resolved). Before --query_key_optimizer (0.4), Muon moved the query and key
+    projections too."""
+    old = dict(flags)
+    if "optimizer" not in old:
+        old = {"optimizer": "adamw", "lr_scheduler_type": "cosine", **old}
+        if old.get("learning_rate") is None and old.get("size") == "mini":
+            old["learning_rate"] = 1e-3
+    if old["optimizer"] == "muon" and "query_key_optimizer" not in old:
+        old["query_key_optimizer"] = "muon"
     return old
 
 
@@ -212,13 +215,17 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             "original model flags, or none (a bare --resume takes them from the checkpoint)"
         )
     # Where the checkpoint's signature does not name it, its flags do, as completed for older releases.
-    trained_with = saved.get("optimizer") or flags_of_older_releases(state.get("flags") or {})["optimizer"]
-    if trained_with != signature["optimizer"]:
-        raise ValueError(
-            f"--resume {path}: the checkpoint was trained with --optimizer {trained_with} and this run asks for "
-            f"--optimizer {signature['optimizer']}; an optimizer's state cannot carry over to another. Resume with "
-            f"--optimizer {trained_with} (a bare --resume takes it from the checkpoint), or start a new run"
-        )
+    flags = flags_of_older_releases(state.get("flags") or {})
+    for key in ("optimizer", "query_key_optimizer"):
+        trained_with = saved.get(key) or flags.get(key)
+        if key == "query_key_optimizer" and signature["optimizer"] != "muon":
+            break  # AdamW moves every parameter alike
+        if trained_with != signature[key]:
+            raise ValueError(
+                f"--resume {path}: the checkpoint was trained with --{key} {trained_with} and this run asks for "
+                f"--{key} {signature[key]}; an optimizer's state cannot carry over to another. Resume with "
+                f"--{key} {trained_with} (a bare --resume takes it from the checkpoint), or start a new run"
+            )
     if "data" in saved and saved["data"] != signature["data"]:  # checkpoints from before 0.3 lack it
         raise ValueError(
             f"--resume {path}: the training data changed since the checkpoint "
