@@ -106,7 +106,7 @@ class GGUFVocab:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_tokenizer_pipeline(spec: dict[str, Any]) -> None:
+def check_tokenizer_pipeline(spec: dict[str, Any]) -> None:
     """Refuse a tokenizer.json that llama.cpp's "gpt-2" pre-tokenizer would not reproduce exactly."""
     why = ("llama.cpp reproduces only byte-level BPE with GPT-2's split regex and no prefix space (what "
            "`scratchformer tokenizer` trains)")
@@ -148,7 +148,7 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
     import gguf
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    _check_tokenizer_pipeline(spec)
+    check_tokenizer_pipeline(spec)
     notes: list[str] = []
 
     id_to_token: dict[int, str] = {i: t for t, i in spec["model"]["vocab"].items()}
@@ -288,15 +288,19 @@ def tensor_types(shapes: dict[str, tuple[int, ...]], dtype: str, output_name: st
     return types
 
 
-def planned_tensor_types(config, dtype: str) -> dict[str, TensorType]:
-    """`tensor_types` of a `dtype` export of a checkpoint with this config, from the config alone
-    (the model is built on the meta device: shapes, no memory, no weights read)."""
+def gguf_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a GGUF export of this config holds, from the config alone (the model
+    is built on the meta device: shapes, no memory, no weights read)."""
     from scratchformer.modeling import ScratchformerForCausalLM
 
     with torch.device("meta"):
         model = ScratchformerForCausalLM(config)
-    shapes = {name: tuple(t.shape) for name, t in gguf_tensors(model).items()}
-    return tensor_types(shapes, dtype, output_matrix(config))
+    return {name: tuple(t.shape) for name, t in gguf_tensors(model).items()}
+
+
+def planned_tensor_types(config, dtype: str) -> dict[str, TensorType]:
+    """`tensor_types` of a `dtype` export of a checkpoint with this config, from the config alone."""
+    return tensor_types(gguf_shapes(config), dtype, output_matrix(config))
 
 
 def k_quant_rows(config) -> list[int]:
