@@ -74,10 +74,19 @@ def marks(verdicts) -> dict[str, str]:
     return {v.rule: v.mark for v in verdicts}
 
 
-def test_each_preset_and_an_odd_checkpoint_get_the_right_marks():
+def test_each_preset_and_an_odd_checkpoint_get_the_right_marks(tokenizer, tmp_path):
+    """The mini-size checkpoints are saved and diagnosed as the command diagnoses them (its live load
+    aside: test_the_live_check_finds_code_older_than_transformers); the base widths from the config."""
     got = {rule: "" for rule in EXPECTED}
-    for name in CONFIGS:
-        for rule, mark in marks(config_verdicts(config_of(name))).items():
+    for i, name in enumerate(CONFIGS):
+        if name == "llama, base widths":  # 7M parameters: the config says as much as the weights would
+            verdicts = config_verdicts(config_of(name))
+        else:
+            diagnosis = diagnose(save(tmp_path / str(i), config_of(name, len(tokenizer)), tokenizer), live=False)
+            assert not diagnosis.broken
+            assert [v.rule for v in diagnosis.verdicts][0] == "transformers_range"
+            verdicts = diagnosis.verdicts[1:]
+        for rule, mark in marks(verdicts).items():
             got[rule] += mark
     assert got == EXPECTED
     odd = {v.rule: v.reason for v in config_verdicts(config_of("paper, head width 16"))}
@@ -220,3 +229,24 @@ def test_the_model_card_shows_the_same_table():
     verdicts = [doctor.Verdict("transformers_range", True, ""), *config_verdicts(config)]
     assert [row.split(" | ")[:2] for row in rows] == [[f"| {v.tool}", v.mark] for v in verdicts]
     assert "| vLLM (CPU) | ✗ | head width 16:" in table
+
+
+def test_other_heads_and_the_encoder_decoder_say_what_they_are_not():
+    """Classifiers, masked LMs and the encoder-decoder load (their own line) but export, serve and
+    post-train as causal LMs only: every such tool is ✗ with the reason, none is a guess."""
+    fixtures = ROOT / "tests" / "fixtures" / "checkpoints" / "v0.3.0"
+    for name, reason in (("sequence_classification", "a causal LM"), ("masked_lm", "attends both ways"),
+                         ("seq2seq_paper", "encoder-decoder")):
+        diagnosis = diagnose(fixtures / name, live=False)
+        verdicts = {v.rule: v for v in diagnosis.verdicts}
+        assert not diagnosis.broken and verdicts["transformers_range"].ok and verdicts["positions"].ok
+        for rule in ("export_llama", "export_gpt2", "gguf", "gguf_k_quants", "vllm_cpu", "trl", "lm_eval"):
+            assert verdicts[rule].ok is False, (name, rule)
+        assert reason in verdicts["export_llama"].reason or reason in verdicts["trl"].reason, name
+
+
+def test_without_the_gguf_package_the_gguf_lines_say_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # import gguf now raises ImportError
+    verdicts = {v.rule: v for v in config_verdicts(config_of("llama"))}
+    assert verdicts["gguf"].ok is False and 'pip install "scratchformer[gguf]"' in verdicts["gguf"].reason
+    assert verdicts["export_llama"].ok  # the rest does not need it
