@@ -250,3 +250,12 @@ def test_without_the_gguf_package_the_gguf_lines_say_how_to_get_it(monkeypatch):
     verdicts = {v.rule: v for v in config_verdicts(config_of("llama"))}
     assert verdicts["gguf"].ok is False and 'pip install "scratchformer[gguf]"' in verdicts["gguf"].reason
     assert verdicts["export_llama"].ok  # the rest does not need it
+
+
+def test_a_checkpoint_without_its_code_is_told_how_to_add_it(tokenizer, tmp_path, capsys):
+    src = save(tmp_path / "m", config_of("gpt2", len(tokenizer)), tokenizer)
+    for code in src.glob("*.py"):
+        code.unlink()
+    assert cli.main(["doctor", "--model", str(src)]) == 0  # nothing is broken that upgrade-checkpoint cannot add
+    out = capsys.readouterr().out
+    assert "✗ transformers " in out and "no model code in the directory" in out and "upgrade-checkpoint" in out

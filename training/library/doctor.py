@@ -212,18 +212,18 @@ def _gguf(config) -> list[Verdict]:
     except ImportError:
         missing = 'needs the gguf package to say: pip install "scratchformer[gguf]"'
         return [Verdict("gguf", False, missing), Verdict("gguf_k_quants", False, missing)]
-    # Which matrices some types hold in another type (the file's notes say the same when exported).
-    caveats: dict[str, list[str]] = {}
-    shapes = gguf_shapes(config)
+    # Which matrices some types hold in another type (an export's notes say the same, by tensor).
+    caveats: dict[str, list[str]] = {}  # "ffn_down (rows of 48) f16" -> the dtypes it applies to
+    shapes, output = gguf_shapes(config), output_matrix(config)
     for dtype in DTYPES:
-        for t in tensor_types(shapes, dtype, output_matrix(config)).values():
-            if t.reason and len(t.shape) > 1:
-                stem = t.name.removesuffix(".weight").split(".")[-1]
-                what = "the output matrix" if t.name == output_matrix(config) and t.ggml_type == "Q8_0" else (
-                    f"{stem} (rows of {t.shape[-1]})")
-                caveats.setdefault(f"{what} {t.ggml_type.lower()}", [])
-                if dtype not in caveats[f"{what} {t.ggml_type.lower()}"]:
-                    caveats[f"{what} {t.ggml_type.lower()}"].append(dtype)
+        for t in tensor_types(shapes, dtype, output).values():
+            if not t.reason or len(t.shape) < 2:
+                continue
+            what = "the output matrix" if t.name == output and t.ggml_type == "Q8_0" else (
+                f"{t.name.removesuffix('.weight').split('.')[-1]} (rows of {t.shape[-1]})")
+            dtypes = caveats.setdefault(f"{what} {t.ggml_type.lower()}", [])
+            if dtype not in dtypes:
+                dtypes.append(dtype)
     notes = [f"{what} in {dtypes[0]}" + (f"..{dtypes[-1]}" if len(dtypes) > 1 else "")
              for what, dtypes in caveats.items()]
     rows = k_quant_rows(config)
@@ -295,30 +295,35 @@ def supported_transformers() -> str:
     raise RuntimeError("scratchformer's metadata names no transformers requirement")  # a broken install
 
 
-def _code_verdict(path: Path, trust_remote_code: bool) -> tuple[Verdict, bool]:
-    """(the transformers-versions verdict, whether the live check may run the checkpoint's code)."""
+def _code_verdict(path: Path, trust_remote_code: bool) -> tuple[Verdict, Verdict | None]:
+    """(the transformers-versions verdict, and the live check's verdict when it must not run: the
+    checkpoint ships no code, or code that is not this scratchformer's and the user did not say to
+    trust it)."""
     import transformers
     from packaging.version import Version
 
     from .upgrade import upgrade_checkpoint
 
     here = f"transformers {transformers.__version__} here"
-    changes = upgrade_checkpoint(path, dry_run=True)
-    if all(c.action == "unchanged" for c in changes):
+    upgrade = f"`scratchformer upgrade-checkpoint {path}`"
+    if not list(path.glob("*.py")):
+        why = f"no model code in the directory, so stock transformers cannot load it; {upgrade} adds it"
+        return Verdict("transformers_range", False, why), Verdict("loads", False, why)
+    if all(c.action == "unchanged" for c in upgrade_checkpoint(path, dry_run=True)):
         return Verdict("transformers_range", True, f"this scratchformer's own code: {supported_transformers()} "
-                       f"({here})"), True
+                       f"({here})"), None
+    not_ours = None if trust_remote_code else Verdict(
+        "loads", None, f"not run: its code is not this scratchformer's, and loading runs it; read the *.py files, "
+        f"then --trust_remote_code (or {upgrade})")
     code = "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.glob("*.py")))
-    upgrade = f"`scratchformer upgrade-checkpoint {path}` brings this release's"
     if "CACHE_NAME" not in code:  # the payload before transformers 5.24 renamed the cache argument
-        renamed = Version(transformers.__version__) >= Version("5.24.0.dev0")
         why = f"its code predates transformers 5.24 (written for 5.17..5.23; {here})"
-        if renamed:
-            return Verdict("transformers_range", False, f"{why}: cached decoding loses its context; {upgrade}",
-                           broken=True), trust_remote_code
-        return Verdict("transformers_range", True, f"{why}: run `scratchformer upgrade-checkpoint {path}` before "
-                       "upgrading transformers"), trust_remote_code
+        if Version(transformers.__version__) >= Version("5.24.0.dev0"):
+            return Verdict("transformers_range", False, f"{why}: cached decoding loses its context; {upgrade} "
+                           "brings this release's", broken=True), not_ours
+        return Verdict("transformers_range", True, f"{why}: run {upgrade} before upgrading transformers"), not_ours
     return Verdict("transformers_range", True, f"another scratchformer release's code, written for "
-                   f"{supported_transformers()} ({here}); {upgrade}"), trust_remote_code
+                   f"{supported_transformers()} ({here}); {upgrade} brings this release's"), not_ours
 
 
 LIVE_SCRIPT = r"""
@@ -382,10 +387,7 @@ def live_check(path: Path) -> dict[str, Any]:
     return json.loads(lines[-1].removeprefix("DOCTOR "))
 
 
-def _live_verdict(path: Path, may_run: bool) -> Verdict:
-    if not may_run:
-        return Verdict("loads", None, "not run: its code is not this scratchformer's, and loading runs it; read "
-                       f"the *.py files, then --trust_remote_code (or `scratchformer upgrade-checkpoint {path}`)")
+def _live_verdict(path: Path) -> Verdict:
     found = live_check(path)
     if "error" in found:
         return Verdict("loads", False, f"fails in a fresh process without scratchformer: {found['error']}",
@@ -438,10 +440,10 @@ def diagnose(model_dir: str | os.PathLike, live: bool = True, trust_remote_code:
     path = Path(model_dir)
     config = load_config(path)
     check_weights(path)
-    code, may_run = _code_verdict(path, trust_remote_code)
+    code, not_run = _code_verdict(path, trust_remote_code)
     verdicts = []
     if live:
-        verdicts.append(_live_verdict(path, may_run))
+        verdicts.append(not_run or _live_verdict(path))
     verdicts.append(code)
     verdicts += config_verdicts(config)
     if (path / "tokenizer.json").is_file() and _kind(config) == "causal":
