@@ -192,7 +192,8 @@ def test_the_live_check_finds_code_older_than_transformers(tokenizer, tmp_path, 
 
     old = tmp_path / "old"
     shutil.copytree(OLD, old)
-    assert cli.main(["doctor", "--model", str(old)]) == 0  # its code is not run without the flag
+    # Its code is not run without the flag; the rule alone says it is broken from transformers 5.24 on.
+    assert cli.main(["doctor", "--model", str(old)]) == (1 if RENAMED_CACHE else 0)
     assert "? transformers " in capsys.readouterr().out
     status = cli.main(["doctor", "--model", str(old), "--trust_remote_code"])
     out = capsys.readouterr().out
