@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,53 @@ def assert_same_decoding() -> Callable[..., torch.Tensor]:
     """`assert_same_decoding(model_a, model_b, input_ids, a_kwargs=..., b_kwargs=..., **generate_kwargs)`:
     the one way two decoders are compared in this suite (see `_assert_same_decoding`)."""
     return _assert_same_decoding
+
+
+def _ggml_error_bound(x: np.ndarray, ggml_type: str) -> np.ndarray:
+    """How far from `x` (float32, rows along the last axis) a value of ggml type `ggml_type` may
+    land, element by element: the type's own arithmetic (ggml-quants.c's reference code, which the
+    gguf package ports), written out here independently of the exporter.
+
+    Blocks of 32 along a row share a scale d (and Q4_1/Q5_1 an offset m), stored as float16:
+    - Q8_0: d = amax/127, q = round(x/d) in [-127, 127]: within d/2.
+    - Q4_0/Q5_0: d = -max/8 (/16) (max: the value of largest |x|, which lands on -8 (-16) exactly),
+      q = trunc(x/d + 8.5) clipped to [0, 15] ([0, 31]): values of the other sign near amax clip one
+      step short, so within |d|.
+    - Q4_1/Q5_1: d = (max-min)/15 (/31), q = trunc((x-min)/d + 0.5) in [0, 15] ([0, 31]): within d/2.
+    Storing d in float16 moves every level k*d by |k| times its rounding (2^-11 relative, or 2^-25
+    absolute below float16's normal range), and m likewise. F16 and BF16 round each value to 11 and
+    8 significant bits. A float32 slack of 1e-6 * amax covers the order of the numpy operations."""
+    f16_round = lambda v: np.maximum(np.abs(v) * 2.0**-11, 2.0**-25)  # noqa: E731
+    if ggml_type == "F32":
+        return np.zeros_like(x)
+    if ggml_type == "F16":
+        return f16_round(x)
+    if ggml_type == "BF16":
+        return np.abs(x) * 2.0**-8 + 1e-38
+    blocks = x.reshape(-1, 32).astype(np.float64)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)
+    if ggml_type == "Q8_0":
+        d = amax / 127
+        bound = d / 2 + 127 * f16_round(d)
+    elif ggml_type in ("Q4_0", "Q5_0"):
+        levels = 8 if ggml_type == "Q4_0" else 16
+        d = amax / levels
+        bound = d + levels * f16_round(d)
+    elif ggml_type in ("Q4_1", "Q5_1"):
+        levels = 15 if ggml_type == "Q4_1" else 31
+        d = (hi - lo) / levels
+        bound = d / 2 + levels * f16_round(d) + f16_round(lo)
+    else:
+        raise ValueError(f"no error bound for {ggml_type}")
+    return np.broadcast_to(bound + 1e-6 * amax, blocks.shape).reshape(x.shape)
+
+
+@pytest.fixture
+def ggml_error_bound() -> Callable[[np.ndarray, str], np.ndarray]:
+    """`ggml_error_bound(x, "Q4_0")`: the largest |x - stored| each element of `x` may have once
+    stored as that ggml type (see `_ggml_error_bound`)."""
+    return _ggml_error_bound
 
 
 # The compatibility suite (`pytest -m compat`, run by `make compat` on the lowest supported and the

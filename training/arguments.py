@@ -84,6 +84,7 @@ SYNONYMS: dict[str, dict[str, str]] = {
     "export": {"--model_name_or_path": "--model"},
     "inspect": {"--model_name_or_path": "--model"},
     "upgrade-checkpoint": {"--model_name_or_path": "--model"},
+    "doctor": {"--model_name_or_path": "--model"},
 }
 
 

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),
     "export": ("export", "export to a stock LlamaForCausalLM / GPT2LMHeadModel directory or a GGUF file"),
     "upgrade-checkpoint": ("upgrade", "replace a checkpoint's model code with this version's (weights untouched)"),
+    "doctor": ("doctor", "which tools take a checkpoint (exports, llama.cpp, vLLM, TRL, ...), and does it load"),
 }
 
 

@@ -4,6 +4,7 @@ on one (serving engines, llama.cpp, TransformerLens):
     scratchformer export --model runs/mini/model --to llama --output_dir mini-llama   # LlamaForCausalLM
     scratchformer export --model runs/gpt2/model --to gpt2 --output_dir mini-gpt2     # GPT2LMHeadModel
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf    # llama.cpp, Ollama
+    scratchformer export --model runs/mini/model --to gguf --output_file mini-q8.gguf --dtype q8_0
 
 A config the target cannot represent exactly is refused, naming the field; see
 `scratchformer.training.library.export`.
@@ -14,6 +15,8 @@ from __future__ import annotations
 from scratchformer.training.arguments import Parser, command
 from scratchformer.training.library.errors import UserError
 from scratchformer.training.library.export import TARGETS, export_stock
+from scratchformer.training.library.gguf import DTYPES as GGUF_DTYPES
+from scratchformer.training.library.gguf import write_gguf
 
 
 def build_parser() -> Parser:
@@ -29,8 +32,9 @@ def build_parser() -> Parser:
     p.add("--to", required=True, choices=TARGETS, help="the target format")
     p.add("--output_dir", metavar="DIR", help="new directory (--to llama, --to gpt2)")
     p.add("--output_file", metavar="FILE", help="new .gguf file (--to gguf)")
-    p.add("--dtype", choices=("f32", "f16"), default="f16",
-          help="GGUF tensor type for the matrices (default f16; norms stay f32)")
+    p.add("--dtype", default="f16", metavar="|".join(GGUF_DTYPES),
+          help="GGUF type of the matrices (default f16; norms stay f32; q8_0 ... q4_0 are quantized by the gguf "
+               "package, the output matrix kept at q8_0); K-quants: llama.cpp's llama-quantize on the f16 file")
     return p
 
 
@@ -40,8 +44,6 @@ def main(argv: list[str]) -> int:
     if args.to == "gguf":
         if not args.output_file:
             raise UserError("--to gguf writes one file: give --output_file NAME.gguf")
-        from scratchformer.training.library.gguf import write_gguf
-
         written, notes = write_gguf(args.model, args.output_file, dtype=args.dtype)
     else:
         if not args.output_dir:

@@ -56,6 +56,7 @@ FROZEN = {
     "convert": ["--model", "--output_dir"],
     "export": ["--dtype", "--model", "--output_dir", "--output_file", "--to"],
     "upgrade-checkpoint": ["--dry_run", "--model"],
+    "doctor": ["--model", "--trust_remote_code"],
     # A new model from the command alone (pretrain's --preset/--size/size flags/--tokenizer/--vocab_size, the
     # seq2seq config's --encoder_layers/--decoder_layers), the shared training flags, the opt-in paper schedule.
     "finetune --task seq2seq": [
@@ -98,7 +99,7 @@ def test_shared_names_mean_the_same_thing_everywhere():
 
     writes_a_directory = ["tokenizer", "pretrain", "finetune", "convert", "export", "demo", "finetune --task seq2seq"]
     assert all(has(c, "--output_dir") for c in writes_a_directory)
-    reads_a_model = ["finetune", "generate", "eval", "inspect", "convert", "export", "upgrade-checkpoint",
+    reads_a_model = ["finetune", "generate", "eval", "inspect", "convert", "export", "upgrade-checkpoint", "doctor",
                      "finetune --task seq2seq"]  # fmt: skip
     assert all(has(c, "--model") for c in reads_a_model)
     reads_files = ["tokenizer", "pretrain", "finetune", "demo", "finetune --task seq2seq"]

@@ -256,6 +256,7 @@ def test_the_output_is_a_hub_model_with_card_and_results_and_no_pickle(scratch, 
     assert f"| validation exact match | {r['eval']['exact_match']:.2f} % |" in card
     assert f"| validation BLEU (corpus, 0-100) | {r['eval']['bleu']:.2f} |" in card
     assert "Trained from scratch" in card and "AutoModelForSeq2SeqLM" in card
+    assert "## Where it runs" in card and "| export --to gguf" not in card and "| vLLM (CPU) | ✗ |" in card
     assert f"saved to    {out}" in scratch["text"]
 
 
@@ -263,7 +264,7 @@ def test_the_output_appears_complete_or_not_at_all(pairs, tokenizer_dir, tmp_pat
     argv = ["--train_files", pairs["train"], "--output_dir", str(tmp_path / "o"), *TOY, "--tokenizer",
             str(tokenizer_dir), "--max_steps", "1"]  # fmt: skip
 
-    def disk_full(results: dict) -> str:
+    def disk_full(*args, **kwargs) -> str:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:

@@ -314,3 +314,9 @@ def test_command_line_and_trust_remote_code(checkpoint, task_dir, no_bos_run, tm
     for got in (_results_file(tmp_path / "installed-True"), _results_file(blocked_dir / "out")):
         for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
             assert_close(got[metric], want[metric], f"command line {metric}")
+    # `scratchformer doctor` gives this command line for the checkpoint.
+    from scratchformer.training.library.doctor import config_verdicts, load_config
+
+    [verdict] = [v for v in config_verdicts(load_config(checkpoint)) if v.rule == "lm_eval"]
+    assert verdict.ok and "pretrained=DIR,trust_remote_code=True" in verdict.reason
+    assert "add_bos_token=False for perplexity tasks" in verdict.reason

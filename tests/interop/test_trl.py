@@ -14,6 +14,15 @@ itself by loading the policy's path again, `from_pretrained(path, trust_remote_c
 scratchformer`, i.e. after `import scratchformer.modeling`; a policy loaded through remote code (in
 a process that did not import scratchformer, installed or not) needs `DPOConfig(trust_remote_code=True)`,
 or an explicit `ref_model=`.
+
+GRPO (`test_grpo_raises_the_reward`) runs where scratchformer cannot be imported: the policy given as a
+path and, with `beta > 0`, the reference model are both loaded by `GRPOTrainer` itself through the
+checkpoint's remote code (`GRPOConfig(model_init_kwargs={"trust_remote_code": True})`).
+
+TRL's own command line (`trl sft`, `trl dpo`, `trl grpo`: `accelerate launch` of TRL's scripts) takes
+our checkpoint with `--trust_remote_code`, a local dataset as a directory holding `train.jsonl`, and a
+reward function as a dotted import path on PYTHONPATH; each writes a checkpoint with its remote code,
+which stock `from_pretrained` loads (in a process without scratchformer) and generates from.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
 import scratchformer.modeling  # noqa: E402  (registers the Auto classes)
+from scratchformer.training.library.doctor import config_verdicts  # noqa: E402
 
 FACTS = [
     ("list", "a mutable sequence"),
@@ -232,3 +242,149 @@ def test_dpo_reference_model_needs_trust_remote_code_without_import(checkpoint, 
         # With it, the reference is the checkpoint's own remote code and training runs.
         assert result["trust_remote_code"]["ref_model"].startswith("transformers_modules.")
         assert math.isfinite(result["trust_remote_code"]["train_loss"])
+
+
+# A reward a 300-step model can climb in a few steps: the share of the letter "e" in the completion
+# (about 0.09 before training). GRPO compares completions of one prompt with each other, so any
+# reward that varies between samples gives it a direction.
+GRPO_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from datasets import Dataset
+from transformers import AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+path = {path!r}
+PROMPTS = ["The", "A list", "When the", "In Python", "This module", "An object", "If the", "For example"]
+
+
+def letter_e(completions, **kwargs):
+    return [c.count("e") / max(1, len(c)) for c in completions]
+
+
+tok = AutoTokenizer.from_pretrained(path)
+
+
+def mean_reward(model, samples=8):
+    # The same draws before and after training: a fixed seed, 8 samples of 16 tokens per prompt.
+    model.eval()
+    torch.manual_seed(123)
+    rewards = []
+    for prompt in PROMPTS:
+        ids = tok([prompt] * samples, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=True, max_new_tokens=16, min_new_tokens=16, temperature=1.0,
+                                 top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+        rewards += letter_e(tok.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    model.train()
+    return sum(rewards) / len(rewards)
+
+
+args = GRPOConfig(output_dir="grpo", max_steps=8, per_device_train_batch_size=8, num_generations=8,
+                  max_completion_length=16, beta=0.1, learning_rate=1e-3, temperature=1.0, logging_steps=1,
+                  model_init_kwargs={{"trust_remote_code": True}}, {common})
+trainer = GRPOTrainer(model=path, reward_funcs=letter_e, args=args,
+                      train_dataset=Dataset.from_list([{{"prompt": p}} for p in PROMPTS * 4]), processing_class=tok)
+start = {{k: v.clone() for k, v in trainer.model.state_dict().items()}}
+before = mean_reward(trainer.model)
+trainer.train()
+after = mean_reward(trainer.model)
+log = trainer.state.log_history
+print("RESULT " + json.dumps(dict(
+    before=before, after=after,
+    changed=sum(not torch.equal(start[k], v) for k, v in trainer.model.state_dict().items()), tensors=len(start),
+    policy=type(trainer.model).__module__, ref_model=type(trainer.ref_model).__module__,
+    kl=[r["kl"] for r in log if "kl" in r], rewards=[r["reward"] for r in log if "reward" in r],
+    scratchformer_imported=sys.modules.get("scratchformer") is not None)))
+"""
+
+
+def test_grpo_raises_the_reward(checkpoint, tmp_path, run_without_scratchformer):
+    """8 GRPO steps on a reward function raise the mean reward of fixed-seed samples by half, move
+    every parameter, and keep a KL term to a reference model that GRPOTrainer loaded itself, like the
+    policy, through the checkpoint's remote code (no scratchformer in the process)."""
+    common = ", ".join(f"{k}={v!r}" for k, v in COMMON.items())
+    proc = run_without_scratchformer(GRPO_SCRIPT.format(path=str(checkpoint), common=common), cwd=tmp_path,
+                                     timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _result(proc.stdout)
+    print(f"GRPO mean reward {result['before']:.3f} -> {result['after']:.3f}, KL {result['kl']}")
+    assert result["scratchformer_imported"] is False
+    assert result["policy"].startswith("transformers_modules.") and result["ref_model"].startswith(
+        "transformers_modules.")
+    assert result["after"] > 1.3 * result["before"], result
+    assert result["changed"] == result["tensors"]
+    assert result["kl"][0] == 0.0 and max(result["kl"]) > 0  # the policy leaves the reference, which stays
+    [verdict] = [v for v in config_verdicts(AutoConfig.from_pretrained(checkpoint)) if v.rule == "trl"]
+    assert verdict.ok
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+REWARDS_MODULE = """def letter_e(completions, **kwargs):
+    return [c.count("e") / max(1, len(c)) for c in completions]
+"""
+
+# The same command line for the three: CPU, float32, no reporting; each trainer's own defaults else.
+CLI_COMMON = ["--trust_remote_code", "--use_cpu", "--bf16", "False", "--report_to", "none", "--logging_steps", "1",
+              "--save_strategy", "no", "--max_steps", "6", "--per_device_train_batch_size", "4", "--seed", "0"]
+
+RELOAD = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {}
+for path in sys.argv[1:]:
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # the tokenizer needs no code
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    ids = tok("What is a list?", return_tensors="pt")
+    with torch.no_grad():
+        new = model.generate(**ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)[0]
+    new = new[ids["input_ids"].shape[1]:]
+    out[path] = dict(module=type(model).__module__, new_tokens=len(new), text=tok.decode(new),
+                     weights=float(sum(p.double().sum() for p in model.parameters())))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_trl_command_line_trains_a_checkpoint(checkpoint, tmp_path, run_without_scratchformer):
+    """`trl sft`, `trl dpo` and `trl grpo`, TRL's own command line, on local jsonl files: each trains our
+    checkpoint through its remote code and saves one that stock `from_pretrained` loads without
+    scratchformer and generates from, with weights that moved."""
+    trl_cli = Path(sys.executable).parent / "trl"
+    write_jsonl(tmp_path / "chats" / "train.jsonl", [conversation(*f) for f in FACTS] * 2)
+    write_jsonl(tmp_path / "preferences" / "train.jsonl", [preference(*p) for p in PREFERENCES] * 2)
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", [{"prompt": f"A {name} is"} for name, _ in FACTS] * 2)
+    (tmp_path / "my_rewards.py").write_text(REWARDS_MODULE, encoding="utf-8")
+    commands = {
+        "sft": ["sft", "--dataset_name", "chats", "--learning_rate", "1e-3"],
+        "dpo": ["dpo", "--dataset_name", "preferences", "--learning_rate", "1e-4"],
+        "grpo": ["grpo", "--dataset_name", "prompts", "--reward_funcs", "my_rewards.letter_e", "--beta", "0.1",
+                 "--num_generations", "4", "--max_completion_length", "16", "--learning_rate", "1e-3"],
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(PYTHONPATH=str(tmp_path), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    outputs = []
+    for name, argv in commands.items():
+        out = tmp_path / f"{name}-out"
+        proc = subprocess.run([str(trl_cli), *argv, "--model_name_or_path", str(checkpoint), "--output_dir", str(out),
+                               *CLI_COMMON], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"trl {name}:\n{proc.stderr[-3000:]}"
+        assert (out / "model.safetensors").is_file() and (out / "modeling_scratchformer.py").is_file(), name
+        outputs.append(str(out))
+
+    argv = ", ".join(repr(a) for a in [str(checkpoint), *outputs])
+    proc = run_without_scratchformer(f"import sys\nsys.argv = ['reload', {argv}]\n" + RELOAD, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = _result(proc.stdout)
+    base = loaded.pop(str(checkpoint))
+    for path, model in loaded.items():
+        print(f"{Path(path).name}: {model['text']!r}")
+        assert model["module"].startswith("transformers_modules."), path
+        assert model["new_tokens"] == 12, path
+        assert model["weights"] != base["weights"], f"{path}: the weights did not move"

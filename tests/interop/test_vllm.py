@@ -249,6 +249,25 @@ def test_llama_export_serves_natively(served_checkpoint, tmp_path):
     assert result["architecture"] == "LlamaForCausalLM"
 
 
+@pytest.mark.vllm
+def test_cpu_attention_head_sizes_are_doctors():
+    """`scratchformer doctor`'s vLLM line is vLLM's own list of CPU attention kernels: the head widths
+    it accepts at start-up and can run. A checkpoint of another width loads and compiles, then fails
+    at its first request (benchmarks/results/interop_vllm.md: the tiny size's 16), so doctor says so
+    up front: ✓ for the checkpoints served above (2 heads of 32), ✗ for the tiny size's 4 heads of 16."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from scratchformer.modeling import ScratchformerConfig
+    from scratchformer.training.library.doctor import VLLM_CPU_HEAD_SIZES, config_verdicts
+
+    assert tuple(CPUAttentionBackend.get_supported_head_sizes()) == VLLM_CPU_HEAD_SIZES
+    for preset in PRESETS:
+        for heads, served in ((HEADS, True), (4, False)):
+            config = ScratchformerConfig.from_preset(preset, vocab_size=512, hidden_size=64, num_attention_heads=heads)
+            [verdict] = [v for v in config_verdicts(config) if v.rule == "vllm_cpu"]
+            assert verdict.ok is served, (preset, heads, verdict)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def write_results():
     """After the module: benchmarks/results/interop_vllm.{json,md}, when SCRATCHFORMER_WRITE_RESULTS=1."""

@@ -110,6 +110,7 @@ def test_causal_lm_on_text_learns_and_writes_a_hub_directory(lm):
     assert not (Path(out) / ".final.tmp").exists()  # the staging directory is gone once moved in
     card = open(f"{out}/README.md").read()
     assert "pipeline_tag: text-generation" in card and "validation perplexity" in card
+    assert "## Where it runs" in card and "| TRL | ✓ |" in card  # doctor's table (tests/cli/test_doctor.py)
 
 
 def test_classification_reaches_accuracy_and_pipelines_predict_it(lm, data, tmp_path, run_without_scratchformer):

@@ -79,6 +79,7 @@ def test_output_is_a_hub_style_directory(run):
     assert "library_name: transformers" in card
     assert f"{result['eval_bpb']:.4f}" in card and f"{result['parameters']:,}" in card
     assert "16 of 16" in card and f"{16 * 8 * 32:,}" in card and "trust_remote_code=True" in card
+    assert "## Where it runs" in card and "| export --to llama | ✓ |" in card  # doctor's table (test_doctor.py)
     # Checkpoints: the last two kept, none left under a temporary name.
     checkpoints = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").iterdir())
     assert checkpoints == ["step-000008", "step-000016"]

@@ -22,7 +22,8 @@ imports neither (tests/training/test_layering.py holds it to that).
     model_card    the README.md written beside every model
     convert       Llama / GPT-2 checkpoints into scratchformer
     export        scratchformer into stock Llama / GPT-2
-    gguf          scratchformer into a GGUF file for llama.cpp
+    gguf          scratchformer into a GGUF file for llama.cpp (float and quantized types)
+    doctor        which tools take a checkpoint: the interop suite's measured rules, a live load
     upgrade       refresh the code inside a saved checkpoint
     errors        UserError, the one error a user can act on
 """

@@ -78,6 +78,17 @@ MEANING = {
 }
 
 
+def unrepresentable(config, target: str) -> list[tuple[str, Any, Any]]:
+    """(field, its value, the value `target` needs) for every field of a scratchformer causal-LM config
+    that `target` cannot represent; empty when it exports exactly."""
+    wrong = []
+    for field, want in REQUIRED[target].items():
+        have = getattr(config, field, False if field == "qk_norm" else None)  # configs before 0.4 have no qk_norm
+        if have != want:
+            wrong.append((field, have, want))
+    if target == "gpt2" and config.num_key_value_heads != config.num_attention_heads:
+        wrong.append(("num_key_value_heads", config.num_key_value_heads, config.num_attention_heads))
+    return wrong
 
 
 def check_exportable(config, target: str) -> list[str]:
@@ -91,13 +102,7 @@ def check_exportable(config, target: str) -> list[str]:
             "checkpoints (model_type 'scratchformer') export to stock architectures (the encoder-decoder has no "
             "stock counterpart)"
         )
-    wrong = [
-        (field, getattr(config, field), want)
-        for field, want in REQUIRED[target].items()
-        if getattr(config, field, False if field == "qk_norm" else None) != want  # qk_norm: configs before 0.4 lack it
-    ]
-    if target == "gpt2" and config.num_key_value_heads != config.num_attention_heads:
-        wrong.append(("num_key_value_heads", config.num_key_value_heads, config.num_attention_heads))
+    wrong = unrepresentable(config, target)
     if wrong:
         lines = "; ".join(f"{f}={have!r} ({MEANING.get(f, f)}), {target} needs {want!r}" for f, have, want in wrong)
         raise UserError(

@@ -36,6 +36,7 @@ from transformers.trainer_utils import IntervalStrategy
 import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* classes with the Auto classes)
 
 from .data import BUILDERS
+from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .files import make_weights_readable
 from .metrics import compute_classification_metrics, token_metrics
@@ -454,5 +455,6 @@ def write_card_and_curve(out: Path, results: dict, base_model: str, draw_curves=
     metrics.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
     results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
     base_card = Path(base_model) / "README.md"
-    card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None)
+    card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None,
+                                where=where_it_runs_of(out))
     (out / "README.md").write_text(card, encoding="utf-8")

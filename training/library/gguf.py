@@ -3,6 +3,13 @@
 
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf            # f16 matrices
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf --dtype f32
+    scratchformer export --model runs/mini/model --to gguf --output_file mini-q8.gguf --dtype q8_0
+
+Quantized files (q8_0, q5_1, q5_0, q4_1, q4_0) come from the gguf package's own quantizers
+(`gguf.quants.quantize`, the numpy port of ggml's reference code), and each tensor gets the type
+llama.cpp's own tools would give it (`tensor_types`): norms stay f32, the output matrix keeps 8 bits,
+and a matrix whose rows a type's blocks do not divide stays f16. K-quants (Q4_K_M...) are written by
+llama.cpp's `llama-quantize` from our f16 file; they need rows that are multiples of 256.
 
 The llama preset is llama.cpp's "llama" architecture, so the weights only need llama.cpp's names and
 one row permutation (see `rotary_rows_to_ggml`). The tokenizer is the part that usually goes wrong:
@@ -31,7 +38,26 @@ from .export import check_exportable
 from .files import fresh_sibling_file
 from .model_dir import load_model_dir, read_config
 
-DTYPES = ("f32", "f16")
+# --dtype -> (the GGML type of the matrices, the file's general.file_type), by their names in gguf's enums.
+# The float types are convert_hf_to_gguf.py's --outtype choices; the 4- and 5-bit ones are what
+# llama.cpp's llama-quantize writes and the gguf package can quantize (its K-quants are read-only).
+GGUF_DTYPES: dict[str, tuple[str, str]] = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+}
+DTYPES = tuple(GGUF_DTYPES)
+# The output matrix of a 4- or 5-bit file. llama-quantize gives it Q6_K when its rows are a multiple
+# of 256 and Q8_0 otherwise (llama_tensor_get_type: "nx % qk_k != 0"); gguf cannot write Q6_K, so
+# ours is always Q8_0: the same as llama.cpp's below 256, a little larger and more precise above.
+OUTPUT_QUANT = "Q8_0"
+# K-quants (Q2_K ... Q6_K, the Q4_K_M mixes) pack 256 values per block (ggml's QK_K).
+K_QUANT_BLOCK = 256
 ARCHITECTURE = "llama"
 # llama.cpp's name for the pre-tokenizer (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_GPT2), whose regex is
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
@@ -47,7 +73,6 @@ PRE_TOKENIZER = "gpt-2"
 # to Llama 3's regex (digits in threes, no contraction-only tokens) without it.
 GPT2_SPLIT_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 END_OF_TURN = "<|end|>"  # closes every turn of our chat template (tokenization.bpe.DEFAULT_CHAT_TEMPLATE)
-F16_MAX = 65504.0
 
 
 def rotary_rows_to_ggml(w_OC: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -81,7 +106,7 @@ class GGUFVocab:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_tokenizer_pipeline(spec: dict[str, Any]) -> None:
+def check_tokenizer_pipeline(spec: dict[str, Any]) -> None:
     """Refuse a tokenizer.json that llama.cpp's "gpt-2" pre-tokenizer would not reproduce exactly."""
     why = ("llama.cpp reproduces only byte-level BPE with GPT-2's split regex and no prefix space (what "
            "`scratchformer tokenizer` trains)")
@@ -123,7 +148,7 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
     import gguf
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    _check_tokenizer_pipeline(spec)
+    check_tokenizer_pipeline(spec)
     notes: list[str] = []
 
     id_to_token: dict[int, str] = {i: t for t, i in spec["model"]["vocab"].items()}
@@ -213,6 +238,105 @@ def gguf_tensors(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in GGUF_DTYPES:
+        raise UserError(f"unknown GGUF dtype {dtype!r}: choose one of {', '.join(DTYPES)}. K-quants (q4_k_m, "
+                        "q5_k_m, q6_k...) are written by llama.cpp's quantizer from an f16 export: "
+                        "llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M (rows must be multiples of 256)")
+
+
+def output_matrix(config) -> str:
+    """The tensor llama.cpp multiplies the last hidden state by: output.weight, or token_embd.weight
+    when the embeddings are tied (llama.cpp then has no output.weight and reuses the embedding)."""
+    return "token_embd.weight" if config.tie_word_embeddings else "output.weight"
+
+
+@dataclass
+class TensorType:
+    """The GGML type one tensor is written in, and why it is not the file's type when it is not."""
+
+    name: str
+    shape: tuple[int, ...]  # PyTorch's (out, in): ggml's rows are the last dimension
+    ggml_type: str  # a gguf.GGMLQuantizationType name: "Q4_0", "F16", ...
+    reason: str = ""
+
+
+def tensor_types(shapes: dict[str, tuple[int, ...]], dtype: str, output_name: str) -> dict[str, TensorType]:
+    """The GGML type of every tensor of a `dtype` file, chosen as llama.cpp's converter
+    (convert_hf_to_gguf.py) and quantizer (llama-quantize) choose: 1-D tensors (the norms) stay F32,
+    since ggml's norm kernels read f32; in a 4- or 5-bit file the output matrix is Q8_0 (see
+    OUTPUT_QUANT); a matrix whose rows are not a whole number of the type's blocks cannot be stored
+    in it and stays F16, the converter's fallback. Needs only shapes, so `scratchformer doctor` can
+    say what an export would hold without reading a weight."""
+    import gguf
+
+    check_dtype(dtype)
+    wanted = GGUF_DTYPES[dtype][0]
+    types = {}
+    for name, shape in shapes.items():
+        shape = tuple(shape)
+        if len(shape) < 2:
+            types[name] = TensorType(name, shape, "F32", "1-D: ggml's norm kernels read f32")
+            continue
+        chosen, reason = wanted, ""
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted]][0]
+        if name == output_name and block > 1 and wanted != OUTPUT_QUANT:
+            chosen, reason = OUTPUT_QUANT, "the output matrix keeps 8 bits, as llama-quantize keeps it"
+        if shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[chosen]][0]:
+            chosen, reason = "F16", f"rows of {shape[-1]} are not a multiple of {wanted}'s block of {block}"
+        types[name] = TensorType(name, shape, chosen, reason)
+    return types
+
+
+def gguf_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a GGUF export of this config holds, from the config alone (the model
+    is built on the meta device: shapes, no memory, no weights read)."""
+    from scratchformer.modeling import ScratchformerForCausalLM
+
+    with torch.device("meta"):
+        model = ScratchformerForCausalLM(config)
+    return {name: tuple(t.shape) for name, t in gguf_tensors(model).items()}
+
+
+def planned_tensor_types(config, dtype: str) -> dict[str, TensorType]:
+    """`tensor_types` of a `dtype` export of a checkpoint with this config, from the config alone."""
+    return tensor_types(gguf_shapes(config), dtype, output_matrix(config))
+
+
+def k_quant_rows(config) -> list[int]:
+    """The row lengths of the matrices llama-quantize would K-quantize that are not multiples of 256
+    (empty when a Q4_K_M/Q5_K_M/Q6_K file is all K-quants)."""
+    # Every matrix's rows are hidden_size long (heads x head width is hidden_size), but ffn_down's,
+    # which are intermediate_size long.
+    return sorted(r for r in {config.hidden_size, config.intermediate_size} if r % K_QUANT_BLOCK)
+
+
+def _type_notes(types: dict[str, TensorType], dtype: str) -> list[str]:
+    """One note per reason a matrix is not in the file's type."""
+    by_reason: dict[str, list[str]] = {}
+    for t in types.values():
+        if t.reason and len(t.shape) > 1:
+            by_reason.setdefault(f"{t.ggml_type.lower()} ({t.reason})", []).append(t.name)
+    return [f"{len(names)} of {sum(len(t.shape) > 1 for t in types.values())} matrices are {why} rather than "
+            f"{dtype}: {', '.join(names)}" for why, names in by_reason.items()]
+
+
+def _quantize(name: str, t: torch.Tensor, ggml_type: str):
+    """The tensor's bytes as gguf's own quantizer writes them (numpy), refusing values its type
+    cannot hold: f16 overflows above 65504, and the quantized types keep their block scales (and Q4_1/
+    Q5_1 their minimum) in f16 too."""
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType[ggml_type]
+    with np.errstate(over="ignore"):  # an overflow is refused below, by name, not warned about
+        data = gguf.quants.quantize(t.numpy(), qtype)
+    if ggml_type not in ("F32", "BF16") and not np.isfinite(gguf.quants.dequantize(data, qtype)).all():
+        what = "the float16 range (|x| > 65504)" if ggml_type == "F16" else f"what {ggml_type}'s float16 scales hold"
+        raise UserError(f"{name} holds values beyond {what}; export with --dtype f32 or --dtype bf16")
+    return data
+
+
 def _model_name(source: Path) -> str:
     # A pretrain run saves to RUN/model; the run's name says more than "model".
     source = source.resolve()
@@ -273,52 +397,49 @@ def write_gguf(
     model_dir: str | os.PathLike, output_file: str | os.PathLike, dtype: str = "f16"
 ) -> tuple[Path, list[str]]:
     """Write `model_dir` (a llama-preset scratchformer causal LM with its tokenizer) as the GGUF file
-    `output_file`; returns (the file, notes). `dtype` ("f32" or "f16") is the type of the matrices;
-    norm weights are always f32, as llama.cpp's converter writes them. Refuses configs llama.cpp's
-    "llama" architecture cannot represent, tokenizers it would not reproduce, and an existing file."""
+    `output_file`; returns (the file, notes). `dtype` (one of DTYPES) is the type of the matrices,
+    with the exceptions `tensor_types` gives (norms f32, ...), each named in a note. Refuses configs
+    llama.cpp's "llama" architecture cannot represent, tokenizers it would not reproduce, values the
+    type cannot hold, and an existing file."""
     try:
         import gguf
-        import numpy as np
     except ImportError:
         raise UserError(
             '--to gguf needs the gguf package: pip install gguf (or pip install "scratchformer[gguf]")'
         ) from None
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise UserError(f"unknown GGUF dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     source, out = Path(model_dir), Path(output_file)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --output_file or remove it first")
     # The config decides first, so a refusal comes at once, before any weight is read.
     read_config(source)
     notes = check_exportable(AutoConfig.from_pretrained(source), "gguf")
-    # float32 whatever the checkpoint holds: bf16 and f16 widen exactly, and f16 output rounds once.
+    # float32 whatever the checkpoint holds: bf16 and f16 widen exactly, and every other type is
+    # rounded once, from the exact values.
     model, tokenizer = load_model_dir(source, AutoModelForCausalLM, architectures=("ForCausalLM",),
                                       need_tokenizer=True, dtype=torch.float32)
     config = model.config
     vocab = gguf_vocab(tokenizer, config.vocab_size)
     notes += vocab.notes
     tensors = gguf_tensors(model)
+    del model  # the tensors above hold what is needed; each is dropped once quantized
+    types = tensor_types({k: tuple(v.shape) for k, v in tensors.items()}, dtype, output_matrix(config))
+    notes += _type_notes(types, dtype)
 
-    matrix_type = gguf.GGMLQuantizationType.F16 if dtype == "f16" else gguf.GGMLQuantizationType.F32
-    if dtype == "f16":
-        for name, t in tensors.items():
-            if t.dim() == 2 and t.abs().max().item() > F16_MAX:
-                raise UserError(f"{name} holds values beyond the float16 range (|x| > {F16_MAX:g}); "
-                                  "export with --dtype f32")
+    # Every tensor is converted before the file is opened, so a value the type cannot hold is refused
+    # with nothing written; memory holds the float32 model plus the (smaller) converted one at most.
+    data = {}
+    for name in list(tensors):
+        data[name] = _quantize(name, tensors.pop(name), types[name].ggml_type)
 
     writer = gguf.GGUFWriter(path=None, arch=ARCHITECTURE)
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-    _add_metadata(writer, config, vocab, _model_name(source), file_type, source)
-    np_types: dict[str, Any] = {}
-    for name, t in tensors.items():
-        # 1-D tensors (the norms) stay float32: ggml's norm kernels read f32, as llama.cpp's converter writes.
-        ggml_type = matrix_type if t.dim() == 2 else gguf.GGMLQuantizationType.F32
-        np_types[name] = np.dtype(np.float16 if ggml_type == gguf.GGMLQuantizationType.F16 else np.float32)
-        # Only the sizes now: each tensor is converted while it is written, so memory holds the model once.
-        writer.add_tensor_info(name, tuple(t.shape), np_types[name], t.numel() * np_types[name].itemsize,
-                               raw_dtype=ggml_type)
+    _add_metadata(writer, config, vocab, _model_name(source), gguf.LlamaFileType[GGUF_DTYPES[dtype][1]], source)
+    for name, array in data.items():
+        # Quantized data is uint8 in its byte shape, which the writer turns back into the element shape.
+        writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType[types[name].ggml_type])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name in the target directory and renamed at the end: the output is
@@ -330,8 +451,8 @@ def write_gguf(
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, t in tensors.items():
-            writer.write_tensor_data(t.numpy().astype(np_types[name], copy=False))
+        for array in data.values():
+            writer.write_tensor_data(array)
         writer.close()
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # on disk before the rename makes it visible

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .doctor import where_it_runs
+
 
 def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
     """Markdown with the hub's YAML header: what the model is, how it was trained, how well it did,
@@ -125,7 +127,8 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_spe
 
 `generation_config.json` samples by default (temperature 0.8, top-k 50, top-p 0.95); pass
 `do_sample=False` for greedy decoding.
-"""
+
+{where_it_runs(config)}"""
 
 
 def _but_query_key(cfg) -> str:
@@ -147,9 +150,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {m}m {s}s" if hours else f"{m}m {s}s" if m else f"{s}s"
 
 
-def render_finetune_card(results: dict, base_card: str | None = None) -> str:
+def render_finetune_card(results: dict, base_card: str | None = None, where: str = "") -> str:
     """Markdown with the hub's YAML header: what the model was fine-tuned from, for what, on what,
-    how well it does, and how to use it with stock transformers."""
+    how well it does, how to use it with stock transformers, and `where` (doctor's "Where it runs"
+    section, `doctor.where_it_runs`) where it runs."""
     task, pipeline_task = results["task"], results["pipeline_task"]
     name = Path(results["output_dir"]).resolve().name
     tags = ["scratchformer", "custom_code", pipeline_task] + (["lora"] if results["lora"] else [])
@@ -246,16 +250,17 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/{name}", trust_remote_code=Tr
 pipe = pipeline("{pipeline_task}", model="path/to/{name}", tokenizer=tokenizer, trust_remote_code=True)
 {example}
 ```
-{base}"""
+{chr(10) + where if where else ""}{base}"""
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
-def render_seq2seq_card(results: dict) -> str:
+def render_seq2seq_card(results: dict, where: str = "") -> str:
     """The card of an encoder-decoder trained by `scratchformer finetune --task seq2seq`: what it is
-    (from scratch or from which checkpoint), how well it translates, how it was trained, how to run it."""
+    (from scratch or from which checkpoint), how well it translates, how it was trained, how to run it,
+    and `where` (doctor's "Where it runs" section) where it runs."""
     name = Path(results["output_dir"]).resolve().name
     m, h, scores = results["model"], results["hyperparameters"], results["eval"]
     origin = f"`{results['base_model']}` trained further" if results["base_model"] else "Trained from scratch"
@@ -353,4 +358,4 @@ inputs = tokenizer(["a source text"], return_tensors="pt", padding=True)
 outputs = model.generate(**inputs, max_new_tokens=64, num_beams=4)
 print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
 ```
-"""
+{chr(10) + where if where else ""}"""

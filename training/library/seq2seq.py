@@ -58,6 +58,7 @@ from scratchformer.modeling import ScratchformerForConditionalGeneration, Scratc
 from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 
 from .bleu import exact_match, sacrebleu_or_ours
+from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE, _has_files_besides, _move_into
 from .model_card import render_seq2seq_card
@@ -499,7 +500,7 @@ def write_output_dir(out: Path, model, tokenizer, results: dict, draw_curves=Non
     log = staging / "metrics.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
     results["has_loss_curve"] = bool(draw_curves and draw_curves(log, staging / "loss_curve.png"))
-    (staging / "README.md").write_text(render_seq2seq_card(results), encoding="utf-8")
+    (staging / "README.md").write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
     (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     _move_into(staging, out)
 
