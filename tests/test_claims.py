@@ -52,3 +52,22 @@ def test_every_claims_row_names_some_evidence():
         if line.startswith("| ") and not line.startswith("| claim"):
             evidence = line.rstrip(" |").rsplit(" | ", 1)[-1]
             assert evidence.strip() and evidence.strip() != "|", line
+
+
+def test_the_readme_attention_picture_is_what_its_commands_made():
+    """docs/images/attention_grid.png comes from `benchmarks/readme_attention.py`, which runs the README's
+    own pretrain and inspect commands and records the caption from what `inspect attention` printed:
+    the README shows that sentence and that caption, so the picture cannot drift from its commands."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_attention", ROOT / "benchmarks" / "readme_attention.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    record = (ROOT / "docs" / "images" / "attention_grid.md").read_text(encoding="utf-8")
+    caption = re.search(r"^Caption: (.+)$", record, flags=re.M)[1]
+    assert f"![{caption}](docs/images/attention_grid.png)" in README
+    for command in script.COMMANDS:
+        typed = " ".join(f'"{word}"' if " " in word else word for word in command)
+        assert typed in README, typed
+    # The caption is the one `caption()` draws from the recorded output (its head and score).
+    assert script.caption(record) == caption

@@ -69,6 +69,12 @@ PLANS = {
     "default": Plan("mini", 4096, 400, 3000, 400, 2, 1e-3, 60),
 }
 DEFAULT_PROMPTS = ("The for statement", "A list is", "Exceptions")
+# The attention picture's text: long enough (about 30 tokens) for heads' habits to show.
+ATTENTION_TEXT = (
+    "The assert statement raises an AssertionError when its expression is false, and the for statement "
+    "iterates over the items of a sequence."
+)
+ATTENTION_WORDS = 24  # with --train_files: a passage of this many words from the user's own text
 
 
 def build_parser() -> Parser:
@@ -215,7 +221,8 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     _done(clock)
 
     # 6. Where things are
-    plots = _attention_plot(model_dir, prompts[0], out)
+    attention_text = ATTENTION_TEXT if not args.train_files else _passage_from(args.train_files, args.seed)
+    plots, head_note = _attention_plot(model_dir, attention_text, out)
     total = time.perf_counter() - started
     _stage(6, f"Done in {total:.0f} s. Where things are:")
     rows = [
@@ -233,7 +240,10 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     for name, path in rows:
         if path.exists():
             print(f"    {name:<18} {path}")
-    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=out / "classifier", prompt=prompts[0]), "    "))
+    if head_note:
+        print(f"    {head_note}")
+    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=out / "classifier", prompt=prompts[0],
+                                                    text=attention_text), "    "))
 
     summary = {
         "out": str(out),
@@ -322,6 +332,13 @@ def _split_words(files: Sequence[str] | None) -> tuple[list[str], list[str]]:
 
 def _words(texts: Iterable[str]) -> list[str]:
     return [w for text in texts for w in text.split()]
+
+
+def _passage_from(files: Sequence[str], seed: int) -> str:
+    """A passage of the user's own text (validation words when there are enough) for the attention picture."""
+    words = _split_words(files)[1] or _split_words(files)[0]
+    start = random.Random(seed).randrange(max(1, len(words) - ATTENTION_WORDS))
+    return " ".join(words[start : start + ATTENTION_WORDS]) or "The"
 
 
 def _prompts_from(files: Sequence[str], seed: int) -> list[str]:
@@ -415,7 +432,8 @@ for (text, truth), guess in zip(examples, classify([t for t, _ in examples])):
 NEXT_STEPS = """
 Next:
   scratchformer generate --model {model} "{prompt}"
-  scratchformer inspect attention --model {model} "{prompt}" --output_file attention.png
+  scratchformer inspect attention --model {model} "{text}" --output_file attention.png
+  scratchformer inspect heads --model {model}
   scratchformer finetune --model {model} --task classification --train_files your.jsonl --output_dir your-classifier
   python -c "from transformers import pipeline; \\
     print(pipeline('text-classification', model='{clf}', trust_remote_code=True)('Tihs is sbrmalced'))\""""
@@ -436,18 +454,28 @@ def _run_without_scratchformer(code: str, cwd: Path) -> None:
         raise DemoError(f"the fresh process failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
-def _attention_plot(model_dir: Path, text: str, out: Path) -> list[tuple[str, Path]]:
-    """An attention map of the pretrained model on the first prompt, when matplotlib is installed."""
+def _attention_plot(model_dir: Path, text: str, out: Path) -> tuple[list[tuple[str, Path]], str | None]:
+    """Every head of the pretrained model on `text`, and the head that reads the previous token most,
+    drawn alone (when matplotlib is installed); a line naming that head and its score."""
+    from scratchformer.training.library.head_scores import chance_previous_token, previous_token_scores
+
     try:
         from scratchformer.training.viz.attention import attention_maps, plot_attention
         from scratchformer.training.viz.common import load_model, save
 
         model, tokenizer = load_model(str(model_dir))
         tokens, maps = attention_maps(model, tokenizer, text)
-        path = save(plot_attention(tokens, maps), out / "attention.png")
+        scores = previous_token_scores(maps)
+        layer, head = divmod(int(scores.argmax()), scores.shape[1])
+        grid = save(plot_attention(tokens, maps), out / "attention.png")
+        title = f"layer {layer}, head {head}: {scores[layer, head]:.2f} of its weight on the previous token"
+        single = save(plot_attention(tokens, maps, layer=layer, head=head, title=title), out / "attention_head.png")
     except ImportError:  # no matplotlib: the other artefacts stand on their own
-        return []
-    return [("attention map", Path(path))]
+        return [], None
+    note = (f"layer {layer}, head {head} reads the previous token: {scores[layer, head]:.2f} of its attention on "
+            f"{len(tokens)} tokens (a uniform head: {chance_previous_token(len(tokens)):.2f}); "
+            "scratchformer inspect heads scores every head")  # fmt: skip
+    return [("attention map", Path(grid)), ("  one head alone", Path(single))], note
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,6 +38,19 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     summary = json.loads((out / "demo.json").read_text())
     assert summary["pretrain"]["steps"] == demo.PLANS["quick"].steps
     _assert_figures_are_plausible(summary, printed)
+    # The attention picture's text is long enough to show habits, and the demo names its sharpest
+    # previous-token head with the score it has (the number is the scores' own, below).
+    note = re.search(r"layer (\d+), head (\d+) reads the previous token: ([0-9.]+) of its attention on (\d+) tokens",
+                     printed)  # fmt: skip
+    assert note and int(note[4]) >= 25, printed[-3000:]
+    from scratchformer.training.library.head_scores import previous_token_scores
+    from scratchformer.training.viz.attention import attention_maps
+    from scratchformer.training.viz.common import load_model
+
+    model, tokenizer = load_model(str(out / "pretrain" / "model"))
+    scores = previous_token_scores(attention_maps(model, tokenizer, demo.ATTENTION_TEXT)[1])
+    assert scores.max() == scores[int(note[1]), int(note[2])] == pytest.approx(float(note[3]), abs=0.005)
+    assert (out / "attention.png").is_file() and (out / "attention_head.png").is_file()
     for path in ("tokenizer/tokenizer.json", "pretrain/model/model.safetensors", "pretrain/model/README.md",
                  "pretrain/model/modeling_scratchformer.py", "classifier/config.json", "classifier/README.md",
                  "classifier-data/train.jsonl", "classifier-data/validation.jsonl"):  # fmt: skip
@@ -71,7 +84,8 @@ def _run_the_next_commands(printed: str, cwd) -> None:
     import sys
 
     commands = next_commands(printed)
-    assert len(commands) == 4 and commands[0].startswith("scratchformer generate"), commands
+    assert len(commands) == 5 and commands[0].startswith("scratchformer generate"), commands
+    assert any(c.startswith("scratchformer inspect heads") for c in commands), commands
     (cwd / "your.jsonl").write_text("".join(json.dumps({"text": f"passage {i} " * 3, "label": ["a", "b"][i % 2]}) + "\n"
                                             for i in range(24)))
     env = {**os.environ, "SCRATCHFORMER_SMOKE_TEST": "1", "HF_HUB_OFFLINE": "1",
