@@ -344,6 +344,7 @@ class PackedStream(torch.utils.data.IterableDataset):
         self.tokenized, self.cut = tokenized, cut
         self.seed, self.buffer_size, self.limit, self.repeat = seed, buffer_size, limit, repeat
         self._live: dict | None = None  # the state of the iteration under way
+        self._owner: object | None = None  # which iteration that is
         self._resume: dict | None = None  # a state to start the next iteration from
 
     def _with(self, **changes) -> PackedStream:
@@ -368,7 +369,9 @@ class PackedStream(torch.utils.data.IterableDataset):
         state = self._live if self._live is not None else self._resume
         if state is None:
             return {"epoch": 0, "yielded": 0}
-        return {k: ({n: list(b) for n, b in v.items()} if k == "buffer" else v) for k, v in state.items()}
+        # Tensors, not numpy arrays: accelerate reads the state back with torch.load(weights_only=True).
+        return {k: ({n: list(b) for n, b in v.items()} if k == "buffer" else
+                    torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in state.items()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self._resume, self._live = state, None
@@ -378,12 +381,18 @@ class PackedStream(torch.utils.data.IterableDataset):
         self._resume = None
         if state.get("finished"):  # saved after a whole pass (a validation stream): the next pass is new
             state = {"epoch": 0, "yielded": 0}
-        while self.limit is None or state["yielded"] < self.limit:
-            state = yield from self._epoch(state)
-            if not self.repeat:
-                break
-            state = {"epoch": state["epoch"] + 1, "yielded": state["yielded"]}
-        self._live = {**state, "finished": True}
+        self._owner = owner = object()
+        try:
+            while self.limit is None or state["yielded"] < self.limit:
+                state = yield from self._epoch(state)
+                if not self.repeat:
+                    break
+                state = {"epoch": state["epoch"] + 1, "yielded": state["yielded"]}
+            self._live = {**state, "finished": True}
+        except GeneratorExit:  # a pass left half-way (a peek at the first block): nothing to resume from
+            if self._owner is owner:
+                self._live = None
+            raise
 
     def _epoch(self, state: dict) -> Iterator[dict[str, torch.Tensor]]:
         cut = self.cut
@@ -394,8 +403,8 @@ class PackedStream(torch.utils.data.IterableDataset):
         if state.get("source") is not None:
             source.load_state_dict(state["source"])
         live = {"epoch": state["epoch"], "yielded": state["yielded"], "source": state.get("source"),
-                "carry_ids": state.get("carry_ids", np.empty(0, np.int32)),
-                "carry_starts": state.get("carry_starts", np.empty(0, bool)),
+                "carry_ids": np.asarray(state.get("carry_ids", np.empty(0, np.int32))),
+                "carry_starts": np.asarray(state.get("carry_starts", np.empty(0, bool))),
                 "buffer": {k: list(v) for k, v in state.get("buffer", {}).items()} or {k: [] for k in cut.features()},
                 "rng": rng.bit_generator.state, "source_done": state.get("source_done", False)}  # fmt: skip
         self._live = live
@@ -407,7 +416,7 @@ class PackedStream(torch.utils.data.IterableDataset):
                 if self.limit is not None and live["yielded"] >= self.limit:
                     return live
                 pick = int(rng.integers(len(live["buffer"]["input_ids"]))) if self.buffer_size > 1 else 0
-                block = {k: torch.from_numpy(v.pop(pick).astype(np.int64)) for k, v in live["buffer"].items()}
+                block = {k: v.pop(pick).long() for k, v in live["buffer"].items()}
                 live["rng"], live["yielded"] = rng.bit_generator.state, live["yielded"] + 1
                 yield block
             if live["source_done"]:
@@ -423,7 +432,7 @@ class PackedStream(torch.utils.data.IterableDataset):
                 np.concatenate([live["carry_ids"], ids]), np.concatenate([live["carry_starts"], starts])
             )
             for name, array in blocks.items():
-                live["buffer"][name].extend(array)
+                live["buffer"][name].extend(torch.from_numpy(array))  # one tensor per block, never changed
             live["source"] = source.state_dict()
 
 
