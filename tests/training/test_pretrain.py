@@ -207,6 +207,21 @@ def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer
     assert json.loads((tmp_path / "model" / "training_args.json").read_text())["max_train_steps"] == 3
 
 
+def test_documents_are_kept_apart_by_default_and_joined_with_no_document_masking(run, corpus, tokenizer_dir,
+                                                                                 tmp_path):  # fmt: skip
+    cfg, result = run
+    args = json.loads((Path(result["output_dir"]) / "training_args.json").read_text())
+    assert args["document_masking"] and args["document_masking_applied"]
+    assert "kept apart (position_ids restart" in (Path(result["output_dir"]) / "README.md").read_text()
+    flags = as_flags(tokenizer=tokenizer_dir, train_files=str(corpus["train"]), output_dir=str(tmp_path),
+                     validation_files=str(corpus["validation"]), max_train_steps=1, size="tiny", hidden_size=32,
+                     block_size=32, per_device_train_batch_size=8, report_to="none")  # fmt: skip
+    assert main([*flags, "--no_document_masking"]) == 0
+    args = json.loads((tmp_path / "model" / "training_args.json").read_text())
+    assert not args["document_masking"] and not args["document_masking_applied"]
+    assert "joined into blocks under one causal mask" in (tmp_path / "model" / "README.md").read_text()
+
+
 # -- runs sized by compute ------------------------------------------------------------------------
 
 
