@@ -185,6 +185,23 @@ def test_a_shuffled_stream_resumes_exactly_where_it_stopped(shards, tokenizer):
         assert before + _take(second, 2 * n + 10 - cut) == straight, cut
 
 
+def test_a_held_back_stream_reports_the_state_of_blocks_ago(shards, tokenizer):
+    """A reader that fetched 5 blocks ahead of what it used (accelerate's dispatching loader) saves
+    the state of 5 blocks ago, and the resumed stream starts at the first block not used."""
+    def stream():
+        raw = tokenize_and_pack(load_text_dataset(files=shards["jsonl"], streaming=True), tokenizer, 160)
+        return raw.shuffle(seed=1, buffer_size=30).repeated().held_back(5)
+
+    straight = _take(stream(), 80)
+    first = stream()
+    blocks = iter(first)
+    for _ in range(45):  # 40 used, 5 fetched ahead
+        next(blocks)
+    second = stream()
+    second.load_state_dict(torch.load(_saved(first.state_dict()), weights_only=True))
+    assert _take(second, 40) == straight[40:]
+
+
 def _saved(state: dict):
     import io
 

@@ -75,13 +75,17 @@ def data(tmp_path_factory) -> dict:
     return {"train_files": str(train_file), "tokenizer": str(root / "tokenizer")}
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp-streaming", "fsdp"])
 def test_two_machines_train_like_one_process_write_once_and_resume(data, tmp_path, fsdp):
+    """DDP reads the corpus as a stream (machine 0's main process reads it and hands each process its
+    share of every batch; the stream's position is in the checkpoint), FSDP from the cached blocks."""
     if fsdp and not accelerate_has_exact_fsdp_resume():
         pytest.skip(f"FSDP needs accelerate >= {FSDP_MIN_ACCELERATE} (refused before anything runs: "
                     "test_pretrain_fsdp.py); DDP over two machines is tested on this accelerate")  # fmt: skip
     flags = dict(data, size="tiny", hidden_size=32, block_size=32, max_train_steps=4, logging_steps=1, eval_steps=2,
                  save_steps=2, save_total_limit=0, report_to="none")  # fmt: skip
+    if not fsdp:
+        flags.update(streaming=True, streaming_holdout_documents=2, shuffle_buffer_size=16)
     argv = [f"--{k}={v}" for k, v in flags.items()]
     shared = tmp_path / "shared"  # the file system both machines see
 

@@ -36,6 +36,7 @@ stateful data loader) holds the reading position in the files (`datasets`' own
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 from collections.abc import Callable, Iterator
@@ -340,15 +341,16 @@ class PackedStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, tokenized: datasets.IterableDataset, cut: Cut, *, seed: int = 0, buffer_size: int = 0,
-                 limit: int | None = None, repeat: bool = False) -> None:  # fmt: skip
+                 limit: int | None = None, repeat: bool = False, lag: int = 0) -> None:  # fmt: skip
         self.tokenized, self.cut = tokenized, cut
-        self.seed, self.buffer_size, self.limit, self.repeat = seed, buffer_size, limit, repeat
+        self.seed, self.buffer_size, self.limit, self.repeat, self.lag = seed, buffer_size, limit, repeat, lag
+        self._history: collections.deque = collections.deque(maxlen=lag + 2)  # (yielded, state) after each block
         self._live: dict | None = None  # the state of the iteration under way
         self._owner: object | None = None  # which iteration that is
         self._resume: dict | None = None  # a state to start the next iteration from
 
     def _with(self, **changes) -> PackedStream:
-        fields = dict(seed=self.seed, buffer_size=self.buffer_size, limit=self.limit, repeat=self.repeat)
+        fields = dict(seed=self.seed, buffer_size=self.buffer_size, limit=self.limit, repeat=self.repeat, lag=self.lag)
         return PackedStream(self.tokenized, self.cut, **{**fields, **changes})
 
     def shuffle(self, seed: int, buffer_size: int) -> PackedStream:
@@ -363,12 +365,29 @@ class PackedStream(torch.utils.data.IterableDataset):
         and the next pass begins (its leftover tokens dropped, as the non-streamed path drops the tail)."""
         return self._with(repeat=True)
 
+    def held_back(self, blocks: int) -> PackedStream:
+        """A stream whose `state_dict()` is the state of `blocks` blocks ago: for a reader that asks
+        for the state after fetching blocks it has not handed on yet. accelerate's dispatching loader
+        (one process reads the stream for all, the only way a stream is read under several
+        processes) fetches the next step's batches for every process before it hands out this one's,
+        and takes the loader's state just before the last of them, (processes - 1) batches ahead of
+        what was trained on; it corrects its own counters for that, but not a dataset's state."""
+        return self._with(lag=blocks)
+
     def state_dict(self) -> dict:
-        """Where the stream stands. Cheap (a data loader asks after every batch): the blocks and
-        arrays in it are never changed in place, only replaced, so shallow copies suffice."""
+        """Where the stream stands (`lag` blocks back, see `held_back`). Cheap (a data loader asks after
+        every batch): the blocks and arrays in it are never changed in place, only replaced, so
+        shallow copies suffice."""
+        if self._live is not None and self.lag and self._history:
+            target = self._live["yielded"] - self.lag
+            return next((st for n, st in reversed(self._history) if n <= target), self._history[0][1])
         state = self._live if self._live is not None else self._resume
         if state is None:
             return {"epoch": 0, "yielded": 0}
+        return self._snapshot(state)
+
+    @staticmethod
+    def _snapshot(state: dict) -> dict:
         # Tensors, not numpy arrays: accelerate reads the state back with torch.load(weights_only=True).
         return {k: ({n: list(b) for n, b in v.items()} if k == "buffer" else
                     torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in state.items()}  # fmt: skip
@@ -408,6 +427,8 @@ class PackedStream(torch.utils.data.IterableDataset):
                 "buffer": {k: list(v) for k, v in state.get("buffer", {}).items()} or {k: [] for k in cut.features()},
                 "rng": rng.bit_generator.state, "source_done": state.get("source_done", False)}  # fmt: skip
         self._live = live
+        if self.lag:
+            self._history.append((live["yielded"], self._snapshot(live)))
         rows = iter(source)
         while True:
             # Yield while the buffer holds more than it keeps (everything, once the documents are read).
@@ -418,6 +439,8 @@ class PackedStream(torch.utils.data.IterableDataset):
                 pick = int(rng.integers(len(live["buffer"]["input_ids"]))) if self.buffer_size > 1 else 0
                 block = {k: v.pop(pick).long() for k, v in live["buffer"].items()}
                 live["rng"], live["yielded"] = rng.bit_generator.state, live["yielded"] + 1
+                if self.lag:
+                    self._history.append((live["yielded"], self._snapshot(live)))
                 yield block
             if live["source_done"]:
                 return live

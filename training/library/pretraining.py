@@ -336,8 +336,10 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
     batch = cfg.per_device_train_batch_size
     if cfg.streaming:
         val_loader = DataLoader(val_ds, batch_size=batch, collate_fn=collate_blocks)
-        # Epoch after epoch, through a seeded buffer; its state goes into every checkpoint.
+        # Epoch after epoch, through a seeded buffer; its state goes into every checkpoint. Under several
+        # processes accelerate's dispatching loader reads ahead of its state (PackedStream.held_back).
         train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size).repeated()
+        train_ds = train_ds.held_back(batch * (accelerator.num_processes - 1))
         return DataLoader(train_ds, batch_size=batch, collate_fn=collate_blocks), val_loader, None, description
     val_loader = DataLoader(val_ds.with_format("torch"), batch_size=batch, collate_fn=collate_blocks)
     if len(train_ds) < samples_per_step:
