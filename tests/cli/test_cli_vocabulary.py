@@ -39,7 +39,7 @@ FROZEN = {
         "--validation_split", "--vocab_size", "--weight_decay",
     ],
     "finetune": [
-        "--assistant_only_loss", "--bidirectional", "--dataset_config_name", "--dataset_name",
+        "--assistant_only_loss", "--bidirectional", "--dataset_config_name", "--dataset_name", "--document_masking",
         "--early_stopping_patience", "--keep_checkpoints", "--label_column", "--lora_alpha", "--lora_dropout",
         "--lora_r", "--lora_target_modules",
         "--max_length", "--messages_column", "--mlm_probability", "--model", "--overwrite", "--packing", "--task",
