@@ -308,6 +308,10 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
                 config=mask_config, inputs_embeds=x_BLC, attention_mask=attention_mask
             )
 
+        if given_position_ids is not None:
+            # Flash-attention has no mask to carry packed documents: transformers' kernel reads them
+            # from the positions themselves (a row of one batch whose positions restart), as Llama's.
+            kwargs["position_ids"] = given_position_ids
         x_BLC, all_hidden_states, all_attentions, _ = run_blocks(
             self.layers, self.norm, x_BLC, output_attentions, output_hidden_states,
             mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=cache, **kwargs,

@@ -61,11 +61,18 @@ SMOKE_TEST_FLAGS: dict[str, list[str]] = {
 }
 
 
-def smoke_test_flags(command: str) -> list[str]:
+# A pretraining run sized in tokens keeps its kind of length (two length flags are refused), made tiny.
+SMOKE_TEST_LENGTHS = {"--tokens_per_parameter": "1e-9", "--max_train_tokens": "1"}
+
+
+def smoke_test_flags(command: str, argv: Sequence[str] = ()) -> list[str]:
     """The flags SCRATCHFORMER_SMOKE_TEST=1 adds to `command`'s command line (none when unset)."""
     if os.environ.get(SMOKE_TEST_ENV, "") in ("", "0"):
         return []
     flags = SMOKE_TEST_FLAGS.get(command, [])
+    if command == "pretrain":
+        given = [f for f in SMOKE_TEST_LENGTHS if any(a == f or a.startswith(f + "=") for a in argv)]
+        flags = [given[0], SMOKE_TEST_LENGTHS[given[0]]] if given else flags
     if flags:
         print(f"warning: {SMOKE_TEST_ENV} is set: running with {' '.join(flags)} added", file=sys.stderr)
     return flags
@@ -225,7 +232,7 @@ def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Seque
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None) -> int:
             args = rewrite(name, list(sys.argv[1:] if argv is None else argv))
-            args = _before_positionals(args, smoke_test_flags(name))
+            args = _before_positionals(args, smoke_test_flags(name, args))
             try:
                 return int(main(args) or 0)
             except (ValueError, OSError, DatasetsError) as e:  # UserError is a ValueError

@@ -54,6 +54,9 @@ def build_parser() -> Parser:
         help="lm-evaluation-harness tasks to run too, comma-separated (needs `pip install lm-eval`)",
     )
     p.add("--trust_remote_code", action="store_true", help="allow a non-scratchformer model's own code")
+    p.add("--no_document_masking", action="store_true",
+          help="score documents joined under one causal mask (pretrain --no_document_masking's blocks); by default "
+          "each document is scored alone, as pretraining scores its validation documents")  # fmt: skip
     return p
 
 
@@ -69,7 +72,7 @@ def main(argv: list[str]) -> int:
         dataset_config_name=args.dataset_config_name, validation_split=args.validation_split,
         text_column=args.text_column, block_size=args.block_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size, max_eval_samples=args.max_eval_samples,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, document_masking=not args.no_document_masking,
     )  # fmt: skip
     check_eval_config(cfg)
     if args.output_file:

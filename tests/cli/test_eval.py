@@ -142,6 +142,29 @@ def test_it_reports_what_pretraining_reported(dirs, tmp_path, capsys):
     check_close(got, reported)
 
 
+def test_documents_are_scored_alone_as_pretraining_scored_them(dirs, tmp_path, capsys):
+    """JSON rows are documents: pretraining kept them apart and scored each validation document alone;
+    eval does the same by default, and --no_document_masking scores the joined blocks (other figures)."""
+    def docs(n: int, seed: int) -> str:
+        text = lines(n, seed)
+        return "".join(json.dumps({"text": "".join(text[i : i + 5])}) + "\n" for i in range(0, n, 5))
+
+    (tmp_path / "train.jsonl").write_text(docs(200, 2))
+    (tmp_path / "val.jsonl").write_text(docs(60, 1))
+    cfg = PretrainConfig(train_files=[str(tmp_path / "train.jsonl")], validation_files=[str(tmp_path / "val.jsonl")],
+                         tokenizer=str(dirs / "model"), size="tiny", hidden_size=32, block_size=BLOCK,
+                         per_device_train_batch_size=8, max_train_steps=2, report_to="none",
+                         output_dir=str(tmp_path / "run"))  # fmt: skip
+    reported = train(cfg)
+    for extra, path in (([], "kept.json"), (["--no_document_masking"], "joined.json")):
+        code, _, err = run(["--model", tmp_path / "run" / "model", "--validation_files", tmp_path / "val.jsonl",
+                            "--output_file", tmp_path / path, *extra], capsys)  # fmt: skip
+        assert code == 0, err
+    kept, joined = (json.loads((tmp_path / p).read_text()) for p in ("kept.json", "joined.json"))
+    check_close(kept, reported)
+    assert joined["eval_tokens"] > kept["eval_tokens"]  # the </s> -> <s> steps are scored there
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -27,8 +27,10 @@ def as_flags(**overrides) -> list[str]:
     """Keyword arguments of PretrainConfig as command-line flags."""
     out = []
     for key, value in overrides.items():
-        for v in value if isinstance(value, list) else [value]:
-            out += [f"--{key}", str(v)] if v is not True else [f"--{key}"]
+        if isinstance(value, list):  # nargs="+": the values after one flag
+            out += [f"--{key}", *map(str, value)]
+        else:
+            out += [f"--{key}", str(value)] if value is not True else [f"--{key}"]
     return out
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from transformers import AutoTokenizer, TrainingArguments, pipeline
@@ -164,6 +166,26 @@ def test_gradient_accumulation_keeps_the_loss_scale(lm, data, tmp_path):
         results = finetune(args, dataclasses.replace(training, output_dir=str(tmp_path / f"ga{accumulation}")))
         losses.append(next(r["loss"] for r in results["log_history"] if "loss" in r))
     assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
+
+
+def test_packed_documents_are_kept_apart_in_causal_lm_and_the_loss_is_per_document(lm, data, tmp_path):
+    """JSON rows are documents: packed for causal-lm, each block carries position_ids restarting at
+    every document, the collator labels each document's first token -100, and a step trains on that;
+    --no_document_masking (and masked-lm, which attends both ways) joins them as before."""
+    tokenizer = AutoTokenizer.from_pretrained(lm["dir"])
+    docs = datasets.Dataset.from_dict({"text": data["texts"][:200]})
+    kept, _, _ = prepare_language_modeling(FinetuneArguments(model=lm["dir"], task="causal-lm"), tokenizer, docs,
+                                           None, 32)  # fmt: skip
+    assert kept.column_names == ["input_ids", "position_ids"]
+    for args in (FinetuneArguments(model=lm["dir"], task="causal-lm", document_masking=False),
+                 FinetuneArguments(model=lm["dir"], task="masked-lm")):  # fmt: skip
+        joined, _, _ = prepare_language_modeling(args, tokenizer, docs, None, 32)
+        assert joined.column_names == ["input_ids"] and joined["input_ids"] == kept["input_ids"]
+    args = FinetuneArguments(model=lm["dir"], task="causal-lm", train_files=[data["train"]], max_length=32,
+                             validation_fraction=0.0)  # fmt: skip
+    training = cpu_args(tmp_path, max_steps=2, logging_steps=1, eval_strategy="no", per_device_train_batch_size=8)
+    results = finetune(args, dataclasses.replace(training, output_dir=str(tmp_path / "out")))
+    assert all(math.isfinite(r["loss"]) for r in results["log_history"] if "loss" in r)
 
 
 def test_chat_records_train_on_assistant_turns_only(lm, tmp_path):

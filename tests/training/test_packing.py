@@ -3,15 +3,18 @@ second call with the same tokenizer and file, rebuilt when either changes."""
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import pytest
+import torch
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from scratchformer.tokenization import BOS_ID, EOS_ID, train_bpe
 from scratchformer.training.library import packing
 from scratchformer.training.library.data import default_corpus, load_text_dataset
-from scratchformer.training.library.packing import tokenize_and_pack
+from scratchformer.training.library.packing import PackedStream, collate_blocks, tokenize_and_pack
 
 # Running text with the awkward cases: blank lines, an empty row, CRLF, tabs, non-ASCII, emoji.
 TEXT = "".join(list(default_corpus("train"))[:6]) + "\n\nnaïve café, 東京 🚀\r\n\ttabbed\n\n"
@@ -72,8 +75,140 @@ def test_a_stream_packs_the_same_blocks_when_it_fits_one_batch(tokenizer, rows_a
     rows = DOCS if rows_are_documents else TEXT.splitlines(keepends=True)
     stream = datasets.Dataset.from_dict({"text": rows}).to_iterable_dataset()
     blocks = tokenize_and_pack(stream, tokenizer, 16, rows_are_documents=rows_are_documents)
-    assert isinstance(blocks, datasets.IterableDataset)
-    assert [row["input_ids"] for row in blocks] == reference_blocks(rows, tokenizer, 16, rows_are_documents)
+    assert isinstance(blocks, PackedStream)
+    assert [row["input_ids"].tolist() for row in blocks] == reference_blocks(rows, tokenizer, 16, rows_are_documents)
+
+
+# -- documents kept apart ------------------------------------------------------------------------
+
+
+def reference_positions(rows: list[str], tokenizer, block_size: int) -> list[list[int]]:
+    """Each token's position in its document, spelled out: 0 at a document's first token (`<s>`)
+    and at each block's first token, +1 otherwise."""
+    starts: list[bool] = []
+    for row in rows:
+        if row:
+            ids = tokenizer(row)["input_ids"]
+            n = len(ids) + (ids[-1:] != [tokenizer.eos_token_id])
+            starts += [True] + [False] * (n - 1)
+    out = []
+    for i in range(0, len(starts) - block_size + 1, block_size):
+        positions = []
+        for j, start in enumerate(starts[i : i + block_size]):
+            positions.append(0 if start or j == 0 else positions[-1] + 1)
+        out.append(positions)
+    return out
+
+
+@pytest.mark.parametrize("block_size", [7, 64])
+def test_documents_kept_apart_carry_positions_restarting_at_each_document(tokenizer, block_size):
+    ds = datasets.Dataset.from_dict({"text": DOCS})
+    blocks = tokenize_and_pack(ds, tokenizer, block_size, document_masking=True)
+    assert blocks["input_ids"] == reference_blocks(DOCS, tokenizer, block_size, True)  # the same blocks
+    assert blocks["position_ids"] == reference_positions(DOCS, tokenizer, block_size)
+    assert sum(p.count(0) for p in blocks["position_ids"]) > len(blocks)  # some block holds two documents
+    # Every document starts with <s> and is labelled -100 there, and nowhere else.
+    batch = collate_blocks(list(blocks.with_format("torch")))
+    starts = batch["position_ids"] == 0
+    assert torch.equal(batch["labels"] == -100, starts)
+    inside = starts.clone()
+    inside[:, 0] = False  # a block's first token may continue a document
+    assert inside.any() and (batch["input_ids"][inside] == BOS_ID).all()
+    # Lines of running text have no documents: nothing changes for them.
+    lines = datasets.Dataset.from_dict({"text": TEXT.splitlines(keepends=True)})
+    plain = tokenize_and_pack(lines, tokenizer, block_size, rows_are_documents=False, document_masking=True)
+    assert plain.column_names == ["input_ids"]
+
+
+# -- streams: the same blocks, and a resume that neither repeats nor skips one --------------------
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, tokenizer) -> dict:
+    """The default corpus's paragraphs as rows (over 2,000: more than one tokenizing batch and one
+    packing batch), in three .jsonl shards and as the same three .parquet shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paragraphs = [p for d in default_corpus("all") for p in d.split("\n\n") if p.strip()][:2500]
+    assert len(paragraphs) > 2 * packing.TOKENIZE_ROWS
+    root = tmp_path_factory.mktemp("shards")
+    out: dict = {"jsonl": [], "parquet": []}
+    for i in range(3):
+        part = paragraphs[i::3]
+        path = root / f"part-{i}.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "id": n}) + "\n" for n, t in enumerate(part)))
+        out["jsonl"].append(str(path))
+        pq.write_table(pa.table({"text": part}), root / f"part-{i}.parquet", row_group_size=300)
+        out["parquet"].append(str(root / f"part-{i}.parquet"))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "masking"), [("jsonl", True), ("jsonl", False), ("parquet", True)])
+def test_a_stream_of_shards_gives_exactly_the_blocks_of_the_cached_path(shards, tokenizer, kind, masking):
+    cached = tokenize_and_pack(load_text_dataset(files=shards[kind]), tokenizer, 48, document_masking=masking)
+    stream = tokenize_and_pack(load_text_dataset(files=shards[kind], streaming=True), tokenizer, 48,
+                               document_masking=masking)  # fmt: skip
+    blocks = list(stream)
+    assert len(blocks) == len(cached) > 1000
+    assert [b["input_ids"].tolist() for b in blocks] == cached["input_ids"]
+    if masking:
+        assert [b["position_ids"].tolist() for b in blocks] == cached["position_ids"]
+
+
+def _take(stream, n: int) -> list[list[int]]:
+    it = iter(stream)
+    return [next(it)["input_ids"].tolist() for _ in range(n)]
+
+
+def test_a_shuffled_stream_resumes_exactly_where_it_stopped(shards, tokenizer):
+    """Stopped after any number of blocks (inside the first buffer fill, inside a tokenizing batch,
+    across a shard and an epoch boundary), saved, loaded into a new stream: the rest is exactly the
+    uninterrupted order. Each pass is a permutation of the cached blocks, drawn anew."""
+    def stream():
+        raw = tokenize_and_pack(load_text_dataset(files=shards["jsonl"], streaming=True), tokenizer, 160,
+                                document_masking=True)  # fmt: skip
+        return raw.shuffle(seed=7, buffer_size=100).repeated()
+
+    cached = tokenize_and_pack(load_text_dataset(files=shards["jsonl"]), tokenizer, 160, document_masking=True)
+    n = len(cached)
+    straight = _take(stream(), 2 * n + 10)
+    assert sorted(straight[:n]) == sorted(cached["input_ids"]) == sorted(straight[n : 2 * n])
+    assert straight[:n] != cached["input_ids"] and straight[:n] != straight[n : 2 * n]
+    for cut in (1, 100, n // 2 + 1, n + 3):
+        first = stream()
+        blocks = iter(first)  # alive while the state is read, as a data loader's iterator is
+        before = [next(blocks)["input_ids"].tolist() for _ in range(cut)]
+        state = torch.load(_saved(first.state_dict()), weights_only=True)  # as accelerate reads a checkpoint
+        second = stream()
+        second.load_state_dict(state)
+        assert before + _take(second, 2 * n + 10 - cut) == straight, cut
+
+
+def test_a_held_back_stream_reports_the_state_of_blocks_ago(shards, tokenizer):
+    """A reader that fetched 5 blocks ahead of what it used (accelerate's dispatching loader) saves
+    the state of 5 blocks ago, and the resumed stream starts at the first block not used."""
+    def stream():
+        raw = tokenize_and_pack(load_text_dataset(files=shards["jsonl"], streaming=True), tokenizer, 160)
+        return raw.shuffle(seed=1, buffer_size=30).repeated().held_back(5)
+
+    straight = _take(stream(), 80)
+    first = stream()
+    blocks = iter(first)
+    for _ in range(45):  # 40 used, 5 fetched ahead
+        next(blocks)
+    second = stream()
+    second.load_state_dict(torch.load(_saved(first.state_dict()), weights_only=True))
+    assert _take(second, 40) == straight[40:]
+
+
+def _saved(state: dict):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 # -- the cache -----------------------------------------------------------------------------------

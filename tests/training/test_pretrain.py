@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,49 @@ def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer
     assert json.loads((tmp_path / "model" / "training_args.json").read_text())["max_train_steps"] == 3
 
 
+def test_documents_are_kept_apart_by_default_and_joined_with_no_document_masking(run, corpus, tokenizer_dir,
+                                                                                 tmp_path):  # fmt: skip
+    cfg, result = run
+    args = json.loads((Path(result["output_dir"]) / "training_args.json").read_text())
+    assert args["document_masking"] and args["document_masking_applied"]
+    assert "kept apart (position_ids restart" in (Path(result["output_dir"]) / "README.md").read_text()
+    flags = as_flags(tokenizer=tokenizer_dir, train_files=str(corpus["train"]), output_dir=str(tmp_path),
+                     validation_files=str(corpus["validation"]), max_train_steps=1, size="tiny", hidden_size=32,
+                     block_size=32, per_device_train_batch_size=8, report_to="none")  # fmt: skip
+    assert main([*flags, "--no_document_masking"]) == 0
+    args = json.loads((tmp_path / "model" / "training_args.json").read_text())
+    assert not args["document_masking"] and not args["document_masking_applied"]
+    assert "joined into blocks under one causal mask" in (tmp_path / "model" / "README.md").read_text()
+
+
+# -- runs sized by compute ------------------------------------------------------------------------
+
+
+def test_a_run_sized_in_tokens_or_tokens_per_parameter_derives_its_steps(corpus, tokenizer_dir, tmp_path):
+    """8 blocks of 32 tokens a step: 600 tokens take 3 steps (rounded up to whole steps); R tokens per
+    non-embedding parameter take ceil(R N / 256). The card states what was seen and the 6ND FLOPs."""
+    common = dict(tokenizer=tokenizer_dir, eval_steps=100, save_steps=100, logging_steps=1)
+    by_tokens = train(run_config(tmp_path / "tokens", corpus, max_train_tokens=600, **common))
+    assert (by_tokens["steps"], by_tokens["tokens_seen"]) == (3, 768)
+    records = [json.loads(line) for line in (tmp_path / "tokens" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["tokens_seen"], r["tokens_planned"]) for r in records if "loss" in r] == [(256, 768), (512, 768),
+                                                                                        (768, 768)]  # fmt: skip
+
+    model = AutoModelForCausalLM.from_pretrained(by_tokens["output_dir"])
+    tables = model.model.embed_tokens.weight.numel() + sum(
+        p.numel() for n, p in model.named_parameters() if "embed_positions" in n)  # fmt: skip
+    n = sum(p.numel() for p in model.parameters()) - tables  # the tied head is the embedding
+    assert by_tokens["non_embedding_parameters"] == n
+    card = (tmp_path / "tokens" / "model" / "README.md").read_text()
+    assert "| tokens seen | 768 |" in card and f"{6 * n * 768:.3g} FLOPs" in card
+    assert f"{768 / n:.1f} (tokens seen / {n:,} non-embedding parameters" in card
+
+    ratio = 700 / n  # about 700 tokens: 3 steps
+    by_ratio = train(run_config(tmp_path / "ratio", corpus, tokens_per_parameter=ratio, **common))
+    assert by_ratio["steps"] == math.ceil(ratio * n / 256) == 3
+    assert by_ratio["training_flops"] == 6 * n * 768
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -216,7 +260,11 @@ def test_an_earlier_model_directory_is_moved_aside_not_deleted(corpus, tokenizer
         (dict(block_size=64, max_position_embeddings=32), ValueError, "longer than the model's positions"),
         (dict(total_batch_size=12), ValueError, "not a multiple of"),
         (dict(per_device_train_batch_size=0), ValueError, "positive integer"),
-        (dict(streaming=True, max_train_steps=None), ValueError, "--max_train_steps"),
+        (dict(streaming=True, max_train_steps=None), ValueError, "--max_train_steps, --max_train_tokens or"),
+        (dict(max_train_tokens=1000), ValueError, "--max_train_steps and --max_train_tokens each set the run's"),
+        (dict(max_train_steps=None, max_train_tokens=10, tokens_per_parameter=20), ValueError, "give one of them"),
+        (dict(max_train_steps=None, tokens_per_parameter=0), ValueError, "--tokens_per_parameter must be positive"),
+        (dict(max_train_steps=None, max_train_tokens=0), ValueError, "--max_train_tokens must be a positive"),
         (dict(train_files=["no/such/file.txt"]), FileNotFoundError, "no such file"),
         (dict(per_device_train_batch_size=4096), ValueError, "fewer than one optimizer step"),
         (dict(block_size=65536, max_position_embeddings=65536), ValueError, "training text holds fewer than 65536"),

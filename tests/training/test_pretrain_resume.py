@@ -254,3 +254,52 @@ def test_resume_with_another_optimizer_is_refused_naming_both(corpus, tokenizer_
     # The resolved peak lr is what the checkpoint records, whatever the size's default becomes.
     state = json.loads((tmp_path / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["flags"]["learning_rate"] == TINY["learning_rate"] and state["run"]["optimizer"] == "muon"
+
+
+# -- a streamed corpus -----------------------------------------------------------------------------
+
+
+def _shards(root) -> list[str]:
+    """The default corpus's paragraphs as three .jsonl shards: more rows than one tokenizing batch."""
+    from scratchformer.training.library.data import default_corpus
+
+    paragraphs = [p for d in default_corpus("train") for p in d.split("\n\n") if p.strip()][:1500]
+    paths = []
+    for i in range(3):
+        path = root / f"shard-{i}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in paragraphs[i::3]))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_stream_resumes_bitwise(corpus, tokenizer_dir, tmp_path):
+    """A streamed run (shuffle buffer, two micro-batches a step) SIGKILLed while writing its second
+    checkpoint resumes from the first one where the stream stood, in the files, the carried tokens
+    and the shuffle buffer: the same losses and bit for bit the same weights as the run that was
+    never stopped. The stream's state travels in accelerate's checkpoint (StatefulDataLoader)."""
+    shards = _shards(tmp_path)
+    common = dict(tokenizer=tokenizer_dir, train_files=shards, streaming=True, shuffle_buffer_size=64,
+                  per_device_train_batch_size=4, gradient_accumulation_steps=2, max_train_steps=8, save_steps=4,
+                  eval_steps=100, save_total_limit=0)  # fmt: skip
+    straight = train(run_config(tmp_path / "straight", corpus, **common))
+
+    killed_dir = tmp_path / "killed"
+    cfg = run_config(killed_dir, corpus, **common)
+    flags = as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = killed_dir / "checkpoints"
+    assert (ckpts / "step-000004").is_dir() and not (ckpts / "step-000008").exists()
+    assert list((ckpts / "step-000004").glob("dl_state_dict*"))  # the stream's position, saved by accelerate
+
+    resumed = train(dataclasses.replace(cfg, resume="auto"))
+    assert logged_losses(killed_dir) == logged_losses(tmp_path / "straight")  # steps 1-4 before, 5-8 after
+    assert resumed["eval_loss"] == straight["eval_loss"]
+    a = AutoModelForCausalLM.from_pretrained(straight["output_dir"]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed["output_dir"]).state_dict()
+    for name in a:
+        assert torch.equal(b[name], a[name]), name

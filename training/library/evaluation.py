@@ -25,7 +25,7 @@ from .errors import UserError
 from .files import fresh_sibling_file
 from .generation import _best_device, load
 from .metrics import evaluate
-from .packing import token_byte_lengths, tokenize_and_pack
+from .packing import collate_blocks, token_byte_lengths, tokenize_and_pack
 from .pretraining import check_not_empty, rows_are_documents
 
 DEFAULT_MAX_BLOCK_SIZE = 1024  # a block size read from a model's positions is capped here (run_clm's cap)
@@ -46,6 +46,8 @@ class EvalConfig:
     per_device_eval_batch_size: int = 8
     max_eval_samples: int | None = None
     trust_remote_code: bool = False
+    # Documents kept apart, as pretraining keeps them by default: each document scored alone.
+    document_masking: bool = True
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
@@ -101,9 +103,8 @@ def evaluation_blocks(cfg: EvalConfig, tokenizer: Any, block_size: int):
                                  split=cfg.validation_split, text_column=cfg.text_column)  # fmt: skip
     else:
         text = load_text_dataset(split="validation")
-    blocks = tokenize_and_pack(
-        text, tokenizer, block_size, rows_are_documents=rows_are_documents(cfg.validation_files), split="validation"
-    )
+    blocks = tokenize_and_pack(text, tokenizer, block_size, rows_are_documents=rows_are_documents(cfg.validation_files),
+                               document_masking=cfg.document_masking, split="validation")  # fmt: skip
     check_not_empty(blocks, "evaluation", block_size)
     if cfg.max_eval_samples is not None:
         blocks = blocks.select(range(min(cfg.max_eval_samples, len(blocks))))
@@ -122,7 +123,8 @@ def evaluate_checkpoint(cfg: EvalConfig, device: str | None = None) -> dict[str,
             f"--block_size {block_size} is longer than the model's {positions} positions; lower --block_size"
         )
     blocks = evaluation_blocks(cfg, tokenizer, block_size)
-    loader = DataLoader(blocks.with_format("torch"), batch_size=cfg.per_device_eval_batch_size)
+    loader = DataLoader(blocks.with_format("torch"), batch_size=cfg.per_device_eval_batch_size,
+                        collate_fn=collate_blocks)
     byte_lengths = token_byte_lengths(tokenizer).to(model.device)
     metrics = evaluate(model, loader, None, byte_lengths)
     return {

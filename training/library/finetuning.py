@@ -48,6 +48,7 @@ from .model_dir import (
     load_tokenizer_dir,
     read_config,
 )
+from .packing import collate_blocks
 from .tasks import (
     TASKS,
     Task,
@@ -137,6 +138,13 @@ class FinetuneArguments:
         default=True,
         metadata={
             "help": "causal-lm/masked-lm on text: join rows into full blocks (--no_packing: one example per row)"
+        },
+    )
+    document_masking: bool = field(
+        default=True,
+        metadata={
+            "help": "causal-lm with packing: keep the documents of a block apart (position_ids restart at each, no "
+            "attention across, no </s> -> <s> target), as pretrain does"
         },
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "masked-lm: share of tokens masked"})
@@ -256,6 +264,8 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
             # Conversations differ in length and carry their own labels (maybe assistant-only):
             # pad input_ids with <pad> and labels with -100, which is what this collator does.
             collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        elif "position_ids" in train.column_names:  # packed documents kept apart: labels -100 where each starts
+            collator = collate_blocks
         else:
             collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids; the model shifts
 

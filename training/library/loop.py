@@ -114,23 +114,50 @@ class NonFiniteGuard:
             raise FloatingPointError(non_finite_message(loss, step, checkpoints))
 
 
-def batches(loader, state: dict, accelerator: Accelerator, seed: int) -> Iterator:
+def batches(loader, state: dict, accelerator: Accelerator, seed: int, accumulation: int = 1,
+            stream: bool = False) -> Iterator:  # fmt: skip
     """Micro-batches epoch after epoch, from where `state` says, until the caller stops.
 
     The epoch seeds the order (the same on every process and every resume); a resumed run skips the
-    micro-batches of its epoch it already trained on; the counters in `state` are advanced before
+    micro-batches of its epoch it already trained on, unless the loader is a `stream` that resumes
+    itself (its state came back with the checkpoint); the counters in `state` are advanced before
     each batch is handed out, so a checkpoint saved while it is processed records it as seen. Dropout
     masks are drawn from (seed, micro-batch, rank) alone: a resumed run draws what the uninterrupted
-    one did, whatever else touched the generator meanwhile."""
+    one did, whatever else touched the generator meanwhile.
+
+    Batches with labels left out (documents kept apart: no target where a document starts) carry
+    `num_items_in_batch`, from the labels of the whole optimizer step on every process, read a step
+    ahead: each micro-batch's loss is then its sum over the step's mean count, so the step's
+    gradient is the mean over its tokens, whatever the split into micro-batches and processes
+    (a mean per micro-batch would weigh a token by how many others share its micro-batch)."""
     while True:
         loader.set_epoch(state["epoch"])
-        skip = state["micro_in_epoch"]
+        skip = 0 if stream else state["micro_in_epoch"]
+        step: list = []
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            torch.manual_seed(hash((seed, state["micro_total"], accelerator.process_index)) & (2**63 - 1))
-            state["micro_in_epoch"] += 1
-            state["micro_total"] += 1
-            yield batch
+            step.append(batch)
+            if "position_ids" in batch and len(step) < accumulation:
+                continue  # the epoch holds whole steps (EpochSampler), so a step never spans two
+            if "position_ids" in batch:
+                step_items(step, accelerator, accumulation)
+            for micro_batch in step:
+                torch.manual_seed(hash((seed, state["micro_total"], accelerator.process_index)) & (2**63 - 1))
+                state["micro_in_epoch"] += 1
+                state["micro_total"] += 1
+                yield micro_batch
+            step = []
         state["epoch"], state["micro_in_epoch"] = state["epoch"] + 1, 0
+
+
+def step_items(step: list[dict], accelerator: Accelerator, accumulation: int) -> None:
+    """Sets each micro-batch's `num_items_in_batch` to the step's labelled tokens over all processes,
+    divided by the micro-batches that share them: the loss divides its sum by it, and accelerate
+    (1/accumulation) and DDP (mean over processes) scale back to one mean over the step's tokens.
+    One reduce, on the device: no host sync."""
+    count = sum((b["labels"][:, 1:] != -100).sum() for b in step)  # position t predicts label t+1
+    total = accelerator.reduce(count.float(), reduction="sum")
+    for b in step:
+        b["num_items_in_batch"] = total / (accumulation * accelerator.num_processes)
 
 
 class StopOnSignal:

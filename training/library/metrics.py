@@ -34,13 +34,19 @@ def evaluate(
     main = accelerator is None or accelerator.is_local_main_process
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not main or not progress):
-            ids_BL = batch["input_ids"] if accelerator is not None else batch["input_ids"].to(device)
-            logits_BLV = model(input_ids=ids_BL, use_cache=False).logits
+            if accelerator is None:
+                batch = {k: v.to(device) for k, v in batch.items()}
+            ids_BL = batch["input_ids"]
+            # Documents kept apart: their own positions, and no target where a document starts (-100).
+            labels_BL = batch.get("labels", ids_BL)
+            logits_BLV = model(input_ids=ids_BL, position_ids=batch.get("position_ids"), use_cache=False).logits
             # position t predicts token t+1
-            nll_BL = F.cross_entropy(logits_BLV[:, :-1].float().transpose(1, 2), ids_BL[:, 1:], reduction="none")
+            targets_BL = labels_BL[:, 1:]
+            scored_BL = targets_BL != -100
+            nll_BL = F.cross_entropy(logits_BLV[:, :-1].float().transpose(1, 2), targets_BL, reduction="none",
+                                     ignore_index=-100)  # fmt: skip
             per_block_B3 = torch.stack(
-                [nll_BL.sum(1), torch.full_like(nll_BL[:, 0], nll_BL.shape[1]), byte_lengths[ids_BL[:, 1:]].sum(1)],
-                dim=1,
+                [nll_BL.sum(1), scored_BL.sum(1), (byte_lengths[ids_BL[:, 1:]] * scored_BL).sum(1)], dim=1
             ).double()
             # gather_for_metrics drops the blocks repeated to give every process equal batches.
             totals += (per_block_B3 if accelerator is None else accelerator.gather_for_metrics(per_block_B3)).sum(0)

@@ -24,6 +24,14 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
         ("validation bits per byte", _fmt(result.get("eval_bpb"), "{:.4f}")),
         ("training steps", steps),
         ("tokens seen", f"{result['tokens_seen']:,}"),
+    ]
+    if result.get("non_embedding_parameters"):  # cards rendered from results before 0.4 lack them
+        rows += [
+            ("tokens per parameter", f"{result['tokens_per_parameter']:.1f} (tokens seen / "
+             f"{result['non_embedding_parameters']:,} non-embedding parameters; Chinchilla's optimum is ~20)"),
+            ("training compute", f"{result['training_flops']:.3g} FLOPs (estimated as 6 x parameters x tokens)"),
+        ]
+    rows += [
         (
             "training time",
             f"{_duration(result['train_seconds'])} on {run_config['num_processes']} process(es), "
@@ -73,6 +81,8 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
                if getattr(cfg, "lr_scheduler_type", "cosine") == "wsd" else "cosine")
             + f" to {run_config.get('min_lr', run_config['learning_rate'] * 0.1):g}",
         ),
+        ("documents", "kept apart (position_ids restart at each document; no cross-document attention or target)"
+         if run_config.get("document_masking_applied") else "joined into blocks under one causal mask"),
         ("seed", str(cfg.seed)),
     ]
     curve = (

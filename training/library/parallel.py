@@ -13,28 +13,42 @@ through (tests/training/test_pretrain_fsdp.py).
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import (
+    DataLoaderConfiguration,
     DistributedType,
     FullyShardedDataParallelPlugin,
+    GradientAccumulationPlugin,
     InitProcessGroupKwargs,
     ProjectConfiguration,
 )
 
 
 def make_accelerator(
-    out: Path, mixed_precision: str | None, trackers: list[str], torch_compile: bool, ddp_timeout: int
+    out: Path, mixed_precision: str | None, trackers: list[str], torch_compile: bool, ddp_timeout: int,
+    stateful_data: bool = False,
 ) -> Accelerator:
     """Devices, processes, precision, compilation and the timeout that ends a run whose other process
     died. accelerate keeps precision and the compile backend in a process-wide singleton that a
     later Accelerator() inherits: a second run in one process (a notebook, tests) would silently keep
     the first one's --mixed_precision and --torch_compile, or refuse its own. Each run starts from
-    its flags (the process group, in PartialState, is kept), as transformers' TrainingArguments does."""
+    its flags (the process group, in PartialState, is kept), as transformers' TrainingArguments does.
+
+    `stateful_data`: the data loaders become torchdata's `StatefulDataLoader`s, whose state (a
+    stream's position, see `packing.PackedStream`) `save_state` writes into every checkpoint and
+    `load_state` restores. Gradients are synchronised every `gradient_accumulation_steps`
+    micro-batches, never early at a loader's end: an epoch holds whole steps, a stream never
+    ends, and the loop reads a step's micro-batches ahead (`loop.batches`), which would otherwise
+    end the loader while earlier micro-batches of its last step are still to run."""
     check_fsdp_support()
+    if stateful_data:
+        # torchdata 0.11 calls a torch function that torch 2.13 deprecated; nothing the user can act on.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
@@ -42,6 +56,8 @@ def make_accelerator(
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dynamo_backend="inductor" if torch_compile else None,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=ddp_timeout))],
+        dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=stateful_data),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
     )
     fsdp_on_cpu(accelerator)
     return accelerator

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from .data import BUILDERS
 from .model_dir import require_dir
 from .optim import OPTIMIZERS, SCHEDULES
@@ -63,11 +65,21 @@ class PretrainConfig:
             "documents (seeded by --seed), or the last lines of .txt files (nanoGPT's split)."
         },
     )
+    document_masking: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep documents apart in the packed blocks: position_ids restart at each document, no token "
+            "attends to another document and the step from one document's </s> to the next one's <s> is no "
+            "target (benchmarks/results/document_masking.md). --no_document_masking: one causal mask over the "
+            "whole block. Rows of .txt files are running text, not documents: no effect there."
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "Read the corpus lazily (no cache, flat memory) for corpora larger than disk or RAM. "
-            "Needs --max_train_steps."
+            "help": "Read the corpus lazily (no cache, flat memory) for corpora larger than disk or RAM, resumable "
+            "exactly where a checkpoint stopped. Needs a run length: --max_train_steps, --max_train_tokens or "
+            "--tokens_per_parameter."
         },
     )
     streaming_holdout_documents: int = field(
@@ -189,6 +201,16 @@ class PretrainConfig:
     max_train_steps: int | None = field(
         default=None, metadata={"help": "Optimizer steps; overrides --num_train_epochs."}
     )
+    max_train_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Train on this many tokens (rounded up to whole optimizer steps); overrides "
+                  "--num_train_epochs."},
+    )
+    tokens_per_parameter: float | None = field(
+        default=None,
+        metadata={"help": "Train on this many tokens per non-embedding parameter (Chinchilla's compute-optimal "
+                  "ratio is about 20); overrides --num_train_epochs."},
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         default=None, metadata={"help": "Autocast precision (unset: accelerate's config, else no)."}
     )
@@ -254,16 +276,44 @@ class PretrainConfig:
 
 
 
-def run_length(cfg: PretrainConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps of the run: --max_train_steps, else --num_train_epochs passes over the data. With
-    neither, one pass over the user's data, but on the embedded corpus (0.46 MB: one pass is ~25 steps
-    at size mini and leaves perplexity ~1300, word salad) the demo's budget, which reaches ~70."""
+def run_length(cfg: PretrainConfig, steps_per_epoch: int | None, tokens_per_step: int = 1,
+               non_embedding_parameters: int = 0) -> int:  # fmt: skip
+    """Optimizer steps of the run: --max_train_steps; or the steps that reach --max_train_tokens, or
+    --tokens_per_parameter x the non-embedding parameters (rounded up to whole steps); else
+    --num_train_epochs passes over the data. With none, one pass over the user's data, but on the
+    embedded corpus (0.46 MB: one pass is ~25 steps at size mini and leaves perplexity ~1300, word
+    salad) the demo's budget, which reaches ~70."""
     if cfg.max_train_steps:
         return cfg.max_train_steps
+    tokens = planned_tokens(cfg, non_embedding_parameters)
+    if tokens is not None:
+        return max(1, math.ceil(tokens / tokens_per_step))
     if cfg.num_train_epochs is None and not (cfg.train_files or cfg.dataset_name):
         return EMBEDDED_CORPUS_STEPS
     return max(1, math.ceil((cfg.num_train_epochs or 1.0) * steps_per_epoch))
 
+
+
+def planned_tokens(cfg: PretrainConfig, non_embedding_parameters: int) -> int | None:
+    """The training tokens a compute-sized run asks for (None: the run is sized in steps or epochs)."""
+    if cfg.max_train_tokens is not None:
+        return cfg.max_train_tokens
+    if cfg.tokens_per_parameter is not None:
+        return math.ceil(cfg.tokens_per_parameter * non_embedding_parameters)
+    return None
+
+
+def non_embedding_parameters(model) -> int:
+    """Parameters outside the token and position tables (Kaplan et al.'s N, what compute scales
+    with): the embedding is a lookup, and a tied LM head shares its weight."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in tables)
+
+
+def training_flops(non_embedding: int, tokens: int) -> float:
+    """The usual estimate of training compute: 6 N D (2 N D forward, 4 N D backward; Kaplan et al.
+    2020, Chinchilla), attention's own term left out as the estimate does."""
+    return 6.0 * non_embedding * tokens
 
 
 def model_sizes(cfg: PretrainConfig) -> dict:
@@ -291,6 +341,7 @@ def check_config(cfg: PretrainConfig) -> None:
         "shuffle_buffer_size",
         "total_batch_size",
         "max_train_steps",
+        "max_train_tokens",
         "max_eval_samples",
         "num_hidden_layers",
         "hidden_size",
@@ -322,8 +373,20 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError("give --train_files or --dataset_name, not both")
     if cfg.tokenizer is not None:
         require_dir(cfg.tokenizer, "tokenizer directory (e.g. written by `scratchformer tokenizer`)")
-    if cfg.streaming and cfg.max_train_steps is None:
-        raise ValueError("--streaming reads a corpus of unknown length: give --max_train_steps")
+    lengths = [f"--{k}" for k in ("max_train_steps", "max_train_tokens", "tokens_per_parameter")
+               if getattr(cfg, k) is not None]  # fmt: skip
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{' and '.join(lengths)} each set the run's length: give one of them (steps, tokens, or tokens per "
+            "parameter)"
+        )
+    if cfg.tokens_per_parameter is not None and not cfg.tokens_per_parameter > 0:
+        raise ValueError(f"--tokens_per_parameter must be positive, got {cfg.tokens_per_parameter} (Chinchilla: ~20)")
+    if cfg.streaming and not lengths:
+        raise ValueError(
+            "--streaming reads a corpus of unknown length: give --max_train_steps, --max_train_tokens or "
+            "--tokens_per_parameter"
+        )
     sizes = model_sizes(cfg)
     if sizes["block_size"] < 2:
         raise ValueError(f"--block_size must be at least 2, got {sizes['block_size']}")

@@ -38,7 +38,7 @@ from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
 from .metrics import evaluate
 from .model_dir import load_tokenizer_dir
 from .optim import build_optimizer, lr_at
-from .packing import token_byte_lengths, tokenize_and_pack
+from .packing import collate_blocks, token_byte_lengths, tokenize_and_pack
 from .parallel import make_accelerator
 from .pretrain_config import (  # noqa: F401  (EMBEDDED_CORPUS_STEPS, SIZES: re-exported for callers)
     EMBEDDED_CORPUS_STEPS,
@@ -48,8 +48,10 @@ from .pretrain_config import (  # noqa: F401  (EMBEDDED_CORPUS_STEPS, SIZES: re-
     check_config,
     lr_schedule,
     model_sizes,
+    non_embedding_parameters,
     run_length,
     trackers,
+    training_flops,
 )
 from .run_dir import (
     check_writable,
@@ -80,7 +82,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     checkpoints, metrics = out / "checkpoints", out / "metrics.jsonl"
 
     accelerator = make_accelerator(out, cfg.mixed_precision, trackers(cfg.report_to), cfg.torch_compile,
-                                   cfg.ddp_timeout)
+                                   cfg.ddp_timeout, stateful_data=cfg.streaming)
     resume_from = checkpoint_to_resume(cfg.resume, checkpoints)
     accum = accelerator.gradient_accumulation_steps = accumulation_steps(cfg, accelerator.num_processes)
     samples_per_step = cfg.per_device_train_batch_size * accelerator.num_processes * accum
@@ -91,13 +93,15 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     train_loader, val_loader, steps_per_epoch, data_description = training_data(
         cfg, accelerator, tokenizer, samples_per_step
     )
-    max_steps = run_length(cfg, steps_per_epoch)
-    schedule = lr_schedule(cfg, max_steps)
-
     model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params, n_core = sum(p.numel() for p in model.parameters()), non_embedding_parameters(model)
+    # The run's length: steps, or the steps that reach the tokens asked for (--max_train_tokens,
+    # --tokens_per_parameter), or epochs.
+    max_steps = run_length(cfg, steps_per_epoch, tokens_per_step, n_core)
+    planned = max_steps * tokens_per_step
+    schedule = lr_schedule(cfg, max_steps)
     optimizer = build_optimizer(model, cfg.optimizer, lr=sizes["learning_rate"], weight_decay=cfg.weight_decay,
                                 betas=(cfg.adam_beta1, cfg.adam_beta2), query_key=cfg.query_key_optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -107,6 +111,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)), "optimizer": cfg.optimizer,
                  "query_key_optimizer": cfg.query_key_optimizer if cfg.optimizer == "muon" else None,
                  "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed,
+                 "document_masking": cfg.document_masking,
                  "max_train_steps": max_steps,
                  "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
@@ -116,14 +121,18 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     if accelerator.is_main_process:
         truncate_jsonl(metrics, after_step=state["step"])  # a killed run may have logged past its checkpoint
     run_config = {**dataclasses.asdict(cfg), **sizes, **data_description, "gradient_accumulation_steps": accum,
+                  "non_embedding_parameters": n_core, "planned_tokens": planned,
+                  "planned_training_flops": training_flops(n_core, planned),
                   "num_processes": accelerator.num_processes, "max_train_steps": max_steps,
                   "num_warmup_steps": schedule["warmup_steps"], "min_lr": schedule["min_lr"],
                   "distributed_type": str(accelerator.distributed_type).split(".")[-1],
                   "mixed_precision": accelerator.mixed_precision}
     accelerator.init_trackers("scratchformer-pretrain", config=scalars(run_config))
     logger.info(
-        f"{n_params / 1e6:.2f}M parameters; {max_steps} steps of {samples_per_step} blocks x {sizes['block_size']} "
-        f"tokens; {accelerator.num_processes} process(es), accumulation {accum}, mixed precision "
+        f"{n_params / 1e6:.2f}M parameters, {n_core:,} outside the embeddings; {max_steps} steps of "
+        f"{samples_per_step} blocks x {sizes['block_size']} tokens = {planned:,} tokens planned "
+        f"({planned / n_core:.1f} per parameter), ~{training_flops(n_core, planned):.3g} training FLOPs (6ND); "
+        f"{accelerator.num_processes} process(es), accumulation {accum}, mixed precision "
         f"{accelerator.mixed_precision}",
         main_process_only=True,
     )
@@ -132,14 +141,17 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     last_eval, last_loss, grad_norm, stopping = state["eval"], state.get("train_loss"), None, False
     meter, guard = LossMeter(accelerator, state["step"], tokens_per_step), NonFiniteGuard(
         cfg.on_nonfinite, accelerator, skipped=state.get("skipped_steps", []))
-    bar = tqdm(total=max_steps, initial=state["step"], desc="pretrain", unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_local_main_process)
+    # Counted in tokens, seen / planned, so tqdm's rate and ETA speak tokens too.
+    bar = tqdm(total=planned, initial=state["step"] * tokens_per_step, desc="pretrain", unit="tok", unit_scale=True,
+               dynamic_ncols=True, disable=not accelerator.is_local_main_process)
     model.train()
     with StopOnSignal() as stop:
-        for batch in ([] if state["step"] >= max_steps else batches(train_loader, state, accelerator, cfg.seed)):
+        micro_batches = batches(train_loader, state, accelerator, cfg.seed, accum, stream=cfg.streaming)
+        for batch in [] if state["step"] >= max_steps else micro_batches:
             lr = lr_at(state["step"], **schedule)
             with accelerator.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+                # input_ids and labels; with documents kept apart, position_ids and num_items_in_batch too
+                loss = model(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -150,7 +162,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                 continue
             state["step"] += 1
             step = state["step"]
-            bar.update(1)
+            bar.update(tokens_per_step)
             guard.end_step(step, logger)
             done = step >= max_steps
             if accelerator.num_processes == 1:
@@ -160,9 +172,10 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                 last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
                 stopping = stopping or stop_anywhere
                 guard.check(last_loss, step, checkpoints)
-                log_record(accelerator, metrics, training_record(
-                    step, last_loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, state["epoch"]))
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                log_record(accelerator, metrics, {**training_record(
+                    step, last_loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, state["epoch"]),
+                    "tokens_planned": planned})
+                bar.set_postfix(step=f"{step}/{max_steps}", loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             if done or stopping or step % cfg.eval_steps == 0:
                 last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
                 log_record(accelerator, metrics, {"step": step, **last_eval})
@@ -187,7 +200,10 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     result = {
         "output_dir": str(out / "model"), "run_dir": str(out), "steps": state["step"], "max_train_steps": max_steps,
         "tokens_seen": state["step"] * tokens_per_step, "train_loss": last_loss, **(last_eval or {}),
-        "parameters": n_params, "train_seconds": round(state["train_seconds"] + time.perf_counter() - clock, 2),
+        "parameters": n_params, "non_embedding_parameters": n_core,
+        "tokens_per_parameter": state["step"] * tokens_per_step / n_core,
+        "training_flops": training_flops(n_core, state["step"] * tokens_per_step),
+        "train_seconds": round(state["train_seconds"] + time.perf_counter() - clock, 2),
         "interrupted": stopping, "skipped_steps": guard.skipped,
     }
     if accelerator.is_main_process:
@@ -304,6 +320,7 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
                 tokenizer,
                 block_size,
                 rows_are_documents=rows_are_documents(files),
+                document_masking=cfg.document_masking,
                 num_proc=cfg.preprocessing_num_workers,
                 split=split,
             )
@@ -312,19 +329,25 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
                 (val_text, cfg.validation_files or cfg.train_files, "validation"),
             )
         )
+    # .txt rows are lines of running text: no documents to keep apart.
+    description["document_masking_applied"] = cfg.document_masking and rows_are_documents(cfg.train_files)
     check_not_empty(train_ds, "training", block_size)
     check_not_empty(val_ds, "validation", block_size)
     if cfg.max_eval_samples is not None:
-        if not isinstance(val_ds, datasets.IterableDataset):
+        if isinstance(val_ds, datasets.Dataset):
             # select, not take: datasets 3.0 raises when asked for more rows than there are.
             val_ds = val_ds.select(range(min(cfg.max_eval_samples, len(val_ds))))
         else:  # streamed: take stops where the stream does
             val_ds = val_ds.take(cfg.max_eval_samples)
-    val_loader = DataLoader(val_ds.with_format("torch"), batch_size=cfg.per_device_train_batch_size)
     batch = cfg.per_device_train_batch_size
     if cfg.streaming:
-        train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size)
-        return DataLoader(train_ds.with_format("torch"), batch_size=batch), val_loader, None, description
+        val_loader = DataLoader(val_ds, batch_size=batch, collate_fn=collate_blocks)
+        # Epoch after epoch, through a seeded buffer; its state goes into every checkpoint. Under several
+        # processes accelerate's dispatching loader reads ahead of its state (PackedStream.held_back).
+        train_ds = train_ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer_size).repeated()
+        train_ds = train_ds.held_back(batch * (accelerator.num_processes - 1))
+        return DataLoader(train_ds, batch_size=batch, collate_fn=collate_blocks), val_loader, None, description
+    val_loader = DataLoader(val_ds.with_format("torch"), batch_size=batch, collate_fn=collate_blocks)
     if len(train_ds) < samples_per_step:
         raise ValueError(
             f"the training text packs into {len(train_ds)} blocks of {block_size} tokens, fewer than one optimizer "
@@ -333,7 +356,8 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
             "lower the batch or --block_size"
         )
     sampler = EpochSampler(len(train_ds), seed=cfg.seed, multiple_of=samples_per_step)
-    train_loader = DataLoader(train_ds.with_format("torch"), batch_size=batch, sampler=sampler, drop_last=True)
+    train_loader = DataLoader(train_ds.with_format("torch"), batch_size=batch, sampler=sampler, drop_last=True,
+                              collate_fn=collate_blocks)
     return train_loader, val_loader, len(sampler) // samples_per_step, description
 
 
@@ -385,7 +409,7 @@ def load_text(cfg: PretrainConfig) -> tuple:
 
 
 def check_not_empty(ds, name: str, block_size: int) -> None:
-    empty = next(iter(ds), None) is None if isinstance(ds, datasets.IterableDataset) else len(ds) == 0
+    empty = len(ds) == 0 if isinstance(ds, datasets.Dataset) else next(iter(ds), None) is None
     if empty:
         raise ValueError(
             f"the {name} text holds fewer than {block_size} tokens, not even one block of --block_size "

@@ -183,8 +183,8 @@ def flags_of_older_releases(flags: dict) -> dict:
     --optimizer existed (scratchformer 0.3 and earlier; before 0.3 no flags were saved at all) every
     run was AdamW + cosine, and size mini's peak lr was 1e-3, not today's 2e-3 (newer checkpoints
     record the lr as resolved). Before --query_key_optimizer (0.4), Muon moved the query and key
-    projections too."""
-    old = dict(flags)
+    projections too. Before --document_masking (0.3 and earlier) blocks had no document boundaries."""
+    old = {"document_masking": False, **flags}
     if "optimizer" not in old:
         old = {"optimizer": "adamw", "lr_scheduler_type": "cosine", **old}
         if old.get("learning_rate") is None and old.get("size") == "mini":
@@ -239,6 +239,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict) -> di
             main_process_only=True,
         )
     changed = [k for k in ("samples_per_step", "block_size", "seed") if saved.get(k) != signature[k]]
+    if saved.get("document_masking", False) != signature.get("document_masking", False):
+        changed.append("document_masking")
     if changed:
         logger.warning(
             f"--resume: {', '.join(changed)} changed since the checkpoint, so the data order will "

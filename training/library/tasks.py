@@ -321,7 +321,10 @@ def _pack(
 ) -> datasets.Dataset:
     # A .txt file arrives one row per line; everything else is one row per document.
     from_lines = bool(args.train_files) and Path(args.train_files[0]).suffix.lower() in (".txt", ".text")
-    packed = tokenize_and_pack(ds, tokenizer, max_length, rows_are_documents=not from_lines, split=split)
+    # Documents kept apart only where a causal mask can keep them so (masked-lm attends both ways).
+    keep_apart = args.document_masking and args.task == "causal-lm"
+    packed = tokenize_and_pack(ds, tokenizer, max_length, rows_are_documents=not from_lines,
+                               document_masking=keep_apart, split=split)  # fmt: skip
     if len(packed) == 0:
         raise UserError(
             f"the {split} text is shorter than one block of {max_length} tokens; add text, lower --max_length, "
