@@ -27,6 +27,11 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+
+try:  # continuous batching's cache; every release the package supports has it (see PAGED below)
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+except ImportError:  # pragma: no cover
+    PagedAttentionCache = None
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -107,6 +112,45 @@ def causal_mask(
         config=config, inputs_embeds=x_BLC, attention_mask=attention_mask, position_ids=position_ids,
         **cache_field(cache),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuous batching's paged cache
+# ----------------------------------------------------------------------------------------------
+# generate_batch(), init_continuous_batching() and `transformers serve --continuous-batching` pack
+# every running request into one row (batch 1): they pass each token's position, the packed row's
+# mask (each request sees only its own past) and a PagedAttentionCache, blocks of memory shared by
+# all requests, read and written at indices that travel in the forward's keyword arguments. That
+# cache has no length to read (each request has its own) and, like the mask, is the batcher's
+# business; the model only routes it. Who writes it moved with the rename above:
+# - up to 5.23 the model's cache argument was `past_key_values`, and the batcher's `cache=` was a
+#   keyword for transformers' paged attention kernels, which wrote the cache themselves;
+# - from 5.24 `cache` is the model's cache argument, and the attention layer writes the paged cache
+#   as it writes any other, `cache.update(k, v, layer_idx, kwargs=kwargs)`; the kernels only read.
+
+
+def is_paged(cache) -> bool:
+    return PagedAttentionCache is not None and isinstance(cache, PagedAttentionCache)
+
+
+class KernelWrittenPagedCache:
+    """A paged cache up to transformers 5.23, as the attention layer sees it: `update` writes nothing,
+    it puts the cache among the kernel's keyword arguments, where those releases' kernels take it from
+    and write it."""
+
+    def __init__(self, paged: PagedAttentionCache) -> None:
+        self.paged = paged
+
+    def update(self, k_BGLK: torch.Tensor, v_BGLK: torch.Tensor, layer_idx: int, kwargs: dict):
+        kwargs["cache"] = self.paged
+        return k_BGLK, v_BGLK
+
+
+def layers_cache(cache: Cache | None) -> Cache | KernelWrittenPagedCache | None:
+    """The cache the attention layers update: the caller's own, but a paged one up to 5.23 (see above)."""
+    if is_paged(cache) and CACHE_NAME == "past_key_values":
+        return KernelWrittenPagedCache(cache)
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +325,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         cache_for_mask = cache
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
-        past = cache.get_seq_length() if cache is not None else 0
+        # Continuous batching passes positions and mask with its paged cache, which holds no one length.
+        paged = is_paged(cache)
+        past = cache.get_seq_length() if cache is not None and not paged else 0
         # Caller-given positions may restart inside a row (packed documents); the mask builder reads
         # them to keep documents apart, which costs a host sync. Positions made here are one plain
         # range, so the mask builder is not shown them and the training step stays sync-free.
@@ -301,7 +347,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
         # The mask is built once for all layers (see eager_mask_config).
         mask_config = eager_mask_config(config, output_attentions)
-        if config.is_causal:
+        if paged:
+            mask_B1LM = attention_mask  # the batcher's, for its packed row (None for kernels that take cu_seq_lens)
+        elif config.is_causal:
             mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache_for_mask, position_ids=given_position_ids)
         else:
             mask_B1LM = create_bidirectional_mask(
@@ -310,7 +358,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
         x_BLC, all_hidden_states, all_attentions, _ = run_blocks(
             self.layers, self.norm, x_BLC, output_attentions, output_hidden_states,
-            mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=cache, **kwargs,
+            mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=layers_cache(cache), **kwargs,
         )  # fmt: skip
         return BaseModelOutputWithPast(
             last_hidden_state=x_BLC,

@@ -377,6 +377,15 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def init_continuous_batching(self, *args, **kwargs):
+        # Behind generate_batch() and `transformers serve --continuous-batching` too. Without this, the
+        # batcher would run the decoder alone on packed prompts and every request would fail later.
+        raise NotImplementedError(
+            "Continuous batching (generate_batch, init_continuous_batching) runs decoder-only models: "
+            "transformers' batcher packs the prompts into one decoder row and has no place for an encoder's "
+            "output. Batch an encoder-decoder with generate() (padded inputs, greedy or beam search)."
+        )
+
     @can_return_tuple
     @accepts_past_key_values
     def forward(
