@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 
@@ -151,6 +151,99 @@ def layers_cache(cache: Cache | None) -> Cache | KernelWrittenPagedCache | None:
     if is_paged(cache) and CACHE_NAME == "past_key_values":
         return KernelWrittenPagedCache(cache)
     return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Where generation ends: the position table
+# ----------------------------------------------------------------------------------------------
+# Learned and sinusoidal positions are a table of max_position_embeddings rows: a token past the last
+# row has no position. generate() asks for as many tokens as it is told (a text-generation pipeline
+# 256 by default, transformers' server at least 1024), so a 12-token prompt would fail half way
+# through its reply. Instead generation stops where the table ends, as max_length stops it, with a
+# warning giving the numbers: generate() through a stopping criterion, continuous batching by
+# bounding each request's max_new_tokens. Rotary positions have no last row, but the model never saw
+# distances past the context it was trained for: it goes on, with a warning saying so.
+
+
+def new_tokens_within_positions(config, prompt_length: int) -> int | None:
+    """How many tokens generation can add to a prompt before the position table ends (at least one: the
+    last position's token is never fed back); None for rotary positions, which never end."""
+    if config.position_embedding == "rope":
+        return None
+    return max(1, config.max_position_embeddings - prompt_length)
+
+
+def position_limit_message(config, prompt_length: int, length: int) -> str:
+    limit, kind = config.max_position_embeddings, config.position_embedding
+    if kind == "rope":
+        return (
+            f"Generating past {limit} tokens, the context this rotary model was trained for "
+            f"(max_position_embeddings={limit}): rotary positions go on, but the model never saw longer distances "
+            f"and its text degrades. Ask for at most {max(1, limit - prompt_length)} new tokens (max_new_tokens) "
+            f"after this {prompt_length}-token prompt to stay within it."
+        )
+    return (
+        f"Generation stopped at {length} tokens (a {prompt_length}-token prompt and {length - prompt_length} new): "
+        f"this model's {kind} positions end there (max_position_embeddings={limit}). Ask for at most "
+        f"{new_tokens_within_positions(config, prompt_length)} new tokens (max_new_tokens) after this prompt to end "
+        "before it, or use a model with a longer context."
+    )
+
+
+class PositionLimit(StoppingCriteria):
+    """generate()'s stop at the end of the position table (rotary positions: a warning only). It is
+    called each time a token was added, with every sequence so far (prompt + new tokens)."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.prompt_length: int | None = None
+        self.warned = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        length = input_ids.shape[-1]
+        if self.prompt_length is None:
+            self.prompt_length = length - 1
+        limit = self.config.max_position_embeddings
+        stop = self.config.position_embedding != "rope" and length >= limit
+        if (stop or length > limit) and not self.warned:
+            self.warned = True
+            logger.warning(position_limit_message(self.config, self.prompt_length, length))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def with_position_limit(config, stopping_criteria: StoppingCriteriaList | None) -> StoppingCriteriaList:
+    return StoppingCriteriaList([*(stopping_criteria or []), PositionLimit(config)])
+
+
+def requests_within_positions(manager, config):
+    """A continuous batching manager whose requests end where the position table ends: continuous
+    batching ends a request at its max_new_tokens or an end token only, and a forward past the table
+    would stop the batcher for every request. A prompt longer than the table is refused as it arrives."""
+    if getattr(manager, "within_positions", False):  # a persistent manager, handed back again
+        return manager
+    add_request = manager.add_request
+    limit = config.max_position_embeddings
+
+    @functools.wraps(add_request)
+    def add_request_within_positions(input_ids, request_id=None, max_new_tokens=None, *args, **kwargs):
+        if config.position_embedding != "rope" and len(input_ids) > limit:
+            raise ValueError(
+                f"The prompt has {len(input_ids)} tokens, but this model's {config.position_embedding} positions "
+                f"end at {limit} (max_position_embeddings): shorten it to at most {limit - 1} tokens, leaving room "
+                "for the reply."
+            )
+        asked = manager.generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        room = new_tokens_within_positions(config, len(input_ids))
+        if room is not None and (asked is None or asked > room):
+            logger.warning_once(position_limit_message(config, len(input_ids), len(input_ids) + room))
+            max_new_tokens = room
+        elif room is None and (asked is None or len(input_ids) + asked > limit):
+            logger.warning_once(position_limit_message(config, len(input_ids), limit + 1))
+        return add_request(input_ids, request_id, max_new_tokens, *args, **kwargs)
+
+    manager.add_request = add_request_within_positions
+    manager.within_positions = True
+    return manager
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +486,16 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, stopping_criteria=None, **kwargs):
+        """GenerationMixin.generate, which also stops where the position table ends (see PositionLimit)."""
+        stopping_criteria = with_position_limit(self.config, stopping_criteria)
+        return super().generate(inputs, generation_config, logits_processor, stopping_criteria, **kwargs)
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """transformers' continuous batching (behind generate_batch and `transformers serve
+        --continuous-batching`), whose requests end where the position table ends."""
+        return requests_within_positions(super().init_continuous_batching(*args, **kwargs), self.config)
 
     def _fuses_loss(self) -> bool:
         """The fused loss serves training steps only (evaluation and metrics want logits), and only a
