@@ -74,7 +74,7 @@ def check_servable(model_dir: str, trust_remote_code: bool = False):
         what = heads[0] if heads else f"a {config.model_type!r} model naming no architecture"
         raise UserError(
             f"{model_dir} holds {what}, and the server answers chat and completions with a causal language model "
-            "(…ForCausalLM); serve a pretrained or causal-LM fine-tuned checkpoint"
+            "(...ForCausalLM); serve a pretrained or causal-LM fine-tuned checkpoint"
         )
     if getattr(config, "is_causal", True) is False:
         raise UserError(f"{model_dir} is a bidirectional encoder (is_causal=False): it cannot continue text")
