@@ -57,8 +57,9 @@ def test_options_are_transformers_serves_and_size_the_paged_cache_on_a_cpu():
         serving.server_command({**options, "api_key": "x"})
 
 
-def test_run_server_passes_only_what_the_installed_serve_takes(monkeypatch):
+def test_run_server_passes_only_what_the_installed_serve_takes(monkeypatch, tmp_path):
     import transformers.cli.serve
+    from huggingface_hub import constants
 
     seen = {}
 
@@ -68,8 +69,10 @@ def test_run_server_passes_only_what_the_installed_serve_takes(monkeypatch):
 
     monkeypatch.setattr(transformers.cli.serve, "Serve", Serve)
     monkeypatch.setattr(serving, "answer_bad_requests_with_400", lambda: None)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     serving.run_server(serving.serve_options("m", port=9, continuous_batching=True, device="cpu", context=64))
     assert seen == {"force_model": "m", "host": "127.0.0.1", "port": 9, "continuous_batching": True}
+    assert (tmp_path / "hub").is_dir()  # before 5.25, /v1/models answers 500 without it
 
 
 def test_a_refused_request_is_a_400_on_every_release(monkeypatch):

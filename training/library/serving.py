@@ -131,9 +131,12 @@ def server_command(options: dict[str, Any]) -> list[str]:
 def run_server(options: dict[str, Any]) -> None:
     """transformers' own server (`transformers serve`), in this process, until it is stopped (Ctrl-C,
     SIGTERM). Options a release's `Serve` does not take are left out."""
+    from huggingface_hub import constants
     from transformers.cli.serve import Serve
 
     answer_bad_requests_with_400()
+    # Before 5.25, /v1/models lists the Hugging Face cache, and answers 500 where its folder is missing.
+    Path(constants.HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
     accepted = inspect.signature(Serve.__init__).parameters
     Serve(**{name: value for name, value in options.items() if name in accepted})
 
