@@ -2,7 +2,7 @@
 exported to a stock `LlamaForCausalLM` and served by plain `transformers serve`, one request at a
 time and with continuous batching, at 1, 4, 16 and 64 concurrent streamed requests.
 
-    .venv/bin/python benchmarks/bench_serve.py                     # about 10 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_serve.py                     # about 15 minutes on 2 CPU cores
     .venv/bin/python benchmarks/bench_serve.py --concurrency 1 4 --requests 8 --max_tokens 16   # a quick look
 
 The model: a llama-preset checkpoint of `--size` (mini: 4 layers x 128, context 256) with a BPE of
@@ -13,12 +13,14 @@ passages of the embedded corpus, 80 to 400 characters (about 20 to 100 tokens).
 
 For each mode, both servers (ours, stock) are started on 127.0.0.1 and warmed up with two requests;
 then each level sends max(`--requests`, 4 x concurrency) streamed completions to each, at most
-`concurrency` at a time, in two halves (ours, stock, stock, ours: both see the shared machine's load
-alike); then both are stopped with SIGTERM by their PID. Memory (resident, the server's process and
-any it spawned) is read after the warm-up and after the last level. Per level: requests completed and failed,
-latency and time to first token (p50, p95), generated tokens per second over the level's wall time.
-The ratio is ours / stock (> 1: we serve faster). Writes `serve.json` and `serve.md` under `--out`.
-Not part of the test suite (tests/cli/test_serve.py runs the short version: 8 concurrent streams).
+`concurrency` at a time, in four quarters, ours and stock in turn, the order alternating (both see
+the shared machine's load alike); then both are stopped with SIGTERM by their PID. Memory (resident,
+the server's process and any it spawned) is read after the warm-up and after the last level. Per
+level: requests completed and failed, latency and time to first token (p50, p95), generated tokens
+per second over the level's wall time. The ratio is ours / stock (> 1: we serve faster). Before the
+servers, the batching engine alone is compared in this process (`generate_batch`, no HTTP), which
+shows the model's own share of the figures. Writes `serve.json` and `serve.md` under `--out`. Not
+part of the test suite (tests/cli/test_serve.py runs the short version: 8 concurrent streams).
 """
 
 from __future__ import annotations
@@ -231,8 +233,9 @@ def summary(concurrency: int, results: list[dict], wall: float) -> dict:
 
 
 def serve_pair_and_load(sides: list[tuple[str, list[str], str]], work: Path, args) -> list[dict]:
-    """Both servers of a mode (ours, stock) up at once; each level's requests in two halves, ours,
-    stock, stock, ours, so that both sides see the shared machine's load alike."""
+    """Both servers of a mode (ours, stock) up at once; each level's requests in four quarters, ours
+    and stock in turn, the order alternating (ABBAABBA), so that both see the shared machine's load
+    alike."""
     env = {**os.environ, "HF_HOME": str(work / "hf_home"), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     (work / "hf_home" / "hub").mkdir(parents=True, exist_ok=True)
@@ -249,11 +252,11 @@ def serve_pair_and_load(sides: list[tuple[str, list[str], str]], work: Path, arg
             run["memory_mb_before"] = round(server.memory_mb(), 1)
         for concurrency in args.concurrency:
             texts = prompts(max(args.requests, 4 * concurrency))
-            halves = [texts[: len(texts) // 2], texts[len(texts) // 2 :]]
+            quarters = [texts[i::4] for i in range(4)]
             outcomes = [([], 0.0) for _ in servers]
-            for half, order in ((halves[0], (0, 1)), (halves[1], (1, 0))):
+            for quarter, order in zip(quarters, ((0, 1), (1, 0), (0, 1), (1, 0))):
                 for i in order:
-                    results, wall = run_requests(servers[i].port, runs[i]["model"], half, concurrency,
+                    results, wall = run_requests(servers[i].port, runs[i]["model"], quarter, concurrency,
                                                  args.max_tokens, args.timeout)  # fmt: skip
                     outcomes[i] = (outcomes[i][0] + results, outcomes[i][1] + wall)
             for run, (results, wall) in zip(runs, outcomes):
@@ -268,6 +271,41 @@ def serve_pair_and_load(sides: list[tuple[str, list[str], str]], work: Path, arg
         for server, run in zip(servers, runs):
             run["stopped"] = server.stop()
     return runs
+
+
+def engine_ratios(ours: Path, stock: Path, args) -> list[dict]:
+    """The batching engine alone, in this process, no HTTP: `generate_batch` of N prompts (N = each
+    concurrency level) on ours and on the stock Llama, `--engine_repeats` paired runs in alternating
+    order; the ratio is the median of the runs' stock time / our time (> 1: ours faster)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+
+    import scratchformer.modeling  # noqa: F401  (registers our classes)
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(ours)
+    models = {"ours": AutoModelForCausalLM.from_pretrained(ours).eval(),
+              "stock": AutoModelForCausalLM.from_pretrained(stock).eval()}  # fmt: skip
+    greedy = GenerationConfig(max_new_tokens=args.max_tokens, do_sample=False, eos_token_id=-1)
+    rows = []
+    for n in args.concurrency:
+        batch = [tokenizer(text)["input_ids"] for text in prompts(n)]
+        times: dict[str, list[float]] = {"ours": [], "stock": []}
+        for repeat in range(args.engine_repeats):
+            for name in ("ours", "stock") if repeat % 2 == 0 else ("stock", "ours"):
+                paging = ContinuousBatchingConfig(num_blocks=64, max_batch_tokens=1024)
+                start = time.perf_counter()
+                results = models[name].generate_batch(batch, generation_config=greedy,
+                                                      continuous_batching_config=paging)  # fmt: skip
+                times[name].append(time.perf_counter() - start)
+                assert all(r.error is None and len(r.generated_tokens) == args.max_tokens for r in results.values())
+        ratios = [s / o for s, o in zip(times["stock"], times["ours"])]
+        rows.append({"prompts": n, "ours_s": round(statistics.median(times["ours"]), 3),
+                     "stock_s": round(statistics.median(times["stock"]), 3),
+                     "ratio": round(statistics.median(ratios), 3),
+                     "ratios": [round(r, 3) for r in ratios]})  # fmt: skip
+        print(f"   engine, {n} prompts: ours/stock speed {rows[-1]['ratio']} ({rows[-1]['ratios']})", flush=True)
+    return rows
 
 
 def machine() -> dict:
@@ -317,6 +355,14 @@ def to_markdown(report: dict) -> str:
         served = sum(level["completed"] for level in run["levels"]) + 2
         clean = "cleanly" if not run["stopped"]["killed"] and not run["stopped"]["orphans"] else str(run["stopped"])
         lines.append(f"| {run['name']} | {run['memory_mb_before']} | {run['memory_mb_after']} | {served} | {clean} |")
+    if report.get("engine"):
+        lines += ["", "The batching engine alone (`generate_batch` in one process, no HTTP, no server; median of "
+                  f"{a['engine_repeats']} paired runs, alternating order):", "",
+                  "| prompts at once | ours s | stock Llama s | speed ratio ours / stock | the runs' ratios |",
+                  "|---:|---:|---:|---:|---|"]  # fmt: skip
+        for row in report["engine"]:
+            lines.append(f"| {row['prompts']} | {row['ours_s']} | {row['stock_s']} | {row['ratio']:.2f}x | "
+                         f"{', '.join(f'{r:.2f}' for r in row['ratios'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -324,12 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=SIZES, default="mini")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--requests", type=int, default=16, help="at least this many requests a level (and 4 x C)")
+    parser.add_argument("--requests", type=int, default=32, help="at least this many requests a level (and 4 x C)")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the servers")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
     parser.add_argument("--modes", nargs="+", default=["plain", "continuous_batching"],
                         choices=["plain", "continuous_batching"])  # fmt: skip
+    parser.add_argument("--engine_repeats", type=int, default=5, help="paired generate_batch runs (0: none)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -338,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         ours, stock = build_models(work, args.size)
+        if args.engine_repeats:
+            report["engine"] = engine_ratios(ours, stock, args)
         for mode in args.modes:
             cb = mode == "continuous_batching"
             label = " --continuous_batching" if cb else ""
