@@ -35,7 +35,7 @@ from typing import Any
 from .errors import UserError
 
 # The options `scratchformer serve` passes on, in transformers' Serve's own names.
-SERVE_OPTIONS = ("force_model", "host", "port", "continuous_batching", "device", "trust_remote_code", "log_level",
+SERVE_OPTIONS = ("force_model", "host", "port", "continuous_batching", "device", "trust_remote_code",
                  "cb_num_blocks", "cb_max_batch_tokens")  # fmt: skip
 
 # Continuous batching on a CPU: a paged cache for this many requests at the model's whole context, and
@@ -100,7 +100,6 @@ def serve_options(
         "continuous_batching": bool(continuous_batching),
         "device": device,
         "trust_remote_code": bool(trust_remote_code),
-        "log_level": "info",
     }
     if continuous_batching and runs_on_cpu(device):
         # Pages of 256 tokens (transformers' default): a request at the whole context needs this many.
