@@ -24,9 +24,14 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+
+try:  # continuous batching's cache; every release the package supports has it (see PAGED below)
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+except ImportError:  # pragma: no cover
+    PagedAttentionCache = None
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -107,6 +112,138 @@ def causal_mask(
         config=config, inputs_embeds=x_BLC, attention_mask=attention_mask, position_ids=position_ids,
         **cache_field(cache),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuous batching's paged cache
+# ----------------------------------------------------------------------------------------------
+# generate_batch(), init_continuous_batching() and `transformers serve --continuous-batching` pack
+# every running request into one row (batch 1): they pass each token's position, the packed row's
+# mask (each request sees only its own past) and a PagedAttentionCache, blocks of memory shared by
+# all requests, read and written at indices that travel in the forward's keyword arguments. That
+# cache has no length to read (each request has its own) and, like the mask, is the batcher's
+# business; the model only routes it. Who writes it moved with the rename above:
+# - up to 5.23 the model's cache argument was `past_key_values`, and the batcher's `cache=` was a
+#   keyword for transformers' paged attention kernels, which wrote the cache themselves;
+# - from 5.24 `cache` is the model's cache argument, and the attention layer writes the paged cache
+#   as it writes any other, `cache.update(k, v, layer_idx, kwargs=kwargs)`; the kernels only read.
+
+
+def is_paged(cache) -> bool:
+    return PagedAttentionCache is not None and isinstance(cache, PagedAttentionCache)
+
+
+class KernelWrittenPagedCache:
+    """A paged cache up to transformers 5.23, as the attention layer sees it: `update` writes nothing,
+    it puts the cache among the kernel's keyword arguments, where those releases' kernels take it from
+    and write it."""
+
+    def __init__(self, paged: PagedAttentionCache) -> None:
+        self.paged = paged
+
+    def update(self, k_BGLK: torch.Tensor, v_BGLK: torch.Tensor, layer_idx: int, kwargs: dict):
+        kwargs["cache"] = self.paged
+        return k_BGLK, v_BGLK
+
+
+def layers_cache(cache: Cache | None) -> Cache | KernelWrittenPagedCache | None:
+    """The cache the attention layers update: the caller's own, but a paged one up to 5.23 (see above)."""
+    if is_paged(cache) and CACHE_NAME == "past_key_values":
+        return KernelWrittenPagedCache(cache)
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Where generation ends: the position table
+# ----------------------------------------------------------------------------------------------
+# Learned and sinusoidal positions are a table of max_position_embeddings rows: a token past the last
+# row has no position. generate() asks for as many tokens as it is told (a text-generation pipeline
+# 256 by default, transformers' server at least 1024), so a 12-token prompt would fail half way
+# through its reply. Instead generation stops where the table ends, as max_length stops it, with a
+# warning giving the numbers: generate() through a stopping criterion, continuous batching by
+# bounding each request's max_new_tokens. Rotary positions have no last row, but the model never saw
+# distances past the context it was trained for: it goes on, with a warning saying so.
+
+
+def new_tokens_within_positions(config, prompt_length: int) -> int | None:
+    """How many tokens generation can add to a prompt before the position table ends (at least one: the
+    last position's token is never fed back); None for rotary positions, which never end."""
+    if config.position_embedding == "rope":
+        return None
+    return max(1, config.max_position_embeddings - prompt_length)
+
+
+def position_limit_message(config, prompt_length: int, length: int) -> str:
+    limit, kind = config.max_position_embeddings, config.position_embedding
+    if kind == "rope":
+        return (
+            f"Generating past {limit} tokens, the context this rotary model was trained for "
+            f"(max_position_embeddings={limit}): rotary positions go on, but the model never saw longer distances "
+            f"and its text degrades. Ask for at most {max(1, limit - prompt_length)} new tokens (max_new_tokens) "
+            f"after this {prompt_length}-token prompt to stay within it."
+        )
+    return (
+        f"Generation stopped at {length} tokens (a {prompt_length}-token prompt and {length - prompt_length} new): "
+        f"this model's {kind} positions end there (max_position_embeddings={limit}). Ask for at most "
+        f"{new_tokens_within_positions(config, prompt_length)} new tokens (max_new_tokens) after this prompt to end "
+        "before it, or use a model with a longer context."
+    )
+
+
+class PositionLimit(StoppingCriteria):
+    """generate()'s stop at the end of the position table (rotary positions: a warning only). It is
+    called each time a token was added, with every sequence so far (prompt + new tokens)."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.prompt_length: int | None = None
+        self.warned = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        length = input_ids.shape[-1]
+        if self.prompt_length is None:
+            self.prompt_length = length - 1
+        limit = self.config.max_position_embeddings
+        stop = self.config.position_embedding != "rope" and length >= limit
+        if (stop or length > limit) and not self.warned:
+            self.warned = True
+            logger.warning(position_limit_message(self.config, self.prompt_length, length))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def with_position_limit(config, stopping_criteria: StoppingCriteriaList | None) -> StoppingCriteriaList:
+    return StoppingCriteriaList([*(stopping_criteria or []), PositionLimit(config)])
+
+
+def requests_within_positions(manager, config):
+    """A continuous batching manager whose requests end where the position table ends: continuous
+    batching ends a request at its max_new_tokens or an end token only, and a forward past the table
+    would stop the batcher for every request. A prompt longer than the table is refused as it arrives."""
+    if getattr(manager, "within_positions", False):  # a persistent manager, handed back again
+        return manager
+    add_request = manager.add_request
+    limit = config.max_position_embeddings
+
+    @functools.wraps(add_request)
+    def add_request_within_positions(input_ids, request_id=None, max_new_tokens=None, *args, **kwargs):
+        if config.position_embedding != "rope" and len(input_ids) > limit:
+            raise ValueError(
+                f"The prompt has {len(input_ids)} tokens, but this model's {config.position_embedding} positions "
+                f"end at {limit} (max_position_embeddings): shorten it to at most {limit - 1} tokens, leaving room "
+                "for the reply."
+            )
+        asked = manager.generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        room = new_tokens_within_positions(config, len(input_ids))
+        if room is not None and (asked is None or asked > room):
+            logger.warning_once(position_limit_message(config, len(input_ids), len(input_ids) + room))
+            max_new_tokens = room
+        elif room is None and (asked is None or len(input_ids) + asked > limit):
+            logger.warning_once(position_limit_message(config, len(input_ids), limit + 1))
+        return add_request(input_ids, request_id, max_new_tokens, *args, **kwargs)
+
+    manager.add_request = add_request_within_positions
+    manager.within_positions = True
+    return manager
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +418,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
         cache_for_mask = cache
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
-        past = cache.get_seq_length() if cache is not None else 0
+        # Continuous batching passes positions and mask with its paged cache, which holds no one length.
+        paged = is_paged(cache)
+        past = cache.get_seq_length() if cache is not None and not paged else 0
         # Caller-given positions may restart inside a row (packed documents); the mask builder reads
         # them to keep documents apart, which costs a host sync. Positions made here are one plain
         # range, so the mask builder is not shown them and the training step stays sync-free.
@@ -301,7 +440,9 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
 
         # The mask is built once for all layers (see eager_mask_config).
         mask_config = eager_mask_config(config, output_attentions)
-        if config.is_causal:
+        if paged:
+            mask_B1LM = attention_mask  # the batcher's, for its packed row (None for kernels that take cu_seq_lens)
+        elif config.is_causal:
             mask_B1LM = causal_mask(mask_config, x_BLC, attention_mask, cache_for_mask, position_ids=given_position_ids)
         else:
             mask_B1LM = create_bidirectional_mask(
@@ -314,7 +455,7 @@ class ScratchformerModel(ScratchformerPreTrainedModel):
             kwargs["position_ids"] = given_position_ids
         x_BLC, all_hidden_states, all_attentions, _ = run_blocks(
             self.layers, self.norm, x_BLC, output_attentions, output_hidden_states,
-            mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=cache, **kwargs,
+            mask_B1LM=mask_B1LM, rotary_BLK=rotary_BLK, cache=layers_cache(cache), **kwargs,
         )  # fmt: skip
         return BaseModelOutputWithPast(
             last_hidden_state=x_BLC,
@@ -349,6 +490,16 @@ class ScratchformerForCausalLM(ScratchformerPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, stopping_criteria=None, **kwargs):
+        """GenerationMixin.generate, which also stops where the position table ends (see PositionLimit)."""
+        stopping_criteria = with_position_limit(self.config, stopping_criteria)
+        return super().generate(inputs, generation_config, logits_processor, stopping_criteria, **kwargs)
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """transformers' continuous batching (behind generate_batch and `transformers serve
+        --continuous-batching`), whose requests end where the position table ends."""
+        return requests_within_positions(super().init_continuous_batching(*args, **kwargs), self.config)
 
     def _fuses_loss(self) -> bool:
         """The fused loss serves training steps only (evaluation and metrics want logits), and only a

@@ -55,6 +55,7 @@ from .modeling_scratchformer import (
     final_norm,
     output_flags,
     run_blocks,
+    with_position_limit,
 )
 from .transformer_scratchformer import (
     ScratchformerBlock,
@@ -376,6 +377,21 @@ class ScratchformerForConditionalGeneration(ScratchformerSeq2SeqPreTrainedModel,
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, stopping_criteria=None, **kwargs):
+        """GenerationMixin.generate, which also stops where the decoder's position table ends (see
+        modeling_scratchformer.PositionLimit): the source is checked against it as it is encoded."""
+        stopping_criteria = with_position_limit(self.config, stopping_criteria)
+        return super().generate(inputs, generation_config, logits_processor, stopping_criteria, **kwargs)
+
+    def init_continuous_batching(self, *args, **kwargs):
+        # Behind generate_batch() and `transformers serve --continuous-batching` too. Without this, the
+        # batcher would run the decoder alone on packed prompts and every request would fail later.
+        raise NotImplementedError(
+            "Continuous batching (generate_batch, init_continuous_batching) runs decoder-only models: "
+            "transformers' batcher packs the prompts into one decoder row and has no place for an encoder's "
+            "output. Batch an encoder-decoder with generate() (padded inputs, greedy or beam search)."
+        )
 
     @can_return_tuple
     @accepts_past_key_values

@@ -259,8 +259,9 @@ class ScratchformerAttention(nn.Module):
             if rotary_BLK is not None:
                 q_BHLK, k_BGLK = apply_rotary(q_BHLK, k_BGLK, *rotary_BLK)
             if cache is not None:
-                # The cache appends this step's keys/values and returns all M of them.
-                k_BGMK, v_BGMK = cache.update(k_BGLK, v_BGLK, self.layer_idx)
+                # The cache appends this step's keys/values and returns all M of them. A paged cache
+                # (continuous batching) finds its slots in the kwargs, and may leave notes there for the kernel.
+                k_BGMK, v_BGMK = cache.update(k_BGLK, v_BGLK, self.layer_idx, kwargs=kwargs)
             else:
                 k_BGMK, v_BGMK = k_BGLK, v_BGLK
 

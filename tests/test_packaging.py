@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _requirements() -> list:
     """The installed distribution's requirements (pyproject.toml as pip read it): the core ones and
-    the optional extras users install (plots, tracking, peft, ner, gguf); dev tools are not runtime claims."""
+    the optional extras users install (plots, tracking, peft, ner, gguf, serve); dev tools are not runtime claims."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
@@ -78,7 +78,8 @@ def _requirements() -> list:
     for line in importlib.metadata.requires("scratchformer") or []:
         requirement = Requirement(line)
         marker = str(requirement.marker or "")
-        if not marker or any(f'extra == "{extra}"' in marker for extra in ("plots", "tracking", "peft", "ner", "gguf")):
+        extras = ("plots", "tracking", "peft", "ner", "gguf", "serve")
+        if not marker or any(f'extra == "{extra}"' in marker for extra in extras):
             kept.append(requirement)
     return kept
 
@@ -97,15 +98,16 @@ def test_declared_lower_bounds_are_the_versions_the_lowest_ci_leg_installs():
     for requirement in _requirements():
         lower = [s.version for s in requirement.specifier if s.operator == ">="]
         assert len(lower) == 1, f"{requirement}: one >= lower bound, tested by the lowest leg"
-        floors[requirement.name.lower()] = lower[0]
+        name = requirement.name.lower()  # transformers twice: as itself and as transformers[serving]
+        assert floors.setdefault(name, lower[0]) == lower[0], f"{name}: two different lower bounds"
     assert set(floors) == set(pins)
     for name, floor in floors.items():
         assert Version(pins[name]) == Version(floor), f"{name}: pyproject says >={floor}, the lowest leg: {pins[name]}"
 
 
 def test_transformers_upper_bound_is_the_next_major_release():
-    (transformers,) = [r for r in _requirements() if r.name == "transformers"]
-    assert "<6" in str(transformers.specifier)
+    transformers = [r for r in _requirements() if r.name == "transformers"]
+    assert transformers and all("<6" in str(r.specifier) for r in transformers)
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ from scratchformer.training.library.data import default_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<why>.+)\)\s*-->")
+# Above a block: `skip (why)`, or `background (why)` for a server the blocks after it talk to: the test
+# starts it, waits until it answers on its --port (8000 unless given), and stops it by its PID when
+# the next background block starts or the README ends.
+MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<kind>skip|background)\s*\((?P<why>.+)\)\s*-->")
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +35,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     text: str
     skip: str | None
+    background: str | None = None
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -44,8 +48,9 @@ def readme_blocks(text: str) -> list[Block]:
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-        marker = SKIP.search(lines[i - 1]) if i else None
-        blocks.append(Block(match.group(1), i + 1, "\n".join(lines[i + 1:end]), marker and marker.group("why")))
+        marker = MARKER.search(lines[i - 1]) if i else None
+        why = {marker.group("kind"): marker.group("why")} if marker else {}
+        blocks.append(Block(match.group(1), i + 1, "\n".join(lines[i + 1:end]), why.get("skip"), why.get("background")))
         i = end + 1
     return blocks
 
@@ -94,6 +99,8 @@ def test_every_block_is_runnable_or_says_why_not():
     for b in blocks:
         if b.language in ("bash", "python"):
             assert b.skip is None or len(b.skip) > 10, f"README line {b.line}: a skip needs its reason"
+        if b.background:
+            assert b.language == "bash" and "\n" not in b.text.strip(), f"README line {b.line}: one command"
         assert b.language in ("bash", "python", ""), f"README line {b.line}: unknown block language {b.language!r}"
 
 
@@ -102,15 +109,44 @@ def test_readme_blocks_parse_with_their_skip_reasons():
     blocks = readme_blocks(text)
     assert [(b.language, b.line, b.text, b.skip) for b in blocks] == [
         ("bash", 2, "echo a", None), ("python", 6, "x = 1", "needs a GPU here")]
+    (server,) = readme_blocks("<!-- readme-test: background (a server for the blocks below) -->\n```bash\nserve\n```\n")
+    assert (server.skip, server.background) == (None, "a server for the blocks below")
 
 
-def test_the_readme_runs_as_written(tmp_path):
+def test_the_readme_runs_as_written(tmp_path, launch_server):
     write_the_readers_files(tmp_path)
     env = {**os.environ, "SCRATCHFORMER_SMOKE_TEST": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    ran = []
+    ran, servers = [], []
+    try:
+        run_the_blocks(tmp_path, env, launch_server, ran, servers)
+    finally:
+        reports = [server.stop() for server in servers]
+    for server, report in zip(servers, reports):
+        assert not report["killed"] and not report["orphans"] and report["port_free"], (report, server.log[-3000:])
+    # What the blocks promise is there: the models, the pictures, the exports.
+    for path in ("tok/tokenizer.json", "runs/mini/model/model.safetensors", "runs/gpt2/model/config.json",
+                 "my-clf/config.json", "my-tagger/config.json", "my-chat/config.json", "my-encoder/config.json",
+                 "lora-clf/config.json", "attention.png", "attention.html", "positions.png", "converted/config.json",
+                 "mini-llama/config.json", "mini-gpt2/config.json", "mini.gguf", "results.json", "my-model/config.json",
+                 "my-s2s/config.json", "my-s2s/finetune_results.json", "my-s2s/README.md"):
+        assert (tmp_path / path).exists(), path
+    assert len(ran) >= 12 and len(servers) >= 1
+
+
+def run_the_blocks(tmp_path: Path, env: dict, launch_server, ran: list, servers: list) -> None:
     for block in readme_blocks(README.read_text()):
         if block.language not in ("bash", "python") or block.skip:
+            continue
+        if block.background:
+            if servers:
+                servers[-1].stop()
+            port = re.search(r"--port[ =](\d+)", block.text)
+            server_env = {**env, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+            (tmp_path / "hf_home" / "hub").mkdir(parents=True, exist_ok=True)
+            servers.append(launch_server(["bash", "-c", "exec " + block.text.strip()], tmp_path,
+                                         port=int(port.group(1)) if port else 8000, env=server_env))  # fmt: skip
+            ran.append(block.line)
             continue
         shell = ["bash", "-euo", "pipefail", "-c"] if block.language == "bash" else [sys.executable, "-c"]
         argv = [*shell, block.text]
@@ -121,11 +157,3 @@ def test_the_readme_runs_as_written(tmp_path):
             f"--- stderr (tail) ---\n{proc.stderr[-3000:]}\n--- stdout (tail) ---\n{proc.stdout[-1500:]}")
         assert "Traceback" not in proc.stderr, f"README block at line {block.line}:\n{proc.stderr[-3000:]}"
         ran.append(block.line)
-    # What the blocks promise is there: the models, the pictures, the exports.
-    for path in ("tok/tokenizer.json", "runs/mini/model/model.safetensors", "runs/gpt2/model/config.json",
-                 "my-clf/config.json", "my-tagger/config.json", "my-chat/config.json", "my-encoder/config.json",
-                 "lora-clf/config.json", "attention.png", "attention.html", "positions.png", "converted/config.json",
-                 "mini-llama/config.json", "mini-gpt2/config.json", "mini.gguf", "results.json", "my-model/config.json",
-                 "my-s2s/config.json", "my-s2s/finetune_results.json", "my-s2s/README.md"):
-        assert (tmp_path / path).exists(), path
-    assert len(ran) >= 12

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "pretrain a model with accelerate (one CPU or many GPUs), resumable"),
     "finetune": ("finetune", "fine-tune a checkpoint with transformers.Trainer"),
     "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
+    "serve": ("serve", "an OpenAI-compatible HTTP endpoint for a checkpoint: transformers' own server"),
     "eval": ("eval", "score a checkpoint on text: loss, perplexity, bits per byte (lm-eval tasks too)"),
     "inspect": ("inspect", "pictures: attention and cross-attention maps, embeddings, positions, training curves"),
     "convert": ("convert", "convert a LlamaForCausalLM or GPT2LMHeadModel directory to scratchformer"),

@@ -4,10 +4,10 @@
     scratchformer doctor --model someone-elses-model --trust_remote_code   # run code that is not ours
 
 Each line is a tool, ✓ or ✗, and the reason: the rules the interop suite measured (exports, GGUF
-types, K-quants, vLLM's CPU head widths, the position limit, the transformers range of the code),
-plus a live load in a fresh process without scratchformer; "?" marks a check not run. Exits 1 only
-when the checkpoint itself is broken (it does not load, or decodes wrongly with this transformers),
-2 on bad input. See `scratchformer.training.library.doctor`.
+types, K-quants, vLLM's CPU head widths, transformers' server, the position limit, the transformers
+range of the code), plus a live load in a fresh process without scratchformer; "?" marks a check not
+run. Exits 1 only when the checkpoint itself is broken (it does not load, or decodes wrongly with this
+transformers), 2 on bad input. See `scratchformer.training.library.doctor`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def build_parser() -> Parser:
         prog="scratchformer doctor",
         description=(
             "Say which tools take a checkpoint (transformers through remote code, the exports, llama.cpp and its "
-            "GGUF types, vLLM, TRL, lm-eval), from the rules the interop suite measured, and load it in a fresh "
-            "process without scratchformer. Exit status 1 only for a broken checkpoint."
+            "GGUF types, vLLM, transformers serve, TRL, lm-eval), from the rules the interop suite measured, and "
+            "load it in a fresh process without scratchformer. Exit status 1 only for a broken checkpoint."
         ),
     )
     p.add("--model", required=True, metavar="DIR", help="a scratchformer checkpoint directory (e.g. runs/NAME/model)")

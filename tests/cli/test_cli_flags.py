@@ -685,7 +685,7 @@ def test_sampling_flags_reach_the_generation_config(lm_dir, generated, capsys):
     config = call["config"]
     assert config.do_sample is True
     assert (config.temperature, config.top_p, config.top_k) == (0.7, 0.8, 5)
-    assert (config.repetition_penalty, config.max_new_tokens) == (1.3, 7)
+    assert (config.repetition_penalty, config.max_length - len(call["prompt"])) == (1.3, 7)
     assert len(call["new"]) == 7 or call["new"][-1] in (config.eos_token_id or [])
 
 

@@ -49,6 +49,7 @@ FROZEN = {
     ],
     "generate": ["--chat", "--device", "--max_new_tokens", "--model", "--repetition_penalty", "--seed", "--system",
                  "--temperature", "--top_k", "--top_p", "--trust_remote_code"],
+    "serve": ["--continuous_batching", "--device", "--host", "--model", "--port", "--trust_remote_code"],
     "eval": ["--block_size", "--dataset_config_name", "--dataset_name", "--max_eval_samples", "--model",
              "--no_document_masking", "--output_file", "--per_device_eval_batch_size", "--tasks", "--text_column",
              "--trust_remote_code", "--validation_files", "--validation_split"],
@@ -101,6 +102,7 @@ def test_shared_names_mean_the_same_thing_everywhere():
     writes_a_directory = ["tokenizer", "pretrain", "finetune", "convert", "export", "demo", "finetune --task seq2seq"]
     assert all(has(c, "--output_dir") for c in writes_a_directory)
     reads_a_model = ["finetune", "generate", "eval", "inspect", "convert", "export", "upgrade-checkpoint", "doctor",
+                     "serve",
                      "finetune --task seq2seq"]  # fmt: skip
     assert all(has(c, "--model") for c in reads_a_model)
     reads_files = ["tokenizer", "pretrain", "finetune", "demo", "finetune --task seq2seq"]

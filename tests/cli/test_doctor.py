@@ -48,6 +48,7 @@ EXPECTED = {
     "gguf": "✓✗✗✗✓",
     "gguf_k_quants": "✗✗✗✗✓",  # mini's rows of 128 and 352; base's 768 and 2048
     "vllm_cpu": "✓✓✓✗✓",  # head widths 32, 32, 32, 16, 64
+    "serve": "✓✓✓✓✓",
     "trl": "✓✓✓✓✓",
     "lm_eval": "✓✓✓✓✓",
 }
@@ -94,8 +95,10 @@ def test_each_preset_and_an_odd_checkpoint_get_the_right_marks(tokenizer, tmp_pa
     assert "position_embedding='sinusoidal' (needs 'rope')" in odd["export_llama"]
     assert "norm_position='post' (needs 'pre')" in odd["gguf"] and "scale_embeddings=True" in odd["gguf"]
     assert "prompt + new tokens <= 256: sinusoidal positions end at 255" in odd["positions"]
+    assert odd["serve"].startswith("scratchformer serve --model DIR") and "llama export" not in odd["serve"]
     mini = {v.rule: v.reason for v in config_verdicts(config_of("llama"))}
     assert mini["gguf_k_quants"].startswith("rows of 128 and 352 are not multiples of 256")
+    assert "its llama export serves with plain `transformers serve`" in mini["serve"]
     base = {v.rule: v.reason for v in config_verdicts(config_of("llama, base widths"))}
     assert "Q4_K_M" in base["gguf_k_quants"] and "768 and 2048" in base["gguf_k_quants"]
 
@@ -138,8 +141,9 @@ def test_every_rule_names_the_tests_that_measured_it():
 @pytest.mark.parametrize("name", ["llama", "gpt2", "paper, head width 16"])
 def test_each_rule_agrees_with_the_tool_it_describes(name, tokenizer, tmp_path):
     """The tools this environment has, run on a checkpoint of each kind: an export succeeds exactly
-    where doctor says ✓ (and its GGUF tensors have the planned types), and generating past the
-    position limit fails exactly where doctor says it is refused."""
+    where doctor says ✓ (and its GGUF tensors have the planned types); generate() stops where the
+    positions end exactly where doctor says it stops there, and a prompt longer than the positions is
+    refused exactly where doctor says so."""
     preset, sizes = CONFIGS[name]
     # Narrower and shallower than CONFIGS (the same concept choices): seconds, not minutes.
     config = ScratchformerConfig.from_preset(preset, vocab_size=len(tokenizer), hidden_size=64,
@@ -166,13 +170,17 @@ def test_each_rule_agrees_with_the_tool_it_describes(name, tokenizer, tmp_path):
             types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
             assert types == {n: t.ggml_type for n, t in planned_tensor_types(config, dtype).items()}
     model = ScratchformerForCausalLM.from_pretrained(src).eval()
-    ids = torch.arange(3, 3 + 28)[None]
+    positions = verdicts["positions"].reason
+    out = model.generate(torch.arange(3, 3 + 28)[None], max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                         pad_token_id=0)  # fmt: skip
+    assert out.shape[1] in (32, 38)  # where the 32 positions end, or every token asked for
+    assert (out.shape[1] == 32) == ("stops there" in positions), (out.shape, positions)
     try:
-        model.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
+        model.generate(torch.arange(3, 3 + 33)[None], max_new_tokens=2, do_sample=False, pad_token_id=0)
         refused = False
     except ValueError as e:
-        refused = "max_position_embeddings" in str(e)
-    assert refused == ("refused" in verdicts["positions"].reason), verdicts["positions"]
+        refused = "max_position_embeddings=32" in str(e)
+    assert refused == ("refused" in positions), positions
 
 
 @pytest.mark.slow
@@ -189,6 +197,8 @@ def test_the_live_check_finds_code_older_than_transformers(tokenizer, tmp_path, 
     assert lines["transformers"].startswith("✓ transformers ") and "cached decoding = uncached" in lines["transformers"]
     assert "this scratchformer's own code" in lines["transformers versions"]
     assert lines["vLLM (CPU)"].startswith("✓") and lines["export --to gpt2"].startswith("✗")
+    assert lines["transformers serve"].startswith("✓ transformers serve ")
+    assert "scratchformer serve --model DIR" in lines["transformers serve"]
 
     old = tmp_path / "old"
     shutil.copytree(OLD, old)
@@ -241,9 +251,41 @@ def test_other_heads_and_the_encoder_decoder_say_what_they_are_not():
         diagnosis = diagnose(fixtures / name, live=False)
         verdicts = {v.rule: v for v in diagnosis.verdicts}
         assert not diagnosis.broken and verdicts["transformers_range"].ok and verdicts["positions"].ok
-        for rule in ("export_llama", "export_gpt2", "gguf", "gguf_k_quants", "vllm_cpu", "trl", "lm_eval"):
+        for rule in ("export_llama", "export_gpt2", "gguf", "gguf_k_quants", "vllm_cpu", "serve", "trl", "lm_eval"):
             assert verdicts[rule].ok is False, (name, rule)
         assert reason in verdicts["export_llama"].reason or reason in verdicts["trl"].reason, name
+
+
+def test_the_serve_line_is_what_scratchformer_serve_accepts(tokenizer, tmp_path):
+    """`scratchformer serve` checks a checkpoint before it starts transformers' server
+    (serving.check_servable); it takes one exactly where doctor's serve line says ✓: every preset, and
+    not a classifier, a masked LM, the encoder-decoder, or a causal LM saved without its tokenizer."""
+    from scratchformer.training.library.serving import check_servable
+
+    fixtures = ROOT / "tests" / "fixtures" / "checkpoints" / "v0.3.0"
+    dirs = {preset: save(tmp_path / preset, config_of(preset, len(tokenizer)), tokenizer)
+            for preset in ("llama", "gpt2", "paper")}  # fmt: skip
+    for name in ("sequence_classification", "masked_lm", "seq2seq_paper"):
+        dirs[name] = Path(shutil.copytree(fixtures / name, tmp_path / name))
+        tokenizer.save_pretrained(dirs[name])
+    dirs["without its tokenizer"] = save(tmp_path / "bare", config_of("llama", len(tokenizer)), tokenizer)
+    for file in dirs["without its tokenizer"].glob("*.json"):
+        if file.name not in ("config.json", "generation_config.json"):
+            file.unlink()
+    marks_of = {}
+    for name, path in dirs.items():
+        verdict = {v.rule: v for v in diagnose(path, live=False).verdicts}["serve"]
+        try:
+            check_servable(str(path))
+            served = True
+        except UserError:
+            served = False
+        assert served == verdict.ok, (name, verdict)
+        marks_of[name] = verdict.mark
+    assert marks_of == {"llama": "✓", "gpt2": "✓", "paper": "✓", "sequence_classification": "✗", "masked_lm": "✗",
+                        "seq2seq_paper": "✗", "without its tokenizer": "✗"}  # fmt: skip
+    bare = {v.rule: v for v in diagnose(dirs["without its tokenizer"], live=False).verdicts}["serve"]
+    assert "no tokenizer.json" in bare.reason and "tokenizer.save_pretrained" in bare.reason
 
 
 def test_without_the_gguf_package_the_gguf_lines_say_how_to_get_it(monkeypatch):

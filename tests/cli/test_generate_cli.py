@@ -145,3 +145,34 @@ def test_errors_name_the_fix(dirs, capsys, monkeypatch, argv, stdin, message):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err, err
+
+
+def test_a_saved_max_length_meets_max_new_tokens_without_a_warning(dirs, tmp_path, capsys):
+    """Pretraining saves max_length = the context; --max_new_tokens is the command's own limit, and
+    transformers would warn at every prompt that both are set."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    shutil.copytree(dirs["learned"], tmp_path / "m")
+    saved = GenerationConfig.from_pretrained(tmp_path / "m")
+    saved.max_length = 64
+    saved.save_pretrained(tmp_path / "m")
+    import logging
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
+    logger = logging.getLogger("transformers.generation.utils")  # transformers' loggers do not propagate
+    handler = Record()
+    logger.addHandler(handler)
+    try:
+        code, out, err = run(["--model", str(tmp_path / "m"), "--max-new-tokens", "8", "--temperature", "0",
+                              "the cat"], capsys)  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+    assert code == 0, err
+    assert out == "the cat" + greedy(str(tmp_path / "m"), "the cat", 8) + "\n"
+    assert not [m for m in messages if "seem to have been set" in m], messages

@@ -128,7 +128,7 @@ def test_left_padded_batch_generates_like_each_prompt_alone(lively_lm, position)
 
 
 @pytest.mark.parametrize("position", ["learned", "sinusoidal"])
-def test_generating_past_the_positions_is_a_value_error(lively_lm, position):
+def test_a_prompt_past_the_positions_is_a_value_error_naming_it(lively_lm, position):
     lm = lively_lm(position_embedding=position)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
-        lm.generate(prompt(60, 8), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    with pytest.raises(ValueError, match="needs positions up to 64.*max_position_embeddings=64.*Truncate it to 64"):
+        lm.generate(prompt(65, 8), max_new_tokens=10, do_sample=False, pad_token_id=0)

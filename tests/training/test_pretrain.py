@@ -16,6 +16,7 @@ from pretrain_runs import as_flags, logged_losses, run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scratchformer.modeling import ScratchformerForCausalLM
+from scratchformer.tokenization import END_ID
 from scratchformer.training.library.pretraining import train
 from scratchformer.training.library.run_dir import push_model_dir
 from scratchformer.training.pretrain import main
@@ -71,9 +72,11 @@ def test_output_is_a_hub_style_directory(run):
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_scratchformer.ScratchformerForCausalLM"
     assert config["auto_map"]["AutoConfig"] == "configuration_scratchformer.ScratchformerConfig"
     generation = json.loads((model_dir / "generation_config.json").read_text())
-    assert generation["do_sample"] is True and generation["eos_token_id"] == config["eos_token_id"]
-    # No saved length: it would override a caller's own limit (lm-eval's max_gen_toks, max_length).
-    assert "max_new_tokens" not in generation and "max_length" not in generation
+    # It ends a text at </s> and a chat turn at <|end|> (the server's and the pipeline's chats end there).
+    assert generation["do_sample"] is True and generation["eos_token_id"] == [config["eos_token_id"], END_ID]
+    # The length a caller that names none gets is the context; no max_new_tokens, which would override a
+    # caller's own limit (lm-eval's max_gen_toks, passed as max_length).
+    assert "max_new_tokens" not in generation and generation["max_length"] == config["max_position_embeddings"]
     args = json.loads((model_dir / "training_args.json").read_text())
     assert args["max_train_steps"] == 16 and args["hidden_size"] == 32 and args["num_processes"] == 1
     card = (model_dir / "README.md").read_text()

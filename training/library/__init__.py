@@ -18,6 +18,7 @@ imports neither (tests/training/test_layering.py holds it to that).
     finetuning    fine-tuning with transformers.Trainer
     seq2seq       training the encoder-decoder with Seq2SeqTrainer
     generation    decoding settings, prompts, streaming
+    serving       transformers' own server (`transformers serve`) on a scratchformer checkpoint
     model_dir     the one gate every command loads a model directory through
     model_card    the README.md written beside every model
     convert       Llama / GPT-2 checkpoints into scratchformer

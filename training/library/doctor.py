@@ -66,9 +66,14 @@ RULES: dict[str, Rule] = {
     ),
     "positions": Rule(
         "generation length",
-        "learned and sinusoidal positions end at max_position_embeddings - 1 and longer inputs are refused; "
-        "rotary angles never end, but the model was trained on that many positions",
-        ("tests/modeling/test_generation.py::test_generating_past_the_positions_is_a_value_error",
+        "learned and sinusoidal positions end at max_position_embeddings - 1: generate(), pipelines, continuous "
+        "batching and the server stop there with a warning giving the numbers, and a longer prompt is refused "
+        "naming them; rotary angles never end, but the model was trained on that many positions (generation "
+        "goes on, with a warning saying so)",
+        ("tests/modeling/test_position_limit.py::test_generate_stops_where_the_position_table_ends_with_the_numbers",
+         "tests/modeling/test_position_limit.py::test_a_rotary_model_goes_on_and_says_it_runs_past_its_context",
+         "tests/modeling/test_generation.py::test_a_prompt_past_the_positions_is_a_value_error_naming_it",
+         "tests/cli/test_serve.py::test_a_prompt_longer_than_the_positions_is_a_400_naming_them",
          "tests/cli/test_doctor.py::test_each_rule_agrees_with_the_tool_it_describes"),
     ),
     "export_llama": Rule(
@@ -106,6 +111,18 @@ RULES: dict[str, Rule] = {
         "width is one vLLM's CPU attention has kernels for",
         ("tests/interop/test_vllm.py::test_remote_code_serves_a_batch_like_generate",
          "tests/interop/test_vllm.py::test_cpu_attention_head_sizes_are_doctors"),
+    ),
+    "serve": Rule(
+        "transformers serve",
+        "transformers' OpenAI-compatible server looks a model's class up in the transformers package only (no "
+        "auto_map), so `scratchformer serve` runs that server with our classes where it looks: chat, streaming "
+        "and completions equal greedy generate(), with and without continuous batching, for causal LMs with a "
+        "tokenizer; the llama export serves with plain `transformers serve`",
+        ("tests/cli/test_serve.py::test_chat_is_greedy_generate_and_ends_at_the_end_of_turn",
+         "tests/cli/test_serve.py::test_concurrent_streams_all_complete_each_as_greedy_alone",
+         "tests/cli/test_serve.py::test_the_stock_llama_export_serves_with_plain_transformers_serve",
+         "tests/training/test_serving.py::test_the_server_finds_our_classes_where_it_looks_them_up",
+         "tests/cli/test_doctor.py::test_the_serve_line_is_what_scratchformer_serve_accepts"),
     ),
     "trl": Rule(
         "TRL",
@@ -186,9 +203,26 @@ def _positions(config) -> Verdict:
         return Verdict("positions", True, f"inputs up to {limit} tokens ({kind} positions)")
     if kind == "rope":
         return Verdict("positions", True, f"trained on {limit} positions (max_position_embeddings); rotary "
-                       f"positions run further, untrained there; serving engines stop at {limit}")
-    return Verdict("positions", True, f"prompt + new tokens <= {limit}: {kind} positions end at {limit - 1}, "
-                   "a longer input is refused with the fix")
+                       f"positions run further, untrained there (generate() warns); vLLM stops at {limit}")
+    return Verdict("positions", True, f"prompt + new tokens <= {limit}: {kind} positions end at {limit - 1}; "
+                   "generation stops there with a warning, a longer prompt is refused naming the numbers")
+
+
+SERVE_COMMAND = "scratchformer serve --model DIR [--continuous_batching]"
+
+
+def _serve(config) -> Verdict:
+    """What `scratchformer serve` (serving.check_servable) takes: a causal LM (a tokenizer beside it is
+    checked in `diagnose`, which reads the directory)."""
+    if _kind(config) == "seq2seq":
+        return Verdict("serve", False, "the server answers chat and completions with a causal LM (and continuous "
+                       "batching is decoder-only); generate() serves the encoder-decoder")
+    if _kind(config) == "head":
+        what = "a causal LM" if config.is_causal else "a causal LM (this model attends both ways)"
+        return Verdict("serve", False, f"the server answers chat and completions with {what}")
+    export = "" if unrepresentable(config, "llama") else "; its llama export serves with plain `transformers serve`"
+    return Verdict("serve", True, f"{SERVE_COMMAND}: transformers' OpenAI-compatible server (plain `transformers "
+                   f"serve` cannot find remote-code classes yet){export}")
 
 
 def _export(config, target: str) -> Verdict:
@@ -252,6 +286,7 @@ def config_verdicts(config) -> list[Verdict]:
             Verdict("gguf", False, no_stock),
             Verdict("gguf_k_quants", False, no_stock),
             Verdict("vllm_cpu", False, "not measured: the interop suite serves causal LMs"),
+            _serve(config),
             Verdict("trl", False, "TRL's trainers here train causal LMs (scratchformer finetune --task seq2seq)"),
             Verdict("lm_eval", False, "not measured: the interop suite scores causal LMs"),
         ]
@@ -262,6 +297,7 @@ def config_verdicts(config) -> list[Verdict]:
             *(Verdict(rule, False, f"export writes {what}") for rule in ("export_llama", "export_gpt2", "gguf",
                                                                           "gguf_k_quants")),
             Verdict("vllm_cpu", False, "not measured: the interop suite serves causal LMs"),
+            _serve(config),
             Verdict("trl", False, f"TRL's trainers need {what}"),
             Verdict("lm_eval", False, f"lm-eval's hf model scores {what}"),
         ]
@@ -278,6 +314,7 @@ def config_verdicts(config) -> list[Verdict]:
         _export(config, "gpt2"),
         *_gguf(config),
         vllm,
+        _serve(config),
         Verdict("trl", True, "SFT, DPO, GRPO: trl sft|dpo|grpo --trust_remote_code, or TRL's trainers in Python"),
         Verdict("lm_eval", True, "--model hf --model_args pretrained=DIR,trust_remote_code=True "
                 "(add_bos_token=False for perplexity tasks)"),
@@ -448,7 +485,20 @@ def diagnose(model_dir: str | os.PathLike, live: bool = True, trust_remote_code:
     verdicts += config_verdicts(config)
     if (path / "tokenizer.json").is_file() and _kind(config) == "causal":
         verdicts = [_tokenizer_for_gguf(path, v) if v.rule == "gguf" and v.ok else v for v in verdicts]
+    verdicts = [_tokenizer_for_serving(path, v) if v.rule == "serve" and v.ok else v for v in verdicts]
     return Diagnosis(path, _summary(path, config), verdicts)
+
+
+def _tokenizer_for_serving(path: Path, verdict: Verdict) -> Verdict:
+    """The server reads and writes text: `scratchformer serve` refuses a directory without its tokenizer."""
+    from .model_dir import check_tokenizer
+
+    try:
+        check_tokenizer(path)
+    except UserError:
+        return Verdict("serve", False, f"no tokenizer.json beside the weights, and the server speaks text; save "
+                       f"the tokenizer into {path} (tokenizer.save_pretrained), then {SERVE_COMMAND}")
+    return verdict
 
 
 def _tokenizer_for_gguf(path: Path, verdict: Verdict) -> Verdict:

@@ -99,9 +99,13 @@ def generate_one(model, tokenizer, gen: GenerationConfig, input_ids, stream: boo
     """Generate after `input_ids`, streaming the new text to stdout; return the new text."""
     input_ids = fit_to_context(input_ids, model, gen.max_new_tokens).to(model.device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    # The length as max_length, prompt included: with a checkpoint's saved max_length (pretraining saves
+    # the context), a max_new_tokens would make transformers warn at every prompt that both are set.
+    call = copy.deepcopy(gen)
+    call.update(max_length=input_ids.shape[-1] + gen.max_new_tokens, max_new_tokens=None)
     with torch.inference_mode():
         output = model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=gen, streamer=streamer
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=call, streamer=streamer
         )
     return tokenizer.decode(output[0, input_ids.shape[-1] :], skip_special_tokens=True)
 

@@ -28,6 +28,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 from transformers import GenerationConfig
 
+from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
+
 from .files import make_weights_readable
 from .model_card import render_model_card
 from .model_dir import check_weights
@@ -347,7 +349,7 @@ def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, 
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     # The model classes carry `_auto_class` and a full `auto_map`, so save_pretrained also
     # copies the remote-code files: stock transformers loads the directory on its own.
-    unwrapped.generation_config = generation_config(unwrapped.config)
+    unwrapped.generation_config = generation_config(unwrapped.config, tokenizer)
     # The fused loss was this loop's choice; whoever loads the model gets the stock behaviour
     # (training outputs carry logits), which every Hugging Face trainer can use.
     unwrapped.config.fused_lm_loss = False
@@ -359,18 +361,29 @@ def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, 
     (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))
 
 
-def generation_config(config: ScratchformerConfig) -> GenerationConfig:
+def generation_config(config: ScratchformerConfig, tokenizer=None) -> GenerationConfig:
     """Sampling defaults that read well from a small model: a little below temperature 1, with the
-    unlikely tail cut (top-k and nucleus), as hub models ship theirs. No length: a saved
-    `max_new_tokens` would override the limit a caller sets another way (lm-eval's `max_gen_toks`,
-    a pipeline's `max_length`), so the length is each caller's to choose."""
+    unlikely tail cut (top-k and nucleus), as hub models ship theirs.
+
+    The length: `max_length` is the context (max_position_embeddings), so a caller that names no
+    length (a pipeline, `generate()` with defaults) stops where the model's positions end, as hub
+    models bound theirs. A caller's own limit wins: `max_new_tokens` or `max_length`, as lm-eval's
+    max_gen_toks passes it. No `max_new_tokens` is saved: it would win over a caller's `max_length`.
+
+    The end: `</s>`, and the end of a chat turn (`<|end|>`) when the tokenizer has one, so that a chat
+    (the pipeline's, transformers' server's) ends where the assistant's turn does."""
+    eos = [config.eos_token_id] if config.eos_token_id is not None else []
+    end_of_turn = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[END_ID]) if tokenizer is not None else None
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id and end_of_turn not in eos:
+        eos.append(end_of_turn)
     return GenerationConfig(
         do_sample=True,
         temperature=0.8,
         top_k=50,
         top_p=0.95,
+        max_length=config.max_position_embeddings,
         bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
+        eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
         pad_token_id=config.pad_token_id,
     )
 
