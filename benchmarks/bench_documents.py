@@ -11,20 +11,22 @@ Three ways of making the same model's training blocks from the same documents (`
 - `bestfit`: nanochat's BOS-aligned best-fit rows: every row starts at a document's `<s>`, whole
   documents are fitted in (the largest that still fits, from a buffer), and when none fits the
   shortest is cropped to fill the row; a document longer than a row is cropped to it. One causal
-  mask per row, as nanochat trains (no document never starts mid-way; the cropped tokens are lost).
+  mask per row, as nanochat trains (no row starts mid-document; the cropped tokens are lost).
 
 The corpus is built offline from the Python that runs it: the help topics of the default corpus
 (`pydoc_data.topics`) and the docstrings of the public classes and functions of a fixed list of
-standard-library modules, one document each (a few thousand documents of a few hundred bytes to
-tens of KB). Every 10th document (in name order) is validation. Validation is scored per
+standard-library modules of at least 200 characters, one document each (about 570 documents of a
+few hundred bytes to tens of KB). Every 10th document (in name order) is validation. Validation is scored per
 document: each validation document packed alone into blocks (`--document_masking`'s blocks), so
 no model is helped or hurt by its neighbours, in bits per byte. Every variant trains the same model
 (Llama family, 4 x 128, 4 heads, context 128, batch 16, Muon + WSD at pretrain's defaults) for the
 same steps, 3 seeds each, in one process (one torch thread), and the step time of `masked` against
 `joined` is measured interleaved, forward and backward on the same ids, in one process:
 
-    .venv/bin/python benchmarks/bench_documents.py                 # 3 seeds x 3 variants
+    .venv/bin/python benchmarks/bench_documents.py     # the committed run: 3 seeds x 3 variants, 200 steps
     .venv/bin/python benchmarks/bench_documents.py --steps 20 --seeds 1    # a smoke run
+
+The committed run took 27 minutes on a shared 2-core machine (one torch thread).
 
 Writes `document_masking.json` and `.md` under `--out`.
 """
@@ -217,23 +219,26 @@ def write_markdown(path: Path, data: dict) -> None:
         f"({data['steps'] * BATCH * BLOCK:,} training tokens). Validation: every validation document scored alone "
         "(bits per byte, lower is better). Mean over seeds, [min, max] in brackets.",
         "",
-        "| variant | seeds | validation bits/byte, per document | vs joined | distinct training tokens |",
+        f"| variant | seeds | validation bits/byte, per document | vs {next(iter(summary))} (paired by seed) | "
+        "distinct training tokens (share of the corpus) |",
         "|---|---|---|---|---|",
     ]
-    base = summary["joined"]["val_bpb"]["mean"]
+    total = data["corpus"]["train_tokens"]
     for v in VARIANTS:
         if v not in summary:
             continue
-        s = summary[v]["val_bpb"]
+        s, d, n = summary[v]["val_bpb"], summary[v]["vs_first"], summary[v]["train_tokens_distinct"]
         lines.append(f"| {v} | {summary[v]['seeds']} | {s['mean']:.4f} [{s['min']:.4f}, {s['max']:.4f}] | "
-                     f"{s['mean'] - base:+.4f} | {summary[v]['train_tokens_distinct']:,} |")  # fmt: skip
+                     f"{d['mean']:+.4f} [{d['min']:+.4f}, {d['max']:+.4f}] | {n:,} ({n / total:.0%}) |")  # fmt: skip
     lines += ["", "Step time, forward + backward of the same 16 blocks, masked (position_ids) against joined, "
               "interleaved in one process (median of per-pair ratios):", "",
               "| attention | joined ms | masked ms | masked / joined |", "|---|---|---|---|"]  # fmt: skip
     for attn, c in data["step_cost"].items():
         lines.append(f"| {attn} | {c['joined_ms']} | {c['masked_ms']} | {c['masked_over_joined']:.3f} |")
     lines += ["", f"Machine: {m['cpus']} CPU cores ({m['platform']}), torch {m['torch']}, one torch thread, "
-              f"load average {m['load_average']} at the start (the machine was shared).", "",
+              f"load average {m['load_average']} at the start and {m['load_average_end']} at the end "
+              "(the machine was shared; the runs are interleaved so its load falls on every variant alike).", "",
+              f"Wall time: {data['seconds'] / 60:.1f} minutes.", "",
               f"Command: `{data['command']}`", ""]  # fmt: skip
     path.write_text("\n".join(lines))
 
@@ -241,10 +246,10 @@ def write_markdown(path: Path, data: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--step_cost_pairs", type=int, default=40)
+    parser.add_argument("--step_cost_pairs", type=int, default=20)
     args = parser.parse_args()
 
     import torch
@@ -252,6 +257,7 @@ def main() -> None:
     from scratchformer.tokenization import train_bpe
 
     torch.set_num_threads(1)
+    started, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     texts = corpus()
     tokenizer = train_bpe(texts["train"], vocab_size=VOCAB, show_progress=False)
     runs = []
@@ -260,20 +266,29 @@ def main() -> None:
             runs.append(run_one(variant, seed, args.steps, texts["train"], texts["validation"], tokenizer))
             print(json.dumps(runs[-1]), flush=True)
     summary = {}
+    first = {r["seed"]: r["val_bpb"] for r in runs if r["variant"] == args.variants[0]}
     for v in args.variants:
         values = [r["val_bpb"] for r in runs if r["variant"] == v]
+        paired = [r["val_bpb"] - first[r["seed"]] for r in runs if r["variant"] == v]
         distinct = next(r["train_tokens_distinct"] for r in runs if r["variant"] == v)
-        summary[v] = {"seeds": len(values), "train_tokens_distinct": distinct,
-                      "val_bpb": {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}}
+        summary[v] = {
+            "seeds": len(values),
+            "train_tokens_distinct": distinct,
+            "val_bpb": {"mean": statistics.fmean(values), "min": min(values), "max": max(values)},
+            "vs_first": {"mean": statistics.fmean(paired), "min": min(paired), "max": max(paired)},
+        }
+    cost = step_cost(tokenizer, texts["train"], args.step_cost_pairs)
     data = {
         "command": "python benchmarks/bench_documents.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "load_average": round(os.getloadavg()[0], 2)},
+                    "torch": torch.__version__, "load_average": load_start,
+                    "load_average_end": round(os.getloadavg()[0], 2)},
         "corpus": {"train_documents": len(texts["train"]), "validation_documents": len(texts["validation"]),
                    "train_bytes": sum(len(t.encode()) for t in texts["train"]),
-                   "validation_bytes": sum(len(t.encode()) for t in texts["validation"])},
+                   "validation_bytes": sum(len(t.encode()) for t in texts["validation"]),
+                   "train_tokens": sum(len(ids) + 1 for ids in tokenizer(texts["train"])["input_ids"])},
         "steps": args.steps, "runs": runs, "summary": summary,
-        "step_cost": step_cost(tokenizer, texts["train"], args.step_cost_pairs),
+        "step_cost": cost, "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "document_masking.json").write_text(json.dumps(data, indent=1) + "\n")

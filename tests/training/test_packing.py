@@ -282,3 +282,24 @@ def test_workers_make_the_same_blocks_as_one_process(text_file, tokenizer):
     one = _pack_file(text_file, tokenizer)
     two = _pack_file(text_file, tokenizer, num_proc=2)
     assert two["input_ids"] == one["input_ids"]
+
+
+def test_document_masking_is_part_of_the_cache_key(tmp_path, tokenizer, counted, monkeypatch):
+    """The same documents packed kept apart and joined are two caches: a joined run never reads blocks
+    with positions (or a masked run blocks without), and each mode reads its own cache again."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8")
+
+    def pack(masking: bool) -> datasets.Dataset:
+        return tokenize_and_pack(load_text_dataset(files=[str(path)]), tokenizer, 32, document_masking=masking)
+
+    masked, joined = pack(True), pack(False)
+    assert "position_ids" in masked.column_names and "position_ids" not in joined.column_names
+    assert masked.cache_files and joined.cache_files and masked.cache_files != joined.cache_files
+    assert masked["input_ids"] == joined["input_ids"] == reference_blocks(DOCS, tokenizer, 32, True)
+    for masking, first in ((True, masked), (False, joined)):
+        counted[0] = 0
+        again = pack(masking)
+        assert counted[0] == 0 and again.cache_files == first.cache_files
+        assert again.column_names == first.column_names and again["input_ids"] == first["input_ids"]
