@@ -67,8 +67,8 @@ def write_markdown(path: Path, data: dict) -> None:
         "pretrain's default optimizer, schedule and warm-up; validation bits/byte after the given steps (mean over "
         "seeds). The default is the learning rate `--size` gives today; **bold** the best of the grid.",
         "",
-        "| size | shape | steps | " + " | ".join(f"lr {m:g}x" for m in GRID) + " | best lr | default |",
-        "|---|---|---|" + "---|" * len(GRID) + "---|---|",
+        "| size | shape | steps | learning rate: validation bits/byte | best lr | default lr |",
+        "|---|---|---|---|---|---|",
     ]
     for size in SIZES:
         runs = [r for r in data["runs"] if r["size"] == size]
@@ -87,12 +87,13 @@ def write_markdown(path: Path, data: dict) -> None:
         shape = SIZES[size]
         steps = sorted({r["steps"] for r in runs})
         lines.append(f"| {size} | {shape['num_hidden_layers']} x {shape['hidden_size']}, context {shape['block_size']} "
-                     f"| {', '.join(map(str, steps))} | " + " | ".join(cells + [""] * (len(GRID) - len(cells)))
-                     + f" | {best:g} | {default:g} |")  # fmt: skip
+                     f"| {', '.join(map(str, steps))} | {'; '.join(cells)} | {best:g} | {default:.3g} |")  # fmt: skip
     lines += [
         "",
-        "`SIZES` in `training/library/pretrain_config.py` takes its learning rates from this table (base, too slow "
-        "to sweep here, by the rule the measured sizes follow; see the comment there).",
+        "`SIZES` in `training/library/pretrain_config.py` follows the rule these optima fit, lr = 0.512 / hidden_size "
+        "(`LR_TIMES_WIDTH`): small and base, too slow to sweep on 2 CPU cores, take it unmeasured. "
+        "`tests/training/test_pretrain_units.py::test_each_sizes_learning_rate_is_the_measured_rule` holds `SIZES` to "
+        "the rule and each swept size's optimum to it.",
         "",
         f"Machine: {machine['cpus']} CPU cores ({machine['platform']}), torch {machine['torch']}, one torch thread "
         "per run.",

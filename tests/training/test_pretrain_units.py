@@ -153,6 +153,31 @@ def test_size_presets_fill_in_and_explicit_flags_override():
     assert sizes["num_hidden_layers"] == SIZES["small"]["num_hidden_layers"]
 
 
+def test_each_sizes_learning_rate_is_the_measured_rule():
+    """Every size's default peak learning rate is LR_TIMES_WIDTH / hidden_size, and for each size the
+    learning-rate benchmark swept, that rule's value is the grid's best (mean over seeds): a rule or a
+    SIZES entry changed without a measurement, or results that moved the optimum, fail here."""
+    from pathlib import Path
+
+    from scratchformer.training.library.pretrain_config import LR_TIMES_WIDTH
+
+    for size, shape in SIZES.items():
+        assert shape["learning_rate"] == pytest.approx(LR_TIMES_WIDTH / shape["hidden_size"]), size
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "lr_sizes.json"
+    runs = json.loads(results.read_text())["runs"]
+    measured = sorted({r["size"] for r in runs})
+    assert {"tiny", "mini"} <= set(measured)
+    for size in measured:
+        by_lr: dict[float, list[float]] = {}
+        for r in runs:
+            if r["size"] == size:
+                by_lr.setdefault(r["learning_rate"], []).append(r["val_bpb"])
+        best = min(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+        assert best == pytest.approx(SIZES[size]["learning_rate"]), (size, by_lr)
+        # The optimum is inside the grid, not at its edge, so it is a measured optimum.
+        assert min(by_lr) < best < max(by_lr), (size, sorted(by_lr))
+
+
 def test_cli_flags_are_the_config_fields_with_both_spellings():
     parser = build_parser()
     (cfg,) = parser.parse_args_into_dataclasses(

@@ -22,11 +22,22 @@ from .optim import OPTIMIZERS, SCHEDULES
 # "base" GPT-2 small's shape.
 EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~70 at size mini (`run_length`)
 
+# Each size's peak learning rate under the default recipe (Muon, q/k under AdamW, WSD), measured on
+# Tiny Shakespeare (benchmarks/results/lr_sizes.md): the best of a doubling grid was 8e-3 at width 64
+# (tiny) and 4e-3 at width 128 (mini), i.e. lr = 0.512 / hidden_size, the 1/width scaling muP gives
+# Adam-style updates of hidden matrices. small and base, too slow to sweep on 2 CPU cores, take the
+# same rule (tests/training/test_pretrain_units.py holds SIZES to it and to the measured optima).
+LR_TIMES_WIDTH = 0.512
+
 SIZES: dict[str, dict] = {
-    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
-    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256, learning_rate=2e-3),
-    "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, block_size=256, learning_rate=1e-3),
-    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, block_size=1024, learning_rate=6e-4),
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128,
+                 learning_rate=LR_TIMES_WIDTH / 64),
+    "mini": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4, block_size=256,
+                 learning_rate=LR_TIMES_WIDTH / 128),
+    "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, block_size=256,
+                  learning_rate=LR_TIMES_WIDTH / 384),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, block_size=1024,
+                 learning_rate=LR_TIMES_WIDTH / 768),
 }
 
 
@@ -115,7 +126,7 @@ class PretrainConfig:
             "help": "Model size: "
             + "; ".join(
                 f"{k}={v['num_hidden_layers']}x{v['hidden_size']}, {v['num_attention_heads']} heads, context "
-                f"{v['block_size']}, lr {v['learning_rate']}"
+                f"{v['block_size']}, lr {v['learning_rate']:.3g}"
                 for k, v in SIZES.items()
             )
             + ". Size flags override it."
