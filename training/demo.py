@@ -64,7 +64,9 @@ class Plan:
 
 PLANS = {
     # ~1 minute on 2 CPU cores: every stage runs, the models are small and briefly trained.
-    "quick": Plan("tiny", 1024, 150, 800, 200, 2, 1e-3, 24),
+    # (classifier lr 2e-3: accuracy 0.932 mean over seeds 0-3 against 0.915 at 1e-3, after the default
+    # recipe's tiny pretraining)
+    "quick": Plan("tiny", 1024, 150, 800, 200, 2, 2e-3, 24),
     # a few minutes on 2 CPU cores: the model writes recognisable (if odd) Python-doc English.
     "default": Plan("mini", 4096, 400, 3000, 400, 2, 1e-3, 60),
 }

@@ -39,10 +39,12 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     assert summary["pretrain"]["steps"] == demo.PLANS["quick"].steps
     _assert_figures_are_plausible(summary, printed)
     # The attention picture's text is long enough to show habits, and the demo names its sharpest
-    # previous-token head with the score it has (the number is the scores' own, below).
+    # previous-token head with the score it has (the number is the scores' own, below). The default
+    # recipe grows one within the quick run: 0.23 / 0.30 / 0.30 / 0.28 on seeds 0-3 (a uniform head
+    # scores 0.09 on these 34 tokens).
     note = re.search(r"layer (\d+), head (\d+) reads the previous token: ([0-9.]+) of its attention on (\d+) tokens",
                      printed)  # fmt: skip
-    assert note and int(note[4]) >= 25, printed[-3000:]
+    assert note and int(note[4]) >= 25 and float(note[3]) >= 0.2, printed[-3000:]
     from scratchformer.training.library.head_scores import previous_token_scores
     from scratchformer.training.viz.attention import attention_maps
     from scratchformer.training.viz.common import load_model
@@ -116,9 +118,9 @@ def test_a_signal_during_pretraining_stops_the_demo(tmp_path, capsys, monkeypatc
 
 def _assert_figures_are_plausible(summary, printed):
     """The figures the quick demo prints (and writes to demo.json) agree with each other and sit where
-    a working run puts them. Measured on the default corpus, seeds 0-4, one thread: classifier
-    accuracy 0.992 / 0.917 / 0.970 / 0.977 / 0.955 (this test runs seed 0); validation perplexity
-    155-208 and 2.57-2.72 bits per byte after the 150 steps."""
+    a working run puts them. Measured on the default corpus, seeds 0-3, one thread: classifier
+    accuracy 0.955 / 0.932 / 0.917 / 0.924 (this test runs seed 0); validation perplexity 36.9-39.6 and 1.84-1.87 bits
+    per byte after the 150 steps (an untrained model: about 2.9)."""
     pre, clf = summary["pretrain"], summary["classifier"]
     # A classifier that did not learn stays near chance (0.5); the task is learnt within the demo's epochs.
     assert clf["eval_accuracy"] >= 0.9, clf
@@ -126,8 +128,8 @@ def _assert_figures_are_plausible(summary, printed):
     # An untrained model is near the uniform perplexity of its 1024-token vocabulary; one evaluated on
     # its own training text (or a leaked target) would be far below what 0.17M parameters can reach.
     assert pre["eval_ppl"] == pytest.approx(math.exp(pre["eval_loss"]), rel=1e-4)
-    assert 30 < pre["eval_ppl"] < 300, pre
-    assert 2.0 < pre["eval_bpb"] < 3.0, pre
+    assert 25 < pre["eval_ppl"] < 80, pre
+    assert 1.5 < pre["eval_bpb"] < 2.3, pre
     # bits per byte = bits per token / bytes per token, both on held-out text of the same corpus
     bits_per_token = pre["eval_loss"] / math.log(2)
     assert pre["eval_bpb"] == pytest.approx(bits_per_token / summary["tokenizer"]["bytes_per_token"], rel=0.05)
