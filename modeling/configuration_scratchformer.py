@@ -1,8 +1,8 @@
 """ScratchformerConfig: every number the model reads, checked once, in one place.
 
 A handful of fields are *concept* choices a learner compares side by side (where positions come
-from, which norm and where it sits, which MLP, causal or not). Everything else is a size. The three
-presets name the families those choices come from: the 2017 paper, GPT-2 and Llama.
+from, which norm and where it sits, which MLP, causal or not). Everything else is a size. The four
+presets name the families those choices come from: the 2017 paper, GPT-2, Llama and Qwen3.
 
 This file is part of the remote-code payload copied next to every checkpoint: it imports only
 `transformers`.
@@ -61,6 +61,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         mlp_bias=False,
         scale_embeddings=False,
     ),
+    # Qwen3 (Qwen team 2025): Llama's block with QK-norm, RMSNorm on each head's queries and keys
+    # (transformers' Qwen3ForCausalLM, llama.cpp's and vLLM's "qwen3").
+    "qwen3": dict(
+        position_embedding="rope",
+        norm_type="rmsnorm",
+        norm_position="pre",
+        norm_eps=1e-6,
+        mlp_type="swiglu",
+        attention_bias=False,
+        mlp_bias=False,
+        scale_embeddings=False,
+        qk_norm=True,
+    ),
 }
 
 
@@ -76,7 +89,7 @@ class ScratchformerConfig(PreTrainedConfig):
     ("relu" | "gelu" | "swiglu"; "gelu" is GPT-2's tanh approximation), `attention_bias`,
     `mlp_bias`, `is_causal` (decoder, or bidirectional encoder for masked-LM), `scale_embeddings`
     (the paper's multiplication of embeddings by sqrt(C)), `qk_norm` (RMSNorm on each head's queries
-    and keys, as OLMo 2 and Qwen3 do; off in the three presets).
+    and keys, as OLMo 2 and Qwen3 do; on in the qwen3 preset only).
 
     Speed: `fused_lm_loss=True` computes a training step's LM head and cross-entropy together,
     chunk by chunk, so the (tokens x vocab) float32 logits never exist in full; such a step returns
@@ -85,7 +98,7 @@ class ScratchformerConfig(PreTrainedConfig):
     accuracy from them); `scratchformer pretrain` turns it on for its own loop, and `Trainer` is
     fine with it on.
 
-    Start from a family with `ScratchformerConfig.from_preset("paper" | "gpt2" | "llama", **sizes)`.
+    Start from a family with `ScratchformerConfig.from_preset("paper" | "gpt2" | "llama" | "qwen3", **sizes)`.
     """
 
     model_type = "scratchformer"
@@ -96,11 +109,15 @@ class ScratchformerConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Tensor parallelism (from_pretrained(..., tp_plan="auto"), vLLM) and pipeline parallelism, in
     # Llama's vocabulary, which our module names share: projections into the heads are split by
-    # columns (each rank gets whole heads), projections out of them by rows, then summed.
+    # columns (each rank gets whole heads), projections out of them by rows, then summed. QK-norm's
+    # gains act on one head's width, which every rank holds whole: they are replicated, and their
+    # gradients summed over ranks (Qwen3's plan).
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",
         "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.q_norm": "replicated_with_grad_allreduce",
+        "layers.*.self_attn.k_norm": "replicated_with_grad_allreduce",
         "layers.*.self_attn.o_proj": "rowwise",
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",
@@ -160,8 +177,12 @@ class ScratchformerConfig(PreTrainedConfig):
         if not isinstance(self.fused_lm_loss, bool):
             raise ValueError(f"fused_lm_loss must be True or False, got {self.fused_lm_loss!r}.")
         self._check()
-        if self.mlp_type != "swiglu":  # only the gated MLP has a gate_proj to split
-            self.base_model_tp_plan = {k: v for k, v in type(self).base_model_tp_plan.items() if "gate_proj" not in k}
+        # Only the gated MLP has a gate_proj to split, and only QK-norm has q_norm/k_norm to replicate.
+        absent = ("gate_proj",) * (self.mlp_type != "swiglu") + ("q_norm", "k_norm") * (not self.qk_norm)
+        if absent:
+            self.base_model_tp_plan = {
+                k: v for k, v in type(self).base_model_tp_plan.items() if not k.endswith(absent)
+            }
         super().__post_init__(**kwargs)
 
     @property
@@ -170,7 +191,7 @@ class ScratchformerConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ScratchformerConfig:
-        """A config for one of the named families ("paper", "gpt2", "llama"), with any field overridden."""
+        """A config for one of the named families ("paper", "gpt2", "llama", "qwen3"), with any field overridden."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}: choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})

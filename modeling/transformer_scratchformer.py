@@ -7,8 +7,8 @@ Dimension key (shape suffixes on every activation):
     S  source length: the encoder's output, which cross-attention reads as its keys and values
 
 Norms, positional encodings, attention, the MLP and the block, in that order: read this file first.
-Every concept choice comes from the config (the three presets reproduce the 2017 paper, GPT-2 and
-Llama); `ScratchformerConfig` and the encoder-decoder's `ScratchformerSeq2SeqConfig` name the
+Every concept choice comes from the config (the four presets reproduce the 2017 paper, GPT-2,
+Llama and Qwen3); `ScratchformerConfig` and the encoder-decoder's `ScratchformerSeq2SeqConfig` name the
 concepts alike, so both models are built from these classes. The Hugging Face contract (the model,
 the heads, the KV cache, the Auto map) is `modeling_scratchformer.py`; the paper's encoder-decoder is
 `modeling_scratchformer_seq2seq.py`.
@@ -227,9 +227,11 @@ class ScratchformerAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
         self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
         self.o_proj.is_residual_projection = True
-        # QK-norm (Dehghani et al. 2023; OLMo 2, Qwen3, Gemma 3): RMSNorm on each head's queries and keys
-        # before the dot product, so the attention logits' scale is the norms' learned gains and no longer
-        # grows or shrinks with the projection weights' norms, whatever the optimizer does to those.
+        # QK-norm (Dehghani et al. 2023, "Scaling Vision Transformers to 22B Parameters"; OLMo 2, Qwen3,
+        # Gemma 3): RMSNorm on each head's queries and keys before rotary, so the attention logits' scale is
+        # the norms' learned gains and no longer grows with the projection weights' norms, whatever the
+        # optimizer does to those. Unchecked, that growth drove the paper's attention to one-hot rows and its
+        # training at high learning rates into loss spikes; the qwen3 preset turns it on.
         self.q_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
         self.k_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
 

@@ -1,5 +1,6 @@
 """benchmarks/compare.py runs: its functions on toy sizes, one repeat, including the GPU-only paths
-(MFU accounting, the gpu suite's plan) that CI, having no GPU, can reach on CPU."""
+(MFU accounting, the gpu suite's plan) that CI, having no GPU, can reach on CPU; and
+benchmarks/bench_cpu_efficiency.py's FLOP accounting, peak and profile on the same toy size."""
 
 import contextlib
 import importlib.util
@@ -151,3 +152,69 @@ def test_a_side_using_half_the_memory_reads_as_ratio_one_half(compare, monkeypat
     row = compare.memory_pair("memory", "llama", "toy", "train", threads=1)
     assert row.ref == pytest.approx(200, rel=0.1) and row.ours == pytest.approx(100, rel=0.1)
     assert row.ratio == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def efficiency(compare):
+    path = ROOT / "benchmarks" / "bench_cpu_efficiency.py"  # imports compare.py: the fixture above's module
+    spec = importlib.util.spec_from_file_location("bench_cpu_efficiency", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_cpu_efficiency"] = module
+    spec.loader.exec_module(module)
+    module.BATCH["toy"] = 2
+    return module
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_the_flops_count_every_weight_a_token_is_multiplied_by_once(compare, efficiency, tie):
+    """N of 6N: every linear layer's weights and the LM head's, a tied head counted once, the input
+    embedding (a lookup) not at all when untied; the step's own GEMM shapes add up to the same 6 N
+    FLOPs a token."""
+    from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+
+    config = ScratchformerConfig.from_preset("llama", vocab_size=128, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, tie_word_embeddings=tie)
+    model = ScratchformerForCausalLM(config)
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    embedding = 0 if tie else model.model.embed_tokens.weight.numel()
+    assert efficiency.matmul_weights(model) == sum(p.numel() for p in model.parameters()) - norms - embedding
+    tokens = 24
+    flops = efficiency.step_flops(model, batch=2, context=12)
+    assert flops["matmul"] == 6 * efficiency.matmul_weights(model) * tokens
+    assert flops["attention"] == 12 * 2 * 32 * 12 * tokens
+    assert sum(2 * m * k * n for m, k, n in efficiency.step_gemm_shapes(model, tokens)) == flops["matmul"]
+
+
+def test_efficiency_rows_changes_and_profile_run(compare, efficiency):
+    peak = efficiency.gemm_peak((32, 64), seconds=0.01)
+    assert set(peak["by_size"]) == {32, 64} and peak["peak"] == max(peak["by_size"].values()) > 0
+    [row] = efficiency.efficiency_rows("toy", peak["peak"], repeats=1, modes=(False,))
+    assert row["ours_fraction"] > 0 and row["ref_fraction"] > 0 and row["ratio"] > 0
+    assert row["ours_flops_s"] == pytest.approx(row["ours_tokens_s"] * row["flops_per_step"]["total"] / 32)
+    prof = efficiency.profile_step("toy", steps=1)
+    assert sum(prof["by_phase"].values()) == pytest.approx(1.0) and set(prof["by_phase"]) <= {
+        "forward", "backward", "optimizer"}
+    assert sum(prof["by_category"].values()) == pytest.approx(1.0) and prof["by_category"]["matrix products"] > 0
+    assert efficiency.to_markdown({"machine": compare.machine(), "threads": 1, "load_average_start": 0.0,
+                                   "command": "x", "peak": {"before": peak}, "peak_used": peak["peak"],
+                                   "efficiency": [row], "own_gemms": {"toy": 1e9}, "profile": prof}).count("\n") > 10
+
+
+def test_at_one_thread_the_step_runs_on_the_calling_thread(compare, efficiency, monkeypatch):
+    """What lets the benchmark time steps on the thread's CPU clock at one thread (so a shared machine's
+    other processes count against no rate): forward, backward and AdamW all run on the calling thread."""
+    import time
+
+    monkeypatch.setitem(efficiency.CLOCK, "now", time.thread_time)
+    before = dict(efficiency.OTHER_THREADS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, ours = compare.build_pair("llama", "toy")
+        rates = efficiency.timed({"ours": efficiency.make_step(ours, 2, 16)}, repeats=3, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(rates["ours"]) == 3 and min(rates["ours"]) > 0
+    cpu = efficiency.OTHER_THREADS["cpu_s"] - before["cpu_s"]
+    thread = efficiency.OTHER_THREADS["thread_cpu_s"] - before["thread_cpu_s"]
+    assert cpu > 0 and thread / cpu > 0.9

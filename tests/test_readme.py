@@ -128,8 +128,9 @@ def test_the_readme_runs_as_written(tmp_path, launch_server):
     for path in ("tok/tokenizer.json", "runs/mini/model/model.safetensors", "runs/gpt2/model/config.json",
                  "my-clf/config.json", "my-tagger/config.json", "my-chat/config.json", "my-encoder/config.json",
                  "lora-clf/config.json", "attention.png", "attention.html", "positions.png", "converted/config.json",
-                 "mini-llama/config.json", "mini-gpt2/config.json", "mini.gguf", "results.json", "my-model/config.json",
-                 "my-s2s/config.json", "my-s2s/finetune_results.json", "my-s2s/README.md"):
+                 "mini-llama/config.json", "mini-qwen3/config.json", "mini-gpt2/config.json", "mini.gguf",
+                 "qwen.gguf", "results.json", "my-model/config.json", "my-s2s/config.json",
+                 "my-s2s/finetune_results.json", "my-s2s/README.md"):
         assert (tmp_path / path).exists(), path
     assert len(ran) >= 12 and len(servers) >= 1
 

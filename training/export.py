@@ -2,6 +2,7 @@
 on one (serving engines, llama.cpp, TransformerLens):
 
     scratchformer export --model runs/mini/model --to llama --output_dir mini-llama   # LlamaForCausalLM
+    scratchformer export --model runs/qwen/model --to qwen3 --output_dir mini-qwen3   # Qwen3ForCausalLM
     scratchformer export --model runs/gpt2/model --to gpt2 --output_dir mini-gpt2     # GPT2LMHeadModel
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf    # llama.cpp, Ollama
     scratchformer export --model runs/mini/model --to gguf --output_file mini-q8.gguf --dtype q8_0
@@ -24,13 +25,14 @@ def build_parser() -> Parser:
         prog="scratchformer export",
         description=(
             "Export a scratchformer causal LM to a stock architecture: --to llama (llama preset -> "
-            "LlamaForCausalLM), --to gpt2 (gpt2 preset -> GPT2LMHeadModel), --to gguf (llama preset -> a GGUF "
-            "file for llama.cpp and Ollama). Configs the target cannot represent exactly are refused."
+            "LlamaForCausalLM), --to qwen3 (qwen3 preset -> Qwen3ForCausalLM), --to gpt2 (gpt2 preset -> "
+            "GPT2LMHeadModel), --to gguf (llama or qwen3 preset -> a GGUF file for llama.cpp and Ollama). Configs "
+            "the target cannot represent exactly are refused."
         ),
     )
     p.add("--model", required=True, metavar="DIR", help="a scratchformer checkpoint directory (e.g. runs/NAME/model)")
     p.add("--to", required=True, choices=TARGETS, help="the target format")
-    p.add("--output_dir", metavar="DIR", help="new directory (--to llama, --to gpt2)")
+    p.add("--output_dir", metavar="DIR", help="new directory (--to llama, --to qwen3, --to gpt2)")
     p.add("--output_file", metavar="FILE", help="new .gguf file (--to gguf)")
     p.add("--dtype", default="f16", metavar="|".join(GGUF_DTYPES),
           help="GGUF type of the matrices (default f16; norms stay f32; q8_0 ... q4_0 are quantized by the gguf "

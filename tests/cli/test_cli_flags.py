@@ -297,6 +297,18 @@ def test_pretrain_console_model_flags_reach_the_saved_model(corpus, tokenizer_di
     assert [r["eval_tokens"] for r in evaluation] == [3 * 15]
 
 
+def test_preset_qwen3_and_qk_norm_give_a_model_with_qk_norm(corpus, tokenizer_dir, tmp_path):
+    """--preset qwen3 trains the qwen3 preset (QK-norm on, Llama's choices otherwise); --qk_norm adds
+    QK-norm to the default preset. Both save a model whose attention has q_norm and k_norm."""
+    for name, flags in (("qwen3", ["--preset", "qwen3"]), ("llama-qk", ["--qk_norm"])):
+        out = tmp_path / name
+        assert watched_pretrain(pretrain_argv(corpus, tokenizer_dir, out, *flags)).code == 0
+        config = json.loads((out / "model" / "config.json").read_text())
+        assert config["qk_norm"] is True and config["norm_type"] == "rmsnorm" and config["mlp_type"] == "swiglu"
+        attention = AutoModelForCausalLM.from_pretrained(out / "model").model.layers[0].self_attn
+        assert attention.q_norm.weight.shape == attention.k_norm.weight.shape == (32 // 4,)  # one head's width
+
+
 # -- pretrain: what runs ------------------------------------------------------------------------------
 
 

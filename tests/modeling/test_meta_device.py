@@ -55,7 +55,7 @@ def seq2seq(preset: str) -> ScratchformerSeq2SeqConfig:
     )
 
 
-CASES = [(preset, cls, decoder_only) for preset in ("paper", "gpt2", "llama") for cls in HEADS] + [
+CASES = [(preset, cls, decoder_only) for preset in ("paper", "gpt2", "llama", "qwen3") for cls in HEADS] + [
     ("paper", cls, lambda preset, _: seq2seq(preset))
     for cls in (ScratchformerSeq2SeqModel, ScratchformerForConditionalGeneration)
 ]

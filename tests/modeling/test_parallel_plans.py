@@ -12,13 +12,13 @@ import torch
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
-PRESETS = ["llama", "gpt2", "paper"]
+PRESETS = ["llama", "qwen3", "gpt2", "paper"]
 
 
 def config(preset: str) -> ScratchformerConfig:
     return ScratchformerConfig.from_preset(
         preset, vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2 if preset == "llama" else None, max_position_embeddings=64,
+        num_key_value_heads=2 if preset in ("llama", "qwen3") else None, max_position_embeddings=64,
         initializer_range=0.6, hidden_dropout=0.0, embedding_dropout=0.0, eos_token_id=None,
     )
 
@@ -32,11 +32,15 @@ def test_every_plan_entry_names_real_modules(preset):
     for pattern, style in tp_plan.items():
         matches = [name for name in body if fnmatch.fnmatch(name, pattern.replace("*", "[0-9]*"))]
         assert len(matches) == model.config.num_hidden_layers or pattern == "embed_tokens", (pattern, matches)
-        assert style in ("colwise", "rowwise", "embedding_rowwise")
-    # Every projection into the heads is split by columns, every projection out of them by rows.
+        assert style in ("colwise", "rowwise", "embedding_rowwise", "replicated_with_grad_allreduce")
+    # Every projection into the heads is split by columns, every projection out of them by rows; QK-norm's
+    # per-head gains (qwen3) are whole on every rank, their gradients summed, as in Qwen3's own plan.
     layer = model.model.layers[0]
     split = {k.split(".", 2)[2]: v for k, v in tp_plan.items() if k.startswith("layers.")}
-    assert {name for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)} == set(split)
+    linears = {name for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears == {name for name, style in split.items() if style != "replicated_with_grad_allreduce"}
+    norms = {"self_attn.q_norm", "self_attn.k_norm"} if model.config.qk_norm else set()
+    assert {name for name, style in split.items() if style == "replicated_with_grad_allreduce"} == norms
     assert (model.config.mlp_type == "swiglu") == ("mlp.gate_proj" in split)
     for name in model.config.base_model_pp_plan:
         assert name in body

@@ -1,4 +1,4 @@
-"""Parity with transformers' own Llama and GPT-2: converted weights must give the same numbers."""
+"""Parity with transformers' own Llama, Qwen3 and GPT-2: converted weights must give the same numbers."""
 
 import pytest
 import torch
@@ -10,9 +10,12 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
-from scratchformer.modeling import ScratchformerForCausalLM
+from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.modeling.configuration_scratchformer import PRESETS
 from scratchformer.training import convert
 from scratchformer.training.library.convert import convert_model
 
@@ -28,6 +31,25 @@ def random_llama(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa", init:
         pad_token_id=0, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-6,
     )
     model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def random_qwen3(tie: bool = False, kv_heads: int = 2, attn: str = "sdpa", init: float = 0.02) -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        initializer_range=init, head_dim=16,
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=64, tie_word_embeddings=tie,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-6,
+    )
+    model = Qwen3ForCausalLM(config).eval()
+    # Every norm starts at unit gains; randomise them, so that a QK-norm applied after rotary, over the
+    # whole width, or with the other head's gains cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.5 * torch.randn_like(p))
     model.set_attn_implementation(attn)
     return model
 
@@ -62,6 +84,8 @@ REFERENCES = {
     "llama-gqa": lambda attn, init=0.02: random_llama(kv_heads=2, attn=attn, init=init),
     "llama-mqa-tied": lambda attn, init=0.02: random_llama(tie=True, kv_heads=1, attn=attn, init=init),
     "llama-mha": lambda attn, init=0.02: random_llama(kv_heads=4, attn=attn, init=init),
+    "qwen3-gqa": lambda attn, init=0.02: random_qwen3(kv_heads=2, attn=attn, init=init),
+    "qwen3-mqa-tied": lambda attn, init=0.02: random_qwen3(tie=True, kv_heads=1, attn=attn, init=init),
     "gpt2": random_gpt2,
 }
 
@@ -79,7 +103,7 @@ def test_converted_logits_match_reference(name, attn):
     assert diff < 1e-5, f"{name}/{attn}: max abs logit diff {diff:.2e}"
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "llama-mqa-tied"])
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-mqa-tied", "qwen3-gqa"])
 def test_training_step_matches_reference(name):
     # A training step through our fused head + loss against Llama's logits + ForCausalLMLoss: the loss
     # and every parameter's gradient (the names are Llama's, so they pair up by name).
@@ -127,6 +151,24 @@ def test_generate_is_token_identical(name, assert_same_decoding):
     assert_same_decoding(ref, ours, ids, num_beams=3, atol=1e-4, min_distinct=3, **kwargs)
 
 
+def test_qwen3_converts_to_the_qwen3_preset_and_decodes_alike_with_and_without_cache(assert_same_decoding):
+    ref = REFERENCES["qwen3-gqa"]("sdpa", init=0.5)
+    ours = convert_model(ref)
+    assert {k: getattr(ours.config, k) for k in PRESETS["qwen3"]} == PRESETS["qwen3"]  # QK-norm on
+    ids, mask = left_padded()
+    for use_cache in (True, False):
+        assert_same_decoding(ref, ours, ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0,
+                             eos_token_id=None, use_cache=use_cache, min_distinct=5)
+
+
+def test_sliding_window_qwen3_is_refused():
+    ref = Qwen3ForCausalLM(Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, head_dim=8, use_sliding_window=True, sliding_window=8,
+                                       max_window_layers=1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"sliding-window attention in layers \[1\]"):
+        convert_model(ref)
+
+
 def test_tied_llama_stores_embedding_once(tmp_path):
     ours = convert_model(random_llama(tie=True))
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
@@ -134,7 +176,7 @@ def test_tied_llama_stores_embedding_once(tmp_path):
     assert not torch.equal(untied.lm_head.weight, untied.model.embed_tokens.weight)
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "gpt2"])
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen3-gqa", "gpt2"])
 def test_convert_cli_writes_a_loadable_checkpoint(tmp_path, name):
     ref = REFERENCES[name]("sdpa")
     src, out = tmp_path / "ref", tmp_path / "ours"
@@ -180,10 +222,6 @@ def qk_norm_pair(attn: str = "sdpa", init: float = 0.02) -> tuple[ScratchformerF
     """A llama-preset model with `qk_norm=True` and transformers' Qwen3 holding the same weights: the
     same names (Qwen3's `q_norm`/`k_norm`), so the state dict loads strictly. The norms' gains are
     randomised so that a norm applied in the wrong place (after rotary, on the whole width) shows."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from scratchformer.modeling import ScratchformerConfig
-
     torch.manual_seed(0)
     sizes = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip

@@ -22,12 +22,12 @@ from scratchformer.modeling import (
     ScratchformerSeq2SeqConfig,
 )
 
-PRESETS = ["llama", "gpt2", "paper"]
+PRESETS = ["llama", "qwen3", "gpt2", "paper"]
 
 
 def lm(tiny_config, preset: str, **overrides) -> ScratchformerForCausalLM:
     torch.manual_seed(0)
-    config = tiny_config(preset=preset, num_key_value_heads=2 if preset == "llama" else 4, **overrides)
+    config = tiny_config(preset=preset, num_key_value_heads=2 if preset in ("llama", "qwen3") else 4, **overrides)
     return ScratchformerForCausalLM(config).eval()
 
 

@@ -1,6 +1,7 @@
-"""`scratchformer export --to llama|gpt2`: the output is a stock checkpoint that transformers' own
-LlamaForCausalLM / GPT2LMHeadModel load without remote code, computing our logits and greedy tokens;
-every config a target cannot represent is refused with the field and value named, writing nothing.
+"""`scratchformer export --to llama|qwen3|gpt2`: the output is a stock checkpoint that transformers' own
+LlamaForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel load without remote code, computing our logits and
+greedy tokens; every config a target cannot represent is refused with the field and value named,
+writing nothing.
 (The GGUF target is proven with the real gguf reader and llama.cpp in tests/interop.)"""
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM
 
 from scratchformer.modeling import (
     ScratchformerConfig,
@@ -24,7 +25,7 @@ from scratchformer.training.library import export as export_lib
 from scratchformer.training.library.errors import UserError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "checkpoints" / "v0.2.0"
-STOCK = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel}
+STOCK = {"llama": LlamaForCausalLM, "qwen3": Qwen3ForCausalLM, "gpt2": GPT2LMHeadModel}
 
 
 def prompts() -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,9 +33,25 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids != 0).long()
 
 
-@pytest.mark.parametrize("target", ["llama", "gpt2"])
+def qwen3_source(path: Path) -> Path:
+    """A qwen3-preset checkpoint whose greedy decoding varies (no saved fixture predates the preset):
+    a wide initialisation, and QK-norm gains away from 1 so that a norm the export lost would show."""
+    torch.manual_seed(0)
+    config = ScratchformerConfig.from_preset("qwen3", vocab_size=97, hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=64, initializer_range=0.3)
+    model = ScratchformerForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+    return _save(model, path)
+
+
+@pytest.mark.parametrize("target", ["llama", "qwen3", "gpt2"])
 def test_export_loads_as_the_stock_class_and_decodes_like_ours(target, tmp_path, assert_same_decoding):
-    source = FIXTURES / f"causal_{target}"  # trained a few seconds: greedy decoding varies
+    # The saved fixtures were trained a few seconds: greedy decoding varies.
+    source = qwen3_source(tmp_path / "qwen3") if target == "qwen3" else FIXTURES / f"causal_{target}"
     out, notes = export_lib.export_stock(source, target, tmp_path / "out")
     assert notes == []
     config = json.loads((out / "config.json").read_text())
@@ -122,7 +139,10 @@ REFUSALS = [
     ("gguf", "gpt2", {}, "position_embedding='learned'"),
     ("llama", "llama", {"qk_norm": True}, "qk_norm=True (RMSNorm on each head's queries and keys)"),
     ("gpt2", "gpt2", {"qk_norm": True}, "qk_norm=True"),
-    ("gguf", "llama", {"qk_norm": True}, "qk_norm=True"),
+    ("qwen3", "llama", {}, "qk_norm=False"),
+    ("qwen3", "gpt2", {}, "norm_type='layernorm'"),
+    ("qwen3", "qwen3", {"attention_bias": True}, "attention_bias=True"),
+    ("gguf", "qwen3", {"mlp_bias": True}, "mlp_bias=True"),
 ]
 
 
@@ -132,7 +152,23 @@ def test_configs_the_target_cannot_represent_are_refused(target, preset, overrid
     with pytest.raises(UserError, match="cannot export to") as caught:
         export_lib.check_exportable(config, target)
     message = str(caught.value)
-    assert expected in message and f"the {export_lib.PRESET_OF[target]!r} preset" in message
+    assert expected in message and f"the {' or '.join(map(repr, export_lib.PRESETS_OF[target]))} preset" in message
+
+
+def test_qk_norm_asked_for_llama_is_pointed_to_qwen3():
+    """The qwen3 preset is refused by --to llama and --to gpt2 (neither has QK-norm), and told which
+    target takes it; GGUF writes it as llama.cpp's qwen3. A config no target takes is told none."""
+    config = ScratchformerConfig.from_preset("qwen3", **TINY)
+    for target in ("llama", "gpt2"):
+        with pytest.raises(UserError, match="qk_norm=True") as caught:
+            export_lib.check_exportable(config, target)
+        assert str(caught.value).endswith("; this checkpoint exports exactly with --to qwen3")
+    with pytest.raises(UserError) as caught:
+        export_lib.check_exportable(ScratchformerConfig.from_preset("paper", **TINY), "llama")
+    assert "exports exactly with" not in str(caught.value)
+    assert export_lib.check_exportable(config, "qwen3") == export_lib.check_exportable(config, "gguf") == []
+    assert export_lib.gguf_architecture(config) == "qwen3"
+    assert export_lib.gguf_architecture(ScratchformerConfig.from_preset("llama", **TINY)) == "llama"
 
 
 def test_a_refused_export_writes_nothing_and_says_so_on_one_line(tmp_path, capsys):

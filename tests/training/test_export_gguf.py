@@ -231,6 +231,58 @@ def test_k_quant_rows_and_planned_types_of_the_presets():
                     "base": (768, 2048, [])}
 
 
+def test_the_qwen3_preset_is_llama_cpps_qwen3(checkpoint, tmp_path):
+    """The qwen3 preset is written as llama.cpp's "qwen3": the tensors gguf lists for that architecture,
+    QK-norm gains as attn_q_norm/attn_k_norm, queries and keys as they are (its NEOX rope pairs i with
+    i + K/2, as ours does), and transformers' own GGUF loader (its qwen3 mapping, written from
+    llama.cpp's converter) builds a Qwen3ForCausalLM with our logits. That loader reads no head width
+    from the file and assumes Qwen3's default of 128, so it is given the export's config here; the
+    real llama.cpp runs the file in tests/interop/test_llama_cpp.py."""
+    from transformers import Qwen3ForCausalLM
+
+    from scratchformer.training.library.export import qwen3_config
+
+    src = tmp_path / "qwen3"
+    config = ScratchformerConfig.from_preset(
+        "qwen3", vocab_size=ScratchformerConfig.from_pretrained(checkpoint).vocab_size, hidden_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False, rope_theta=5000.0)
+    torch.manual_seed(0)
+    model = ScratchformerForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)  # gains that are not all ones, QK-norm's among them
+    model.save_pretrained(src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((checkpoint / name).read_bytes())
+    path, notes = write_gguf(src, tmp_path / "qwen3.gguf", dtype="f32")
+    assert notes == []
+
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "qwen3"
+    assert reader.fields["qwen3.attention.key_length"].contents() == config.head_dim
+    assert reader.fields["qwen3.rope.freq_base"].contents() == 5000.0
+    arch = gguf.MODEL_ARCH.QWEN3
+    known = {gguf.TENSOR_NAMES[t].format(bid=i) + ".weight" for t in gguf.MODEL_TENSORS[arch] for i in range(2)}
+    values = dequantized(path)
+    assert set(values) <= known and {"blk.1.attn_q_norm.weight", "blk.1.attn_k_norm.weight"} <= set(values)
+    sd = model.state_dict()
+    names = {k: (v, None) for k, (v, _) in gguf_names(config).items()}  # no rotary permutation
+    names |= {f"blk.{i}.attn_{x}_norm.weight": (f"model.layers.{i}.self_attn.{x}_norm.weight", None)
+              for i in range(2) for x in "qk"}
+    assert set(names) == set(values)
+    for name, (key, _) in names.items():
+        assert np.array_equal(values[name].reshape(sd[key].shape), sd[key].numpy()), name
+
+    stock = Qwen3ForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, config=qwen3_config(config),
+                                             dtype=torch.float32).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs, mine = stock(ids).logits, model(ids).logits
+    assert (theirs - mine).abs().max().item() <= 1e-5 * mine.abs().max().item()
+
+
 def test_command_line(checkpoint, tmp_path, capsys):
     out = tmp_path / "cli.gguf"
     assert export.main(["--model", str(checkpoint), "--to", "gguf", "--output_file", str(out), "--dtype", "q4_0"]) == 0

@@ -1,13 +1,14 @@
-"""Convert a `LlamaForCausalLM` or `GPT2LMHeadModel` into a scratchformer checkpoint.
+"""Convert a `LlamaForCausalLM`, `Qwen3ForCausalLM` or `GPT2LMHeadModel` into a scratchformer checkpoint.
 
-Two reasons to have this: a learner can read GPT-2 or a small Llama in our code, and it is our proof
-of correctness (the parity tests convert random reference models and compare logits).
+Two reasons to have this: a learner can read GPT-2, a small Llama or a small Qwen3 in our code, and it
+is our proof of correctness (the parity tests convert random reference models and compare logits).
 
-    scratchformer convert --from path/to/llama-or-gpt2 --out path/to/scratchformer
+    scratchformer convert --model path/to/llama-qwen3-or-gpt2 --output_dir path/to/scratchformer
 
-Our module names are Llama's, so a Llama state dict carries over key for key. GPT-2 differs in
-three ways: its names (`transformer.h.N.attn.c_attn`), its fused query/key/value projection, and its
-`Conv1D` layers, which store weights as (in, out) where `nn.Linear` stores (out, in).
+Our module names are Llama's and Qwen3's (`q_norm`/`k_norm` for QK-norm), so their state dicts carry
+over key for key. GPT-2 differs in three ways: its names (`transformer.h.N.attn.c_attn`), its fused
+query/key/value projection, and its `Conv1D` layers, which store weights as (in, out) where
+`nn.Linear` stores (out, in).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from .files import fresh_sibling, make_weights_readable
 from .model_dir import load_model_dir
 
-SUPPORTED = ("llama", "gpt2")
+SUPPORTED = ("llama", "qwen3", "gpt2")
 
 
 def _token_ids(config) -> dict:
@@ -34,20 +35,30 @@ def _token_ids(config) -> dict:
 
 
 def llama_config_to_scratchformer(config) -> ScratchformerConfig:
+    """The llama preset with a LlamaConfig's sizes; a Qwen3Config gives the qwen3 preset (Llama's block
+    with QK-norm), after refusing what that preset cannot compute (sliding-window layers)."""
+    preset = "qwen3" if config.model_type == "qwen3" else "llama"
+    if preset == "qwen3":
+        sliding = [i for i, kind in enumerate(getattr(config, "layer_types", None) or []) if kind != "full_attention"]
+        if getattr(config, "use_sliding_window", False) and sliding:
+            raise ValueError(
+                f"This Qwen3 uses sliding-window attention in layers {sliding}; scratchformer attends to every "
+                "earlier position. Only Qwen3 configs with use_sliding_window=False (every released Qwen3) convert."
+            )
     rope = getattr(config, "rope_parameters", None) or {}
     rope_type = rope.get("rope_type", "default")
     if rope_type != "default":
-        raise ValueError(f"Only the original RoPE can be converted; this Llama uses rope_type={rope_type!r}.")
+        raise ValueError(f"Only the original RoPE can be converted; this model uses rope_type={rope_type!r}.")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim * config.num_attention_heads != config.hidden_size:
         raise ValueError(
-            f"This Llama has head_dim={head_dim} with {config.num_attention_heads} heads != hidden_size="
-            f"{config.hidden_size}; scratchformer derives the head width as hidden_size / heads."
+            f"This {config.model_type} model has head_dim={head_dim} with {config.num_attention_heads} heads != "
+            f"hidden_size={config.hidden_size}; scratchformer derives the head width as hidden_size / heads."
         )
     if config.hidden_act != "silu":
-        raise ValueError(f"Only SwiGLU (hidden_act='silu') Llamas can be converted, got {config.hidden_act!r}.")
+        raise ValueError(f"Only SwiGLU (hidden_act='silu') models can be converted, got {config.hidden_act!r}.")
     return ScratchformerConfig.from_preset(
-        "llama",
+        preset,
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
@@ -58,7 +69,7 @@ def llama_config_to_scratchformer(config) -> ScratchformerConfig:
         rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
         norm_eps=config.rms_norm_eps,
         attention_bias=config.attention_bias,
-        mlp_bias=config.mlp_bias,
+        mlp_bias=getattr(config, "mlp_bias", False),  # Qwen3 has none
         attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range,
         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
@@ -121,10 +132,10 @@ def gpt2_state_dict_to_scratchformer(sd: dict[str, torch.Tensor], n_layer: int) 
 
 
 def convert_model(model: PreTrainedModel) -> ScratchformerForCausalLM:
-    """A scratchformer copy (same weights, same dtype) of an in-memory Llama or GPT-2 causal LM."""
+    """A scratchformer copy (same weights, same dtype) of an in-memory Llama, Qwen3 or GPT-2 causal LM."""
     model_type = model.config.model_type
     sd = model.state_dict()
-    if model_type == "llama":
+    if model_type in ("llama", "qwen3"):
         config = llama_config_to_scratchformer(model.config)
         sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
     elif model_type == "gpt2":
@@ -144,7 +155,7 @@ def convert_model(model: PreTrainedModel) -> ScratchformerForCausalLM:
 
 
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Read a saved Llama/GPT-2 directory, write a scratchformer directory (weights, config, code,
+    """Read a saved Llama/Qwen3/GPT-2 directory, write a scratchformer directory (weights, config, code,
     generation config and, when present, the tokenizer). The output appears complete or not at all."""
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():

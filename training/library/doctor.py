@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, one_line
-from .export import unrepresentable
+from .export import gguf_architecture, unrepresentable
 from .model_dir import check_weights, read_config
 
 # vLLM's CPU attention has kernels for these head widths only (CPUAttentionBackend.get_supported_head_sizes
@@ -84,6 +84,15 @@ RULES: dict[str, Rule] = {
          "tests/interop/test_transformer_lens.py::test_transformer_bridge_runs_the_llama_export_with_our_numbers",
          "tests/cli/test_doctor.py::test_each_rule_agrees_with_the_tool_it_describes"),
     ),
+    "export_qwen3": Rule(
+        "export --to qwen3",
+        "the qwen3 preset exports to Qwen3ForCausalLM with our logits, which vLLM serves natively; every other "
+        "config is refused by field",
+        ("tests/training/test_export.py::test_configs_the_target_cannot_represent_are_refused",
+         "tests/training/test_export.py::test_export_loads_as_the_stock_class_and_decodes_like_ours",
+         "tests/interop/test_vllm.py::test_stock_exports_serve_natively",
+         "tests/cli/test_doctor.py::test_each_rule_agrees_with_the_tool_it_describes"),
+    ),
     "export_gpt2": Rule(
         "export --to gpt2",
         "the gpt2 preset exports to GPT2LMHeadModel with our logits; every other config is refused by field",
@@ -93,9 +102,11 @@ RULES: dict[str, Rule] = {
     ),
     "gguf": Rule(
         "llama.cpp, Ollama (GGUF)",
-        "llama-preset exports load and generate in llama.cpp in every --dtype; each tensor has the type "
-        "llama.cpp's own quantizer gives it",
+        "llama-preset exports (llama.cpp's llama) load and generate in llama.cpp in every --dtype, qwen3-preset "
+        "exports (its qwen3) greedily as ours; each tensor has the type llama.cpp's own quantizer gives it",
         ("tests/interop/test_llama_cpp_quantized.py::test_every_dtype_loads_and_generates",
+         "tests/interop/test_llama_cpp.py::test_greedy_continuations_are_ours",
+         "tests/cli/test_doctor.py::test_each_rule_agrees_with_the_tool_it_describes",
          "tests/interop/test_llama_cpp_quantized.py::test_our_quantization_is_llama_cpps",
          "tests/training/test_export_gguf.py::test_each_tensor_has_the_type_llama_cpp_gives_it"),
     ),
@@ -182,10 +193,11 @@ def _kind(config) -> str:
 
 
 def preset_of(config) -> str:
-    """The preset whose concept choices the config has ("llama", "gpt2", "paper"), or "custom"."""
+    """The preset whose concept choices the config has ("llama", "qwen3", "gpt2", "paper"), or "custom"."""
     from scratchformer.modeling.configuration_scratchformer import PRESETS
 
     for name, fields in PRESETS.items():
+        fields = {"qk_norm": False, **fields}  # named by the qwen3 preset only; the others have it off
         concepts = {k: v for k, v in fields.items() if not k.endswith("dropout") and k not in ("norm_eps",)}
         if all(getattr(config, k, None) == v for k, v in concepts.items()):
             return name
@@ -230,16 +242,18 @@ def _export(config, target: str) -> Verdict:
     wrong = unrepresentable(config, target)
     if wrong:
         return Verdict(rule, False, _fields(wrong))
-    stock = {"llama": "LlamaForCausalLM (vLLM's native Llama, TransformerLens)", "gpt2": "GPT2LMHeadModel"}[target]
+    stock = {"llama": "LlamaForCausalLM (vLLM's native Llama, TransformerLens)",
+             "qwen3": "Qwen3ForCausalLM (vLLM's native Qwen3)", "gpt2": "GPT2LMHeadModel"}[target]
     return Verdict(rule, True, f"{stock}, exactly, no remote code")
 
 
 def _gguf(config) -> list[Verdict]:
     from .gguf import DTYPES, K_QUANT_BLOCK, gguf_shapes, k_quant_rows, output_matrix, tensor_types
 
+    architecture = gguf_architecture(config)
     wrong = unrepresentable(config, "gguf")
     if wrong:
-        return [Verdict("gguf", False, f"written as llama.cpp's llama: {_fields(wrong)}"),
+        return [Verdict("gguf", False, f"written as llama.cpp's {architecture}: {_fields(wrong)}"),
                 Verdict("gguf_k_quants", False, "no GGUF export (above)")]
     try:
         import gguf  # noqa: F401
@@ -261,7 +275,8 @@ def _gguf(config) -> list[Verdict]:
     notes = [f"{what} in {dtypes[0]}" + (f"..{dtypes[-1]}" if len(dtypes) > 1 else "")
              for what, dtypes in caveats.items()]
     rows = k_quant_rows(config)
-    gguf_line = Verdict("gguf", True, f"--dtype {'|'.join(DTYPES)}" + (f" ({'; '.join(notes)})" if notes else ""))
+    gguf_line = Verdict("gguf", True, ("llama.cpp's qwen3 architecture, " if architecture == "qwen3" else "")
+                        + f"--dtype {'|'.join(DTYPES)}" + (f" ({'; '.join(notes)})" if notes else ""))
     if rows:
         k = Verdict("gguf_k_quants", False,
                     f"rows of {' and '.join(map(str, rows))} are not multiples of {K_QUANT_BLOCK}: llama-quantize "
@@ -282,6 +297,7 @@ def config_verdicts(config) -> list[Verdict]:
             Verdict("positions", True, f"source and target up to {config.max_position_embeddings} tokens each "
                     f"({config.position_embedding} positions)"),
             Verdict("export_llama", False, no_stock),
+            Verdict("export_qwen3", False, no_stock),
             Verdict("export_gpt2", False, no_stock),
             Verdict("gguf", False, no_stock),
             Verdict("gguf_k_quants", False, no_stock),
@@ -294,8 +310,8 @@ def config_verdicts(config) -> list[Verdict]:
         what = "a causal LM" if config.is_causal else "a causal LM (this model attends both ways)"
         return [
             _positions(config),
-            *(Verdict(rule, False, f"export writes {what}") for rule in ("export_llama", "export_gpt2", "gguf",
-                                                                          "gguf_k_quants")),
+            *(Verdict(rule, False, f"export writes {what}") for rule in ("export_llama", "export_qwen3", "export_gpt2",
+                                                                          "gguf", "gguf_k_quants")),
             Verdict("vllm_cpu", False, "not measured: the interop suite serves causal LMs"),
             _serve(config),
             Verdict("trl", False, f"TRL's trainers need {what}"),
@@ -311,6 +327,7 @@ def config_verdicts(config) -> list[Verdict]:
     return [
         _positions(config),
         _export(config, "llama"),
+        _export(config, "qwen3"),
         _export(config, "gpt2"),
         *_gguf(config),
         vllm,

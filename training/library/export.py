@@ -1,12 +1,14 @@
 """Export a scratchformer checkpoint to a stock architecture: `scratchformer export`.
 
 Serving engines (vLLM, TGI, llama.cpp, MLX) and tools that key on architectures (TransformerLens,
-lm-eval's model registry) know Llama and GPT-2, not scratchformer; remote code is also the fragile
-path across transformers releases. The llama preset *is* Llama (same module names, same rotary
-layout) and the gpt2 preset is GPT-2 up to its weight names and fused/transposed layout, so their
-checkpoints can leave our code entirely:
+lm-eval's model registry) know Llama, Qwen3 and GPT-2, not scratchformer; remote code is also the
+fragile path across transformers releases. The llama preset *is* Llama (same module names, same
+rotary layout), the qwen3 preset *is* Qwen3 (Llama's plus `q_norm`/`k_norm`), and the gpt2 preset is
+GPT-2 up to its weight names and fused/transposed layout, so their checkpoints can leave our code
+entirely:
 
     scratchformer export --model runs/mini/model --to llama --output_dir mini-llama   # LlamaForCausalLM
+    scratchformer export --model runs/qwen/model --to qwen3 --output_dir mini-qwen3   # Qwen3ForCausalLM
     scratchformer export --model runs/gpt2/model --to gpt2 --output_dir mini-gpt2     # GPT2LMHeadModel
     scratchformer export --model runs/mini/model --to gguf --output_file mini.gguf    # llama.cpp, Ollama
 
@@ -30,7 +32,9 @@ from .errors import UserError
 from .files import fresh_sibling, make_weights_readable
 from .model_dir import load_model_dir
 
-TARGETS = ("llama", "gpt2", "gguf")
+TARGETS = ("llama", "qwen3", "gpt2", "gguf")
+# The stock transformers class each directory target is written as.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
 # What the source checkpoint must be, per target: config field -> the value the target implies.
@@ -60,8 +64,16 @@ REQUIRED: dict[str, dict[str, Any]] = {
 }
 
 
-REQUIRED["gguf"] = REQUIRED["llama"]  # written as llama.cpp's "llama" architecture
-PRESET_OF = {"llama": "llama", "gpt2": "gpt2", "gguf": "llama"}
+REQUIRED["qwen3"] = {**REQUIRED["llama"], "qk_norm": True}  # Llama's block with QK-norm
+# The presets that export to each target exactly. GGUF is written as llama.cpp's "llama" or "qwen3"
+# architecture, whichever the checkpoint is (`gguf_architecture`).
+PRESETS_OF = {"llama": ("llama",), "qwen3": ("qwen3",), "gpt2": ("gpt2",), "gguf": ("llama", "qwen3")}
+
+
+def gguf_architecture(config) -> str:
+    """The llama.cpp architecture a GGUF export of `config` is written as: "qwen3" with QK-norm, else
+    "llama" (its refusals then name what the llama architecture lacks)."""
+    return "qwen3" if getattr(config, "qk_norm", False) else "llama"
 
 
 # Why a field matters, for the refusal message.
@@ -82,7 +94,7 @@ def unrepresentable(config, target: str) -> list[tuple[str, Any, Any]]:
     """(field, its value, the value `target` needs) for every field of a scratchformer causal-LM config
     that `target` cannot represent; empty when it exports exactly."""
     wrong = []
-    for field, want in REQUIRED[target].items():
+    for field, want in REQUIRED[gguf_architecture(config) if target == "gguf" else target].items():
         have = getattr(config, field, False if field == "qk_norm" else None)  # configs before 0.4 have no qk_norm
         if have != want:
             wrong.append((field, have, want))
@@ -105,16 +117,20 @@ def check_exportable(config, target: str) -> list[str]:
     wrong = unrepresentable(config, target)
     if wrong:
         lines = "; ".join(f"{f}={have!r} ({MEANING.get(f, f)}), {target} needs {want!r}" for f, have, want in wrong)
+        presets = PRESETS_OF[target]
+        # A checkpoint another target takes exactly (the qwen3 preset asked for --to llama) is told which.
+        fits = [t for t in ARCHITECTURES if t != target and not unrepresentable(config, t)]
+        elsewhere = f"; this checkpoint exports exactly with --to {fits[0]}" if fits else ""
         raise UserError(
-            f"cannot export to {target} exactly: {lines}. Only checkpoints of the {PRESET_OF[target]!r} preset "
-            f"export to {target} (train with --preset {PRESET_OF[target]}); other configs run through "
-            "scratchformer's own code (trust_remote_code=True)"
+            f"cannot export to {target} exactly: {lines}. Only checkpoints of the "
+            f"{' or '.join(map(repr, presets))} preset export to {target} (train with --preset {presets[0]}); other "
+            f"configs run through scratchformer's own code (trust_remote_code=True){elsewhere}"
         )
     notes = []
-    if target != "gpt2":  # GPT-2 carries all three dropouts; Llama only attention dropout
+    if target != "gpt2":  # GPT-2 carries all three dropouts; Llama and Qwen3 only attention dropout
         for field in ("embedding_dropout", "hidden_dropout"):
             if getattr(config, field):
-                notes.append(f"{field}={getattr(config, field)} has no Llama counterpart and is dropped "
+                notes.append(f"{field}={getattr(config, field)} has no {target} counterpart and is dropped "
                              "(inference is unaffected; fine-tuning the export trains without it)")
     return notes
 
@@ -160,6 +176,34 @@ def llama_config(config):
         hidden_act="silu",
         attention_bias=False,
         mlp_bias=False,
+        attention_dropout=config.attention_dropout,
+        initializer_range=config.initializer_range,
+        tie_word_embeddings=config.tie_word_embeddings,
+        **_token_ids(config),
+    )
+
+
+def qwen3_config(config):
+    """Qwen3's config for the qwen3 preset: Llama's fields, the head width said explicitly (Qwen3's is
+    its own field, 128 by default), no sliding window on any layer."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        hidden_act="silu",
+        attention_bias=False,
+        use_sliding_window=False,
+        max_window_layers=config.num_hidden_layers,
+        layer_types=["full_attention"] * config.num_hidden_layers,
         attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range,
         tie_word_embeddings=config.tie_word_embeddings,
@@ -222,6 +266,8 @@ def stock_checkpoint(model, target: str) -> tuple[Any, dict[str, torch.Tensor]]:
         sd.pop("lm_head.weight", None)  # stored once, tied again on load
     if target == "llama":
         return llama_config(config), sd
+    if target == "qwen3":  # the same names, q_norm/k_norm included
+        return qwen3_config(config), sd
     return gpt2_config(config), gpt2_state_dict(sd, config.num_hidden_layers)
 
 
@@ -244,14 +290,14 @@ def _probe_logits(model, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os.PathLike) -> tuple[Path, list[str]]:
-    """Write `model_dir` (a scratchformer causal LM) as a stock Llama or GPT-2 directory at
+    """Write `model_dir` (a scratchformer causal LM) as a stock Llama, Qwen3 or GPT-2 directory at
     `output_dir`; returns (the output, notes). Refuses what the target cannot represent."""
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     source, out = Path(model_dir), Path(output_dir)
-    if target not in ("llama", "gpt2"):
-        raise UserError(f"export_stock writes llama or gpt2, not {target!r}")
+    if target not in ARCHITECTURES:
+        raise UserError(f"export_stock writes {', '.join(ARCHITECTURES)}, not {target!r}")
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first")
     notes = check_exportable(exportable_config(source), target)  # before any weight is read
@@ -263,7 +309,7 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = fresh_sibling(out)
     try:
-        config.architectures = ["LlamaForCausalLM" if target == "llama" else "GPT2LMHeadModel"]
+        config.architectures = [ARCHITECTURES[target]]
         config.save_pretrained(tmp)
         save_torch_state_dict(sd, tmp)
         if (source / "generation_config.json").is_file():

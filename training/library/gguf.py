@@ -12,11 +12,14 @@ and a matrix whose rows a type's blocks do not divide stays f16. K-quants (Q4_K_
 llama.cpp's `llama-quantize` from our f16 file; they need rows that are multiples of 256.
 
 The llama preset is llama.cpp's "llama" architecture, so the weights only need llama.cpp's names and
-one row permutation (see `rotary_rows_to_ggml`). The tokenizer is the part that usually goes wrong:
-llama.cpp's converter recognises a BPE pre-tokenizer by hashing the ids of a fixed test string, so a
-tokenizer trained on the user's own text is unknown to it and refused. We know what our tokenizer is
-(byte-level BPE, GPT-2's split regex, no prefix space: `scratchformer.tokenization.bpe`), check that
-the checkpoint's tokenizer.json is exactly that, and write the metadata ourselves.
+one row permutation (see `rotary_rows_to_ggml`); the qwen3 preset is llama.cpp's "qwen3", whose rotary
+layout is already ours (no permutation) and which adds each layer's QK-norm gains.
+
+The tokenizer is the part that usually goes wrong: llama.cpp's converter recognises a BPE
+pre-tokenizer by hashing the ids of a fixed test string, so a tokenizer trained on the user's own text
+is unknown to it and refused. We know what our tokenizer is (byte-level BPE, GPT-2's split regex, no
+prefix space: `scratchformer.tokenization.bpe`), check that the checkpoint's tokenizer.json is exactly
+that, and write the metadata ourselves.
 
 Unlike `export --to llama`, nothing here runs the result (llama.cpp is not a dependency); the
 interop suite (tests/interop/test_llama_cpp.py) runs the real llama.cpp on these files: identical
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .export import check_exportable
+from .export import check_exportable, gguf_architecture
 from .files import fresh_sibling_file
 from .model_dir import load_model_dir, read_config
 
@@ -58,7 +61,8 @@ DTYPES = tuple(GGUF_DTYPES)
 OUTPUT_QUANT = "Q8_0"
 # K-quants (Q2_K ... Q6_K, the Q4_K_M mixes) pack 256 values per block (ggml's QK_K).
 K_QUANT_BLOCK = 256
-ARCHITECTURE = "llama"
+# The architecture each preset is written as (export.gguf_architecture): the same block, QK-norm aside.
+ARCHITECTURES = ("llama", "qwen3")
 # llama.cpp's name for the pre-tokenizer (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_GPT2), whose regex is
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 # run by a hand-written matcher (unicode_regex_split_custom_gpt2) that also takes the final `|\s+`:
@@ -86,7 +90,10 @@ def rotary_rows_to_ggml(w_OC: torch.Tensor, n_heads: int) -> torch.Tensor:
     is applied to queries and keys, every q.k dot product (all attention reads) is unchanged. Values
     and the output projection never meet the rotation and stay as they are. This is
     `LlamaModel.permute` of llama.cpp's convert_hf_to_gguf.py; for keys, `n_heads` is the number of
-    key/value heads."""
+    key/value heads.
+
+    llama.cpp's "qwen3" architecture runs ggml's NEOX rope instead, which pairs i with i + K/2 as we do,
+    so its queries and keys are written as they are (convert_hf_to_gguf.py's Qwen3 does not permute)."""
     O, C = w_OC.shape
     K = O // n_heads
     return w_OC.reshape(n_heads, 2, K // 2, C).transpose(1, 2).reshape(O, C)
@@ -212,9 +219,12 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
 
 
 def gguf_tensors(model) -> dict[str, torch.Tensor]:
-    """Our state dict under llama.cpp's tensor names, float32, queries and keys permuted for ggml's rope.
-    Shapes stay PyTorch's (out, in); the GGUF writer records them reversed, as ggml counts dimensions."""
+    """Our state dict under llama.cpp's tensor names, float32; for the llama architecture, queries and
+    keys permuted for ggml's normal rope; for qwen3, each layer's QK-norm gains as attn_q_norm and
+    attn_k_norm. Shapes stay PyTorch's (out, in); the GGUF writer records them reversed, as ggml counts
+    dimensions."""
     config = model.config
+    qwen3 = gguf_architecture(config) == "qwen3"
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     out = {
         "token_embd.weight": sd["model.embed_tokens.weight"],
@@ -227,8 +237,12 @@ def gguf_tensors(model) -> dict[str, torch.Tensor]:
     for i in range(config.num_hidden_layers):
         src, dst = f"model.layers.{i}.", f"blk.{i}."
         out[dst + "attn_norm.weight"] = sd[src + "input_layernorm.weight"]
-        out[dst + "attn_q.weight"] = rotary_rows_to_ggml(sd[src + "self_attn.q_proj.weight"], H)
-        out[dst + "attn_k.weight"] = rotary_rows_to_ggml(sd[src + "self_attn.k_proj.weight"], G)
+        q_W, k_W = sd[src + "self_attn.q_proj.weight"], sd[src + "self_attn.k_proj.weight"]
+        out[dst + "attn_q.weight"] = q_W if qwen3 else rotary_rows_to_ggml(q_W, H)
+        out[dst + "attn_k.weight"] = k_W if qwen3 else rotary_rows_to_ggml(k_W, G)
+        if qwen3:  # applied to each head's K channels before rotary, in llama.cpp as in ours
+            out[dst + "attn_q_norm.weight"] = sd[src + "self_attn.q_norm.weight"]
+            out[dst + "attn_k_norm.weight"] = sd[src + "self_attn.k_norm.weight"]
         out[dst + "attn_v.weight"] = sd[src + "self_attn.v_proj.weight"]
         out[dst + "attn_output.weight"] = sd[src + "self_attn.o_proj.weight"]
         out[dst + "ffn_norm.weight"] = sd[src + "post_attention_layernorm.weight"]
@@ -348,7 +362,8 @@ def _add_metadata(writer, config, vocab: GGUFVocab, name: str, file_type: int, s
 
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
-    writer.add_description("a scratchformer checkpoint (llama preset), written by `scratchformer export --to gguf`")
+    writer.add_description(f"a scratchformer checkpoint ({gguf_architecture(config)} preset), written by "
+                           "`scratchformer export --to gguf`")
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -396,10 +411,10 @@ def _add_metadata(writer, config, vocab: GGUFVocab, name: str, file_type: int, s
 def write_gguf(
     model_dir: str | os.PathLike, output_file: str | os.PathLike, dtype: str = "f16"
 ) -> tuple[Path, list[str]]:
-    """Write `model_dir` (a llama-preset scratchformer causal LM with its tokenizer) as the GGUF file
+    """Write `model_dir` (a llama- or qwen3-preset scratchformer causal LM with its tokenizer) as the GGUF file
     `output_file`; returns (the file, notes). `dtype` (one of DTYPES) is the type of the matrices,
     with the exceptions `tensor_types` gives (norms f32, ...), each named in a note. Refuses configs
-    llama.cpp's "llama" architecture cannot represent, tokenizers it would not reproduce, values the
+    llama.cpp's "llama" and "qwen3" architectures cannot represent, tokenizers it would not reproduce, values the
     type cannot hold, and an existing file."""
     try:
         import gguf
@@ -434,7 +449,7 @@ def write_gguf(
     for name in list(tensors):
         data[name] = _quantize(name, tensors.pop(name), types[name].ggml_type)
 
-    writer = gguf.GGUFWriter(path=None, arch=ARCHITECTURE)
+    writer = gguf.GGUFWriter(path=None, arch=gguf_architecture(config))
     _add_metadata(writer, config, vocab, _model_name(source), gguf.LlamaFileType[GGUF_DTYPES[dtype][1]], source)
     for name, array in data.items():
         # Quantized data is uint8 in its byte shape, which the writer turns back into the element shape.

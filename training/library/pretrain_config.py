@@ -117,8 +117,9 @@ class PretrainConfig:
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size when training the tokenizer."})
 
     # -- model --
-    preset: Literal["paper", "gpt2", "llama"] = field(
-        default="llama", metadata={"help": "Architecture family: the 2017 paper, GPT-2 or Llama."}
+    preset: Literal["paper", "gpt2", "llama", "qwen3"] = field(
+        default="llama",
+        metadata={"help": "Architecture family: the 2017 paper, GPT-2, Llama or Qwen3 (Llama's block with QK-norm)."},
     )
     size: Literal["tiny", "mini", "small", "base"] = field(
         default="mini",
@@ -154,7 +155,8 @@ class PretrainConfig:
     )
     qk_norm: bool = field(
         default=False,
-        metadata={"help": "RMSNorm on each head's queries and keys before attention (QK-norm, as OLMo 2 and Qwen3)."},
+        metadata={"help": "RMSNorm on each head's queries and keys before attention (QK-norm, as OLMo 2 and Qwen3; "
+                  "--preset qwen3 has it)."},
     )
 
     # -- optimization --
