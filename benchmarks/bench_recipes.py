@@ -93,6 +93,12 @@ RECIPES: dict[str, dict] = {
         optimizer="muon", query_key_optimizer="adamw", lr_scheduler_type="wsd", learning_rate=2e-3,
         lr_decay_fraction=0.4,
     ),
+    # The default split at twice its learning rate: does the recipe's 2e-3 still sit at the optimum once q and k
+    # are AdamW's (mini's own sweep, at context 256, found 4e-3)?
+    "muon-qkadamw-wsd40-4e-3": dict(
+        optimizer="muon", query_key_optimizer="adamw", lr_scheduler_type="wsd", learning_rate=4e-3,
+        lr_decay_fraction=0.4,
+    ),
     "muon-qknorm-wsd40-2e-3": dict(
         **MUON_0_3, qk_norm=True, lr_scheduler_type="wsd", learning_rate=2e-3,
         lr_decay_fraction=0.4,
