@@ -19,6 +19,9 @@ from .optim import OPTIMIZERS, SCHEDULES
 # runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
 # "base" GPT-2 small's shape.
 EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~70 at size mini (`run_length`)
+# With no --eval_steps: about this many evaluations a run, so that the validation curve of a short run
+# has a shape (two points showed neither overfitting nor a phase change), at most this far apart.
+EVALUATIONS_PER_RUN, EVALUATIONS_MAX_APART = 20, 200
 
 SIZES: dict[str, dict] = {
     "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, block_size=128, learning_rate=2e-3),
@@ -210,7 +213,22 @@ class PretrainConfig:
     # -- output --
     output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run writes everything."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, tokens/s every this many steps."})
-    eval_steps: int = field(default=200, metadata={"help": "Evaluate every this many steps (and at the end)."})
+    eval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every this many steps (and at the end). Unset: about 20 evaluations a run, at "
+            "most 200 steps apart, so a short run's validation curve shows where it starts to overfit."
+        },
+    )
+    mechanism_metrics: bool | None = field(
+        default=None,
+        metadata={
+            "help": "At each evaluation, also score every attention head on fixed probes (previous-token, "
+            "first-token, induction, entropy; the in-context score), the logit lens per layer, and save the "
+            "probe's attention maps (attention_snapshots.jsonl), for `scratchformer inspect timeline`. "
+            "Unset: on for models of at most 64 heads in all (sizes tiny, mini, small)."
+        },
+    )
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every this many steps (and at the end)."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep this many newest checkpoints (0: keep all)."})
     resume: str | None = field(
@@ -252,6 +270,13 @@ def run_length(cfg: PretrainConfig, steps_per_epoch: int) -> int:
         return EMBEDDED_CORPUS_STEPS
     return max(1, math.ceil((cfg.num_train_epochs or 1.0) * steps_per_epoch))
 
+
+
+def eval_interval(cfg: PretrainConfig, max_steps: int) -> int:
+    """Steps between evaluations: --eval_steps, else about 20 a run, at most 200 steps apart."""
+    if cfg.eval_steps is not None:
+        return cfg.eval_steps
+    return max(1, min(EVALUATIONS_MAX_APART, math.ceil(max_steps / EVALUATIONS_PER_RUN)))
 
 
 def model_sizes(cfg: PretrainConfig) -> dict:
