@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from scratchformer.training.viz.timeline import write_timeline
+    from scratchformer.training.viz.timeline import INDUCTION_CLEAR, write_timeline
 
     run = Path(args.run)
     out = Path(args.output_file) if args.output_file else (run if run.is_dir() else run.parent) / "timeline.html"
@@ -195,6 +195,9 @@ def _timeline(args: argparse.Namespace) -> int:
         print(f"strongest induction head: layer {layer}, head {head}: {first:.2f} at step {t.mech_steps[0]} -> "
               f"{last:.2f} at step {t.mech_steps[-1]}; in-context score {t.in_context[0]:+.2f} -> "
               f"{t.in_context[-1]:+.2f} nats")
+        if t.phase_change() is None:
+            print(f"no induction head formed (no induction score reached {INDUCTION_CLEAR}): no phase change is "
+                  "marked, and the picture follows the strongest previous-token head")
     return 0
 
 

@@ -8,13 +8,17 @@ score over the steps (induction, previous-token, first-token, entropy: library/h
 in-context score, the logit lens by layer (library/mechanisms.py), and the attention of the fixed
 probe (a short text written twice) at every evaluation, each head drawn. The step at which the
 strongest induction score rose most between two evaluations is marked as the phase change
-(Olsson et al. 2022): in a model that forms induction heads, the loss bends there too.
+(Olsson et al. 2022): in a model that forms induction heads, the loss bends there too. A run whose
+induction score never clears `INDUCTION_CLEAR` formed no induction head: nothing is marked (the
+largest wiggle of a score at chance is noise), and the picture follows its strongest previous-token
+head instead, the first half of the circuit, which small runs do form.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +34,9 @@ from .common import _figure, _matplotlib, page, save
 from .curves import _ema, find_run_log, read_run_log
 
 SNAPSHOTS_FILE = "attention_snapshots.jsonl"
+# An induction score a run must reach before a jump in it is called a phase change: chance is about
+# 1 / (T + k), 0.01 to 0.03 on the probes (library/head_scores.py).
+INDUCTION_CLEAR = 0.2
 SCORES = ("induction", "previous_token", "first_token", "entropy")
 SCORE_TITLES = {
     "induction": "induction",
@@ -82,7 +89,19 @@ class Timeline:
         if not table or len(table) < 2:
             return None
         best = np.asarray(table).reshape(len(table), -1).max(-1)
+        if best.max() < INDUCTION_CLEAR:  # no induction head formed: a wiggle at chance is no phase change
+            return None
         return int(self.mech_steps[int(np.diff(best).argmax()) + 1])
+
+    def featured_head(self) -> tuple[str, int, int] | None:
+        """(score, layer, head) the picture follows: the strongest induction head when one formed
+        (a phase change), else the strongest previous-token head at the last evaluation."""
+        if not self.heads.get("induction"):
+            return None
+        score = "induction" if self.phase_change() is not None else "previous_token"
+        final = np.asarray(self.heads[score][-1])
+        layer, head = np.unravel_index(int(final.argmax()), final.shape)
+        return score, int(layer), int(head)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +109,7 @@ class Timeline:
             "epochs": self.epochs(), "eval_steps": self.eval_steps, "eval_loss": self.eval_loss,
             "mech_steps": self.mech_steps, "heads": self.heads, "in_context": self.in_context,
             "logit_lens": self.logit_lens, "snapshots": self.snapshots, "phase_change": self.phase_change(),
-            "strongest_induction": self.strongest_induction(),
+            "strongest_induction": self.strongest_induction(), "induction_clear": INDUCTION_CLEAR,
         }  # fmt: skip
 
 
@@ -156,14 +175,15 @@ def full_map(rows: list[list[float]]) -> np.ndarray:
 def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = None, title: str | None = None
                   ) -> Figure:  # fmt: skip
     """The timeline as one figure: loss (epochs and the phase change marked), the head scores over
-    steps, the logit lens by layer, and the strongest induction head's attention on the probe at
-    three steps (the first evaluation, the phase change, the last). Saved to `out_png` if given."""
+    steps, the logit lens by layer, and the attention of `Timeline.featured_head` on the probe at
+    three steps (the first evaluation, the phase change or the middle one, the last). Saved to `out_png` if given."""
     t = read_timeline(run_dir_or_log_path)
     phase = t.phase_change()
     strongest = t.strongest_induction()
+    featured = t.featured_head()
     picks = _snapshot_picks(t, phase)
     top = 3 if t.has_mechanisms else 1
-    bottom = len(picks) if strongest is not None else 0
+    bottom = len(picks) if featured is not None else 0
     fig = _figure(5.2 * top if top > 1 else 7.5, 4.2 + (3.9 if bottom else 0))
     grid = fig.add_gridspec(2 if bottom else 1, max(top, bottom) * 2)
     span = max(top, bottom) * 2 // top
@@ -228,7 +248,7 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
         ax.legend(fontsize=7)
 
     if bottom:
-        layer, head = strongest
+        score, layer, head = featured
         image = None
         for i, snapshot in enumerate(picks):
             ax = fig.add_subplot(grid[1, i * 2:(i + 1) * 2])
@@ -236,8 +256,8 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
             masked = np.ma.masked_where(np.triu(np.ones_like(weights, dtype=bool), k=1), weights)
             cmap_blue = _matplotlib().colormaps["Blues"].with_extremes(bad="#eeeeee")
             image = ax.imshow(masked, cmap=cmap_blue, vmin=0, vmax=1, interpolation="nearest")
-            scores = _scores_at(t, snapshot["step"], layer, head)
-            ax.set_title(f"step {snapshot['step']}: induction {scores}", fontsize=9)
+            value = _scores_at(t, snapshot["step"], score, layer, head)
+            ax.set_title(f"step {snapshot['step']}: {SCORE_TITLES[score]} {value}", fontsize=9)
             tokens = snapshot["tokens"]
             every = max(1, math.ceil(len(tokens) / 17))
             ticks = list(range(0, len(tokens), every))
@@ -245,10 +265,17 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
             ax.set_yticks(ticks, [tokens[k] for k in ticks], fontsize=6)
             ax.tick_params(length=0)
         fig.colorbar(image, ax=fig.axes[-len(picks):], shrink=0.8, label="attention weight")
-        fig.text(0.5, 0.005, f"Layer {layer}, head {head} (the strongest induction head at the end) on the probe, "
-                 "a text written twice: an induction head looks from each token of the second copy to the token "
-                 "after its first occurrence (the stripe left of the diagonal)", ha="center", fontsize=8,
-                 color="#444444", wrap=True)  # fmt: skip
+        if score == "induction":
+            caption = (f"Layer {layer}, head {head} (the strongest induction head at the end) on the probe, a text "
+                       "written twice: an induction head looks from each token of the second copy to the token after "
+                       "its first occurrence (the stripe left of the diagonal)")
+        else:
+            best = max(max(map(max, table)) for table in t.heads["induction"])
+            caption = (f"No induction head formed (the strongest induction score, {best:.2f}, stayed below "
+                       f"{INDUCTION_CLEAR}): layer {layer}, head {head}, the strongest previous-token head, on the "
+                       "probe, a text written twice: each token looks at the one before it (the stripe just below "
+                       "the diagonal), the first half of an induction circuit")
+        fig.supxlabel(textwrap.fill(caption, 150), fontsize=8, color="#444444")  # laid out, not over the labels
     fig.suptitle(title or f"How {t.name} learned", fontsize=13)
     if out_png is not None:
         save(fig, out_png)
@@ -260,11 +287,14 @@ def _reading_names(n: int) -> list[str]:
 
 
 def _snapshot_picks(t: Timeline, phase: int | None) -> list[dict]:
-    """The first snapshot, the one at the phase change (when it is neither end) and the last."""
+    """The first snapshot, the one at the phase change (the middle one without a phase change) when it
+    is neither end, and the last."""
     if not t.snapshots:
         return []
     picks = [t.snapshots[0]]
-    at = next((s for s in t.snapshots if s["step"] == phase), None)
+    # the phase change, or with none the middle of the run
+    middle = t.snapshots[len(t.snapshots) // 2]
+    at = middle if phase is None else next((s for s in t.snapshots if s["step"] == phase), None)
     if at is not None and at is not t.snapshots[0] and at is not t.snapshots[-1]:
         picks.append(at)
     if t.snapshots[-1] is not t.snapshots[0]:
@@ -272,10 +302,10 @@ def _snapshot_picks(t: Timeline, phase: int | None) -> list[dict]:
     return picks
 
 
-def _scores_at(t: Timeline, step: int, layer: int, head: int) -> str:
+def _scores_at(t: Timeline, step: int, score: str, layer: int, head: int) -> str:
     if step not in t.mech_steps:
         return "?"
-    return f"{t.heads['induction'][t.mech_steps.index(step)][layer][head]:.2f}"
+    return f"{t.heads[score][t.mech_steps.index(step)][layer][head]:.2f}"
 
 
 # ----------------------------------------------------------------------------------------------
