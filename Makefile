@@ -1,15 +1,16 @@
 # Two entry points for a fresh machine (Python >= 3.10, no venv yet):
 #   make demo   the main job end to end on the embedded default corpus
-#   make test   lint + the suite on the pinned set + the compatibility matrix + the interop suite
-#               (what CI runs)
-# Day to day: make test-pinned (lint + the suite on the pinned set, no matrix), or make test-fast
-# (the same without the tests marked slow: subprocesses, kills, whole trainings).
+#   make test   lint + the suite on the pinned set + the long tests + the compatibility matrix + the
+#               interop suite (what CI runs)
+# Day to day: make test-pinned (lint + the suite on the pinned set, no matrix, no long tests), or make
+# test-fast (the same without the tests marked slow: subprocesses, kills, whole trainings).
+# make test-long: the tests of minutes (the phase-change recipe and its control, the tour notebook).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test test-pinned test-fast compat compat-lowest compat-newest interop interop-ci interop-vllm mutation lint bench clean
+.PHONY: install demo demo-quick test test-pinned test-fast test-long browser compat compat-lowest compat-newest interop interop-ci interop-vllm mutation lint bench clean
 
 install: $(STAMP)
 
@@ -28,15 +29,27 @@ demo-quick: install
 lint: install
 	$(BIN)/ruff check .
 
-test: test-pinned compat interop-ci
+test: browser test-pinned test-long compat interop-ci
 
 test-pinned: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not long"
 
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not long"
+
+test-long: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m long
+
+# The page tests open the HTML pages in Debian's headless Chromium; installed here where it is
+# missing and apt-get can (as root, non-interactive). Elsewhere those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    else echo "chromium is not installed (apt-get install chromium): the page tests will skip"; fi; }
 
 # The compat suite in fresh environments at both ends of the supported range (.ci/compat-leg).
 compat: compat-lowest compat-newest

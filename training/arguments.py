@@ -29,8 +29,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from transformers import HfArgumentParser
-
 from scratchformer.training.library.errors import UserError, one_line
 
 REMOVAL = "0.4"  # when the deprecated spellings below go
@@ -181,21 +179,37 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-class HfParser(HfArgumentParser):
-    """transformers' dataclass parser (it registers both spellings itself) with the same manners."""
+def _hf_parser_class() -> type:
+    from transformers import HfArgumentParser
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+    class HfParser(HfArgumentParser):
+        """transformers' dataclass parser (it registers both spellings itself) with the same manners."""
 
-    def parse(self, argv: Sequence[str] | None) -> tuple:
-        *dataclasses_, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if unknown:
-            raise UserError(unknown_flags_message(unknown, self))
-        return tuple(dataclasses_)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("allow_abbrev", False)
+            super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:
-        raise UserError(f"{self.prog}: {message}")
+        def parse(self, argv: Sequence[str] | None) -> tuple:
+            *dataclasses_, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+            if unknown:
+                raise UserError(unknown_flags_message(unknown, self))
+            return tuple(dataclasses_)
+
+        def error(self, message: str) -> None:
+            raise UserError(f"{self.prog}: {message}")
+
+    HfParser.__module__ = __name__
+    return HfParser
+
+
+def __getattr__(name: str) -> Any:
+    # `HfParser` subclasses transformers' HfArgumentParser, which imports transformers (2 s): it is
+    # built when a command first asks for it, so commands that parse with `Parser` (inspect,
+    # generate, ...) answer --help without that import.
+    if name == "HfParser":
+        globals()["HfParser"] = cls = _hf_parser_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def given_fields(argv: Sequence[str], fields: set[str]) -> set[str]:
@@ -221,13 +235,21 @@ def _before_positionals(args: list[str], flags: list[str]) -> list[str]:
     return args + flags
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """ValueError and OSError, and datasets' own errors once datasets is loaded (it cannot have raised
+    one before): importing datasets here would cost every command a second at start-up."""
+    if "datasets" not in sys.modules:
+        return (ValueError, OSError)
+    from datasets.exceptions import DatasetsError
+
+    return (ValueError, OSError, DatasetsError)
+
+
 def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Sequence[str] | None], int]]:
     """The one error boundary: wraps a command's `main(argv)`. Old spellings are rewritten first
     (`rewrite`); a user error (`UserError`, any `ValueError` or `OSError`, a datasets error) is one
     `error: ...` line and exit 2 (printed by one process of a multi-process run, not by every one);
     Ctrl-C is exit 130; anything else is a bug and keeps its traceback."""
-    from datasets.exceptions import DatasetsError
-
     def wrap(main: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None) -> int:
@@ -235,7 +257,7 @@ def command(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[Seque
             args = _before_positionals(args, smoke_test_flags(name, args))
             try:
                 return int(main(args) or 0)
-            except (ValueError, OSError, DatasetsError) as e:  # UserError is a ValueError
+            except _user_error_types() as e:  # UserError is a ValueError
                 if os.environ.get("RANK", "0") == "0":
                     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
                 return 2

@@ -7,31 +7,25 @@ notebooks; this is the command on top.
     scratchformer inspect positions  --model DIR --output_file positions.png
     scratchformer inspect heads      --model DIR [--output_file heads.json]
     scratchformer inspect run        OUTPUT_DIR [--output_file curves.png]
+    scratchformer inspect timeline   --run OUTPUT_DIR [--output_file timeline.html] [--png timeline.png]
     scratchformer inspect cross-attention --model DIR --source TEXT [--target TEXT] [--layer -1] [--output_file F]
+
+Imports are made where a subcommand needs them: `--help` answers without torch or transformers, and
+`inspect run` / `inspect timeline` read a log without loading either.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING
 
 from scratchformer.training.arguments import Parser, command
 from scratchformer.training.library.errors import UserError
-from scratchformer.training.library.evaluation import write_json_atomically
-from scratchformer.training.library.head_scores import (
-    HeadScores,
-    entropy_scores,
-    first_token_scores,
-    head_scores,
-    previous_token_scores,
-)
-from scratchformer.training.viz.attention import attention_html, attention_maps, plot_attention
-from scratchformer.training.viz.common import _select, load_model, save, token_labels
-from scratchformer.training.viz.curves import find_run_log, plot_run
-from scratchformer.training.viz.embeddings import nearest_token_ids, plot_embedding_pca
-from scratchformer.training.viz.positions import plot_positions
+
+if TYPE_CHECKING:
+    from scratchformer.training.library.head_scores import HeadScores
 
 
 def build_parser() -> Parser:
@@ -39,7 +33,7 @@ def build_parser() -> Parser:
         prog="scratchformer inspect", description="Pictures of what a model learned. Layers and heads count from 0."
     )
     sub = parser.add_subparsers(
-        dest="what", required=True, metavar="{attention,heads,embeddings,positions,run,cross-attention}"
+        dest="what", required=True, metavar="{attention,heads,embeddings,positions,run,timeline,cross-attention}"
     )
 
     def model_args(p: Parser, tokenizer: bool = True) -> None:
@@ -76,7 +70,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("run", help="loss, learning rate and throughput curves of a pretraining run")
     p.add_argument("run", metavar="OUTPUT_DIR", help="the run's output directory, or its .jsonl log")
-    p.add("--output_file", metavar="PNG", help="picture to write (default: OUTPUT_DIR/training_curves.png)")
+    p.add("--output_file", metavar="PNG", help="picture to write (default: the run's own loss_curve.png, redrawn)")
+
+    p = sub.add_parser("timeline", help="one page of how a run learned: loss, head scores, logit lens, attention")
+    p.add("--run", required=True, metavar="OUTPUT_DIR", help="the pretraining run's output directory")
+    p.add("--output_file", metavar="HTML", help="the page to write (default: OUTPUT_DIR/timeline.html)")
+    p.add("--png", metavar="FILE", help="also draw the timeline as a picture (for a README or a model card)")
 
     p = sub.add_parser("cross-attention", help="an encoder-decoder's cross-attention: where each target token looked")
     model_args(p)
@@ -90,15 +89,16 @@ def build_parser() -> Parser:
 @command("inspect")
 def main(argv: list[str]) -> int:
     args = build_parser().parse(argv)
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line that matters
     if args.what == "run":
-        log = find_run_log(args.run)
-        out = Path(args.output_file) if args.output_file else log.parent / "training_curves.png"
-        plot_run(log, out)
-        print(f"wrote {out}")
-        return 0
+        return _run(args)
+    if args.what == "timeline":
+        return _timeline(args)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line that matters
     if args.what == "cross-attention":
         return _cross_attention(args)
+    from scratchformer.training.viz.common import load_model
 
     auto_class = None
     if args.what == "heads":  # the in-context score reads the language model's loss
@@ -108,21 +108,20 @@ def main(argv: list[str]) -> int:
     model, tokenizer = load_model(args.model, getattr(args, "tokenizer", None), need_tokenizer=args.what != "positions",
                                   auto_class=auto_class)
     if args.what == "attention":
-        tokens, maps = attention_maps(model, tokenizer, args.text, max_tokens=args.max_tokens)
-        save(plot_attention(tokens, maps, layer=args.layer, head=args.head), args.output_file)
-        print(f"{len(tokens)} tokens: {' '.join(tokens)}")
-        print(f"wrote {args.output_file} (the model has {maps.shape[0]} layers × {maps.shape[1]} heads)")
-        print(text_head_table(maps))
-        if args.html:
-            Path(args.html).write_text(attention_html(tokens, maps, title=f"Attention: {args.text[:60]}"), "utf-8")
-            print(f"wrote {args.html}")
-    elif args.what == "heads":
+        return _attention(args, model, tokenizer)
+    if args.what == "heads":
+        from scratchformer.training.library.files import write_text_atomically
+        from scratchformer.training.library.head_scores import head_scores
+
         scores = head_scores(model, tokenizer)
         print(probe_head_table(scores))
         if args.output_file:
-            write_json_atomically(scores.to_dict(), args.output_file)
+            write_text_atomically(args.output_file, json.dumps(scores.to_dict(), indent=2) + "\n")
             print(f"wrote {args.output_file}")
     elif args.what == "embeddings":
+        from scratchformer.training.viz.common import save, token_labels
+        from scratchformer.training.viz.embeddings import nearest_token_ids, plot_embedding_pca
+
         ids, sims = nearest_token_ids(model, tokenizer, args.token, args.k)
         labels = token_labels(tokenizer, ids)
         print(f"nearest tokens to {labels[0]!r} (cosine similarity of input embeddings):")
@@ -132,14 +131,81 @@ def main(argv: list[str]) -> int:
         save(plot_embedding_pca(model, tokenizer, ids + extra, highlight=ids[0]), args.output_file)
         print(f"wrote {args.output_file}")
     else:
+        from scratchformer.training.viz.common import save
+        from scratchformer.training.viz.positions import plot_positions, positions_note
+
         save(plot_positions(model, args.positions), args.output_file)
+        print(positions_note(model))
         print(f"wrote {args.output_file}")
+    return 0
+
+
+def _attention(args: argparse.Namespace, model, tokenizer) -> int:
+    from scratchformer.training.viz.attention import attention_html, attention_maps, plot_attention
+    from scratchformer.training.viz.common import save
+
+    tokens, maps = attention_maps(model, tokenizer, args.text, max_tokens=args.max_tokens)
+    total = len(tokenizer(args.text, verbose=False)["input_ids"])
+    note = None
+    if total > len(tokens):  # said, not silent: the rest of the text is not in the picture
+        limit = "--max_tokens" if len(tokens) == args.max_tokens else "the positions the model has"
+        note = f"The text is {total} tokens; the first {len(tokens)} are drawn (the limit: {limit})."
+    title = None
+    if args.layer is None and args.head is None:
+        title = f"Attention weights of {maps.shape[0]} layers x {maps.shape[1]} heads" + (
+            f" (first {len(tokens)} of {total} tokens)" if note else "")
+    save(plot_attention(tokens, maps, layer=args.layer, head=args.head, title=title), args.output_file)
+    print(f"{len(tokens)} tokens: {' '.join(tokens)}")
+    if note:
+        print(note)
+    print(f"wrote {args.output_file} (the model has {maps.shape[0]} layers × {maps.shape[1]} heads)")
+    print(text_head_table(maps))
+    if args.html:
+        from scratchformer.training.library.files import write_text_atomically
+
+        write_text_atomically(args.html, attention_html(tokens, maps, title=f"Attention: {args.text}", note=note))
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scratchformer.training.viz.curves import find_run_log, plot_run
+
+    log = find_run_log(args.run)
+    # The run's own picture, redrawn (a run still going, or one drawn by an older release): one file, not a copy.
+    out = Path(args.output_file) if args.output_file else log.parent / "loss_curve.png"
+    plot_run(log, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from scratchformer.training.viz.timeline import INDUCTION_CLEAR, write_timeline
+
+    run = Path(args.run)
+    out = Path(args.output_file) if args.output_file else (run if run.is_dir() else run.parent) / "timeline.html"
+    t = write_timeline(run, out, png=args.png)
+    print(f"wrote {out}" + (f" and {args.png}" if args.png else ""))
+    if not t.has_mechanisms:
+        print("this run logged no mechanism metrics (--mechanism_metrics false, or an older release): "
+              "the page shows its losses only")
+    else:
+        layer, head = t.strongest_induction()
+        first, last = t.heads["induction"][0][layer][head], t.heads["induction"][-1][layer][head]
+        print(f"strongest induction head: layer {layer}, head {head}: {first:.2f} at step {t.mech_steps[0]} -> "
+              f"{last:.2f} at step {t.mech_steps[-1]}; in-context score {t.in_context[0]:+.2f} -> "
+              f"{t.in_context[-1]:+.2f} nats")
+        if t.phase_change() is None:
+            print(f"no induction head formed (no induction score reached {INDUCTION_CLEAR}): no phase change is "
+                  "marked, and the picture follows the strongest previous-token head")
     return 0
 
 
 def text_head_table(maps) -> str:
     """Per head, on the text just drawn: previous-token and first-token scores and the normalised
     entropy (library/head_scores.py defines them), and the strongest previous-token head."""
+    from scratchformer.training.library.head_scores import entropy_scores, first_token_scores, previous_token_scores
+
     prev, first, entropy = previous_token_scores(maps), first_token_scores(maps), entropy_scores(maps)
     L = maps.shape[-1]
     chance = sum(1.0 / (q + 1) for q in range(1, L)) / max(1, L - 1)
@@ -176,6 +242,7 @@ def probe_head_table(scores: HeadScores) -> str:
 def _cross_attention(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
+    from scratchformer.training.viz.common import _select, load_model, save
     from scratchformer.training.viz.cross_attention import cross_attention_maps, plot_cross_attention
 
     config_file = Path(args.model) / "config.json"

@@ -245,7 +245,7 @@ def test_the_output_is_a_hub_model_with_card_and_results_and_no_pickle(scratch, 
 
     r = results(out)
     printed_train, printed_eval = scratch["printed"]
-    assert r["eval"] == printed_eval and set(r["eval"]) == {"loss", "exact_match", "bleu"}
+    assert r["eval"] == printed_eval and set(r["eval"]) == {"loss", "exact_match", "bleu", "chrf"}
     assert r["train_loss"] == printed_train["train_loss"] and r["train_steps"] == 4
     assert r["validation_examples"] == 6 and r["base_model"] is None
     h = r["hyperparameters"]
@@ -255,6 +255,7 @@ def test_the_output_is_a_hub_model_with_card_and_results_and_no_pickle(scratch, 
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text2text-generation\n")
     assert f"| validation exact match | {r['eval']['exact_match']:.2f} % |" in card
     assert f"| validation BLEU (corpus, 0-100) | {r['eval']['bleu']:.2f} |" in card
+    assert f"| validation chrF (corpus, 0-100) | {r['eval']['chrf']:.2f} |" in card
     assert "Trained from scratch" in card and "AutoModelForSeq2SeqLM" in card
     assert "## Where it runs" in card and "| export --to gguf" not in card and "| vLLM (CPU) | ✗ |" in card
     assert f"saved to    {out}" in scratch["text"]

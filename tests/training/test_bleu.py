@@ -41,3 +41,29 @@ def test_empty_hypotheses_and_exact_match():
     assert exact_match(["12 3", "x"], ["12 3 ", "y"]) == 50.0
     with pytest.raises(ValueError, match="one reference each"):
         corpus_bleu(["a"], [])
+
+
+def test_chrf_scores_what_bleu_cannot_see():
+    """A words-to-digits model whose targets are two characters: all right, BLEU 0 (no 4-gram), chrF 100."""
+    from scratchformer.training.library.bleu import corpus_chrf
+
+    hyps = refs = ["4 7", "1 2", "9"]
+    assert corpus_bleu(hyps, refs)["bleu"] == 0.0 and exact_match(hyps, refs) == 100.0
+    assert corpus_chrf(hyps, refs) == pytest.approx(100.0)
+    assert corpus_chrf(["a b"], ["ab"]) == pytest.approx(100.0)  # whitespace is not a character of chrF
+    assert corpus_chrf(["xyz"], ["abc"]) == 0.0
+
+
+def test_chrf_by_hand():
+    from scratchformer.training.library.bleu import corpus_chrf
+
+    # "ab" against "abc": 1-grams 2 of 2 hypothesis / 2 of 3 reference; 2-grams 1 of 1 / 1 of 2; no 3-gram
+    # in the hypothesis, so orders 1 and 2 count: P = (1 + 1) / 2, R = (2/3 + 1/2) / 2 = 7/12,
+    # F2 = 5 P R / (4 P + R) = 35/55.
+    assert corpus_chrf(["ab"], ["abc"]) == pytest.approx(100 * 35 / 55)
+    # Counts are summed over the corpus before the ratios: "ab"/"abc" with "abc"/"abc" gives
+    # 1-grams 5/5 and 5/6, 2-grams 3/3 and 3/4, 3-grams 1/1 and 1/2.
+    p, r = 1.0, (5 / 6 + 3 / 4 + 1 / 2) / 3
+    assert corpus_chrf(["ab", "abc"], ["abc", "abc"]) == pytest.approx(100 * 5 * p * r / (4 * p + r))
+    with pytest.raises(ValueError, match="one reference each"):
+        corpus_chrf(["a"], ["a", "b"])

@@ -43,6 +43,13 @@ def checkpoint(tokenizer, tmp_path_factory):
     return path
 
 
+def assert_self_contained(page: str) -> None:
+    """Nothing a browser would fetch: no URL but the SVG namespace (an identifier, never requested; the
+    browser test checks that no request is made), no src=, <link>, @import or url()."""
+    page = page.replace('"http://www.w3.org/2000/svg"', '""')
+    assert not re.search(r"https?:|//[\w.-]+\.\w|\bsrc\s*=|<link|@import|url\(", page, re.IGNORECASE)
+
+
 def _png(path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
@@ -128,12 +135,30 @@ def test_nearest_neighbour_of_a_token_is_itself(tokenizer):
         viz.nearest_tokens(model, tokenizer, "catdogmatlog", k=3)
 
 
-def test_embedding_pca_is_centred_and_ordered(tokenizer):
-    labels, coords, explained = viz.embedding_pca(tiny(tokenizer), tokenizer, ["cat", "dog", "mat", "log", "cat"])
+def test_embedding_projection_is_fitted_on_a_fixed_background(tokenizer):
+    """The axes are the vocabulary's (a fixed background of ordinary tokens), not the few tokens drawn:
+    a token lands at the same place whichever others are drawn beside it, and the projection is of the
+    unit vectors the cosine ranking reads."""
+    from scratchformer.training.viz.embeddings import background_ids
+
+    model = tiny(tokenizer)
+    labels, coords, explained = viz.embedding_pca(model, tokenizer, ["cat", "dog", "mat", "log", "cat"])
     assert labels == ["␣cat", "␣dog", "␣mat", "␣log"]
     assert coords.shape == (4, 2)
-    np.testing.assert_allclose(coords.mean(0), 0.0, atol=1e-6)
     assert 1.0 >= explained[0] >= explained[1] >= 0.0
+    _, alone, _ = viz.embedding_pca(model, tokenizer, ["cat", "dog"])
+    np.testing.assert_allclose(alone, coords[:2], atol=1e-12)  # other tokens do not move the axes
+    # The reference: PCA of the background's unit vectors, by numpy's own eigendecomposition.
+    emb = viz.embedding_matrix(model).astype(np.float64)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    background = unit[background_ids(tokenizer, len(emb))]
+    assert tokenizer.pad_token_id not in background_ids(tokenizer, len(emb))
+    values, vectors = np.linalg.eigh(np.cov(background.T, bias=True))
+    top = vectors[:, ::-1][:, :2]
+    ids = [tokenizer.get_vocab()[t] for t in ("Ġcat", "Ġdog", "Ġmat", "Ġlog")]
+    expected = (unit[ids] - background.mean(0)) @ top
+    np.testing.assert_allclose(np.abs(coords), np.abs(expected), atol=1e-8)  # an axis's sign is arbitrary
+    np.testing.assert_allclose(explained, values[::-1][:2] / values.sum(), atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned", "rope"])
@@ -160,8 +185,8 @@ def test_position_encodings_and_their_picture(tokenizer, kind):
 def test_html_is_self_contained(tokenizer):
     tokens, maps = viz.attention_maps(tiny(tokenizer), tokenizer, "The cat </script><b>")
     page = viz.attention_html(tokens, maps, title="<cat>")
-    assert not re.search(r"https?:|//[\w.-]+\.\w|\bsrc\s*=|<link|@import|url\(", page, re.IGNORECASE)
-    assert page.count("</script>") == 2 and "<b>" not in page and "&lt;cat&gt;" in page
+    assert_self_contained(page)
+    assert page.count("</script>") == 3 and "<b>" not in page and "&lt;cat&gt;" in page
     data = page.split('id="data">')[1].split("</script>")[0]
     payload = json.loads(data)
     assert payload["tokens"] == tokens and payload["causal"] is True
@@ -218,7 +243,7 @@ def test_cli_draws_the_models_own_attention_maps(peaked_checkpoint, tmp_path, mo
     # Not near-uniform: in most rows the strongest weight is over twice 1/(number of keys seen).
     assert np.mean(expected.max(-1) > 2.0 / np.arange(1, L + 1)) > 0.5
     figures = []
-    monkeypatch.setattr(inspect, "save", lambda fig, path, **kw: figures.append(fig) or path)
+    monkeypatch.setattr(viz.common, "save", lambda fig, path, **kw: figures.append(fig) or path)
     page = tmp_path / "a.html"
     assert inspect.main(["attention", "--model", str(peaked_checkpoint), TEXT, "--html", str(page)]) == 0
     assert inspect.main(["attention", "--model", str(peaked_checkpoint), TEXT, "--layer", "-1", "--head", "2"]) == 0
@@ -339,8 +364,79 @@ def test_plot_run_tolerates_a_log_being_written(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [RUN_PANELS[panel][1] for panel in ("loss", "lr", "throughput")]
     _png(tmp_path / "curves.png")
+    # The run's own picture is redrawn in place: no second file with the same curves beside it.
+    before = sorted(p.name for p in tmp_path.iterdir())
     assert inspect.main(["run", str(tmp_path)]) == 0
-    _png(tmp_path / "training_curves.png")
+    _png(tmp_path / "loss_curve.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({*before, "loss_curve.png"})
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n', "utf-8")
     with pytest.raises(ValueError, match="no metrics"):
         viz.plot_run(tmp_path)
+
+
+def test_long_text_keeps_thinned_labels_and_says_it_was_cut(checkpoint, tmp_path, capsys, monkeypatch):
+    figures = []
+    monkeypatch.setattr(viz.common, "save", lambda fig, path, **kw: figures.append(fig) or path)
+    text = " ".join(["The cat sat on the mat and the dog sat on the log."] * 6)
+    page = tmp_path / "a.html"
+    assert inspect.main(["attention", "--model", str(checkpoint), text, "--max_tokens", "60", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    total = len(tokenizer_of(checkpoint)(text)["input_ids"])
+    note = f"The text is {total} tokens; the first 60 are drawn (the limit: --max_tokens)."
+    assert total > 60 and note in out
+    (grid,) = figures
+    assert "first 60 of" in grid.get_suptitle()
+    bottom_left = [ax for ax in grid.axes if ax.images and ax.get_xticklabels() and ax.get_yticklabels()]
+    labels = [t.get_text() for t in bottom_left[0].get_yticklabels()]
+    assert 20 <= len([t for t in labels if t]) <= 40  # every other token of 60, none lost entirely
+    payload = json.loads(page.read_text("utf-8").split('id="data">')[1].split("</script>")[0])
+    assert payload["truncated"] == note and len(payload["tokens"]) == 60
+    assert f"Attention: {text}" in page.read_text("utf-8")  # the whole text in the title, not 60 characters
+
+
+def tokenizer_of(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_the_page_opens_on_the_most_specialised_head_not_a_sink():
+    L = 10
+    uniform = np.tril(np.ones((L, L))) / np.arange(1, L + 1)[:, None]
+    sink = np.zeros((L, L))
+    sink[:, 0] = 1.0
+    previous = np.zeros((L, L))
+    previous[0, 0] = 1.0
+    previous[np.arange(1, L), np.arange(L - 1)] = 1.0
+    half = 0.5 * uniform + 0.5 * previous
+    maps = np.stack([np.stack([sink, uniform, uniform]), np.stack([uniform, half, previous])])
+    layer, head, why = viz.most_specialised_head(maps)
+    assert (layer, head) == (1, 2) and "lowest entropy (0.00" in why  # the sink has entropy 0 too, and loses
+    tokens = [f"t{i}" for i in range(L)]
+    payload = json.loads(viz.attention_html(tokens, maps).split('id="data">')[1].split("</script>")[0])
+    assert payload["start"]["layer"] == 1 and payload["start"]["head"] == 2
+    assert payload["scores"]["previous_token"][1][2] == 1.0 and payload["scores"]["first_token"][0][0] == 1.0
+    sinks = np.stack([np.stack([sink, 0.9 * sink + 0.1 * uniform])])
+    assert viz.most_specialised_head(sinks)[:2] == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["sinusoidal", "rope"])
+def test_fixed_positions_say_training_cannot_change_them(tokenizer, kind):
+    model = tiny(tokenizer, position_embedding=kind)
+    assert "fixed by the config" in viz.positions_note(model)
+    assert "fixed by the config" in viz.plot_positions(model, num_positions=16).get_suptitle()
+    assert viz.initial_encodings(model) is None
+
+
+def test_learned_positions_are_drawn_against_their_initialisation(tokenizer):
+    model = tiny(tokenizer, position_embedding="learned")
+    initial = viz.initial_encodings(model)
+    assert initial.shape == (64, 32)
+    assert initial.std() == pytest.approx(model.config.initializer_range, rel=0.1)
+    fig = viz.plot_positions(model, num_positions=32)
+    (distance,) = [ax for ax in fig.axes if ax.get_title().startswith("Similarity vs distance")]
+    labels = distance.get_legend_handles_labels()[1]
+    assert any("initialisation" in label for label in labels)
+    note = viz.positions_note(model)
+    rms = float(np.sqrt(np.mean(viz.position_encodings(model) ** 2)))
+    assert f"RMS {rms:.3f} against {model.config.initializer_range:.3f}" in note

@@ -1,4 +1,5 @@
-"""Corpus BLEU (Papineni et al. 2002), written out, for scoring translations without sacrebleu.
+"""Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015), written out, for scoring translations
+without sacrebleu.
 
 BLEU = BP * exp(mean over n=1..4 of log p_n), where p_n is the *corpus* modified n-gram precision:
 clipped n-gram matches summed over all sentences, divided by all candidate n-grams. Clipping counts
@@ -10,6 +11,12 @@ Tokenisation is whitespace splitting: scores are comparable only between systems
 way (sacrebleu's 13a tokeniser also splits punctuation, so its numbers can differ). Scores are on
 sacrebleu's 0-100 scale. With `smooth=True`, zero match counts for n > 1 are replaced as in
 Lin & Och (2004) "add-one" smoothing (sacrebleu's "add-k" with k=1), so short sentences score > 0.
+
+BLEU's limit on short outputs: with no 4-gram in the corpus (every target shorter than four words,
+"4 7"), p_4 is 0 and so is BLEU, however many outputs are exactly right. chrF does not have that
+blind spot: it is the F-score (recall weighted beta = 2 times precision) of character n-grams, n = 1
+to 6, whitespace removed, so a two-character target is scored on what it has. Exact match beside
+both says how many outputs are right as a whole.
 """
 
 from __future__ import annotations
@@ -63,6 +70,38 @@ def corpus_bleu(
     }
 
 
+def char_ngrams(text: str, n: int) -> Counter:
+    """Character n-grams of `text` with its whitespace removed (chrF's default)."""
+    chars = "".join(text.split())
+    return Counter(chars[i : i + n] for i in range(len(chars) - n + 1))
+
+
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str], char_order: int = 6, beta: float = 2.0
+                ) -> float:  # fmt: skip
+    """chrF (Popović 2015) of `hypotheses` against one reference each, on a 0-100 scale, computed as
+    sacrebleu's CHRF computes it: matched, hypothesis and reference n-gram counts summed over the
+    corpus for each n; precision and recall per n averaged over the orders that occur in both; then
+    F_beta = (1 + beta^2) P R / (beta^2 P + R)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references: one reference each.")
+    stats = [[0, 0, 0] for _ in range(char_order)]  # hypothesis n-grams, reference n-grams, matches
+    for hyp, ref in zip(hypotheses, references):
+        for n in range(1, char_order + 1):
+            hyp_ngrams, ref_ngrams = char_ngrams(hyp, n), char_ngrams(ref, n)
+            stats[n - 1][0] += sum(hyp_ngrams.values())
+            stats[n - 1][1] += sum(ref_ngrams.values())
+            stats[n - 1][2] += sum(min(count, ref_ngrams[g]) for g, count in hyp_ngrams.items())
+    orders = [(h, r, m) for h, r, m in stats if h > 0 and r > 0]
+    if not orders:
+        return 0.0
+    precision = sum(m / h for h, _, m in orders) / len(orders)
+    recall = sum(m / r for _, r, m in orders) / len(orders)
+    if precision + recall == 0:
+        return 0.0
+    factor = beta**2
+    return 100.0 * (1 + factor) * precision * recall / (factor * precision + recall)
+
+
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Share of hypotheses equal to their reference after stripping surrounding whitespace, in percent."""
     if not hypotheses:
@@ -79,4 +118,4 @@ def sacrebleu_or_ours(hypotheses: Sequence[str], references: Sequence[str]) -> f
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
-__all__ = ["corpus_bleu", "exact_match", "ngrams", "sacrebleu_or_ours"]
+__all__ = ["char_ngrams", "corpus_bleu", "corpus_chrf", "exact_match", "ngrams", "sacrebleu_or_ours"]

@@ -47,3 +47,18 @@ def make_weights_readable(directory: Path) -> None:
     for path in Path(directory).glob("*.safetensors"):
         if path.is_file() and (path.stat().st_mode & 0o777) != mode:
             path.chmod(mode)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """`text` (UTF-8) at `path`, written under a temporary name beside it and renamed into place, so a
+    reader never opens half a page (the folder is created if missing)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = fresh_sibling_file(out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -137,7 +137,9 @@ class HeadScores:
 
 def text_probe(tokenizer, text: str = PROBE_TEXT, max_tokens: int = TEXT_TOKENS) -> torch.Tensor:
     """[1, L] ids of the probe text, as the model sees text (with the tokenizer's special tokens)."""
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens]
+    # verbose=False: the text is longer than a small model's context on purpose (it is cut here), which
+    # transformers would otherwise warn about in the middle of a training run's log.
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][:, :max_tokens]
     if ids.shape[1] < 2:
         raise ValueError("The probe text encodes to fewer than 2 tokens: nothing for a head to attend to.")
     return ids

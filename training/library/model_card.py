@@ -90,6 +90,9 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
         if result.get("has_loss_curve")
         else ""
     )
+    if result.get("has_timeline"):
+        curve += ("\n![How the attention heads formed: loss, head scores, logit lens and the attention of a fixed "
+                  "probe over training](timeline.png)\n")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -278,12 +281,16 @@ def render_seq2seq_card(results: dict, where: str = "") -> str:
     for key, label, spec in (
         ("exact_match", "validation exact match", "{:.2f} %"),
         ("bleu", "validation BLEU (corpus, 0-100)", "{:.2f}"),
+        ("chrf", "validation chrF (corpus, 0-100)", "{:.2f}"),
         ("loss", "validation loss (label-smoothed, as trained)", "{:.4f}"),
     ):
         if key in scores:
             rows.append((label, spec.format(scores[key])))
     if not scores:
         rows.append(("validation", "not measured (no --validation_files)"))
+    elif scores.get("bleu") == 0 and scores.get("exact_match", 0) > 0:
+        rows.append(("why BLEU is 0", "BLEU needs 4-word matches; targets shorter than 4 words score 0 however "
+                                      "many are right: read exact match and chrF"))  # fmt: skip
     rows.append(("final training loss", _fmt(results["train_loss"], "{:.4f}")))
     if results.get("generation"):
         g = results["generation"]

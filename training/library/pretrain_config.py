@@ -21,6 +21,9 @@ from .optim import OPTIMIZERS, SCHEDULES
 # runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
 # "base" GPT-2 small's shape.
 EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~70 at size mini (`run_length`)
+# With no --eval_steps: about this many evaluations a run, so that the validation curve of a short run
+# has a shape (two points showed neither overfitting nor a phase change), at most this far apart.
+EVALUATIONS_PER_RUN, EVALUATIONS_MAX_APART = 20, 200
 
 # Each size's peak learning rate under the default recipe (Muon, q/k under AdamW, WSD), measured on
 # Tiny Shakespeare (benchmarks/results/lr_sizes.md): the best of a doubling grid was 8e-3 at width 64
@@ -257,7 +260,22 @@ class PretrainConfig:
     # -- output --
     output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run writes everything."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, tokens/s every this many steps."})
-    eval_steps: int = field(default=200, metadata={"help": "Evaluate every this many steps (and at the end)."})
+    eval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every this many steps (and at the end). Unset: about 20 evaluations a run, at "
+            "most 200 steps apart, so a short run's validation curve shows where it starts to overfit."
+        },
+    )
+    mechanism_metrics: bool | None = field(
+        default=None,
+        metadata={
+            "help": "At each evaluation, also score every attention head on fixed probes (previous-token, "
+            "first-token, induction, entropy; the in-context score), the logit lens per layer, and save the "
+            "probe's attention maps (attention_snapshots.jsonl), for `scratchformer inspect timeline`. "
+            "Unset: on for models of at most 64 heads in all (sizes tiny, mini, small)."
+        },
+    )
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every this many steps (and at the end)."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep this many newest checkpoints (0: keep all)."})
     resume: str | None = field(
@@ -327,6 +345,13 @@ def training_flops(non_embedding: int, tokens: int) -> float:
     """The usual estimate of training compute: 6 N D (2 N D forward, 4 N D backward; Kaplan et al.
     2020, Chinchilla), attention's own term left out as the estimate does."""
     return 6.0 * non_embedding * tokens
+
+
+def eval_interval(cfg: PretrainConfig, max_steps: int) -> int:
+    """Steps between evaluations: --eval_steps, else about 20 a run, at most 200 steps apart."""
+    if cfg.eval_steps is not None:
+        return cfg.eval_steps
+    return max(1, min(EVALUATIONS_MAX_APART, math.ceil(max_steps / EVALUATIONS_PER_RUN)))
 
 
 def model_sizes(cfg: PretrainConfig) -> dict:

@@ -10,8 +10,10 @@ the pieces the loop names: `loop` and `run_dir`. What lands in --output_dir:
                              generation_config.json, the remote-code .py files, README.md, training_args.json
     tokenizer/               the tokenizer trained for this run (unless --tokenizer was given)
     checkpoints/step-NNNNNN/ accelerate state for --resume (the last --save_total_limit kept)
-    metrics.jsonl            one JSON line per logging step and per evaluation
+    metrics.jsonl            one JSON line per logging step and per evaluation (with the mechanism metrics)
+    attention_snapshots.jsonl  the probe's attention maps at each evaluation (--mechanism_metrics)
     loss_curve.png           the run's curves (when a `draw_curves` function is given)
+    timeline.png             how the mechanisms formed (`draw_timeline`; `scratchformer inspect timeline`)
     logs/                    tracker output (tensorboard, wandb)
 """
 
@@ -35,6 +37,7 @@ from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
 from .data import BUILDERS, EpochSampler, data_fingerprint, load_text_dataset
 from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
+from .mechanisms import enabled_by_default, mechanism_metrics
 from .metrics import evaluate
 from .model_dir import load_tokenizer_dir
 from .optim import build_optimizer, lr_at
@@ -46,6 +49,7 @@ from .pretrain_config import (  # noqa: F401  (EMBEDDED_CORPUS_STEPS, SIZES: re-
     PretrainConfig,
     accumulation_steps,
     check_config,
+    eval_interval,
     lr_schedule,
     model_sizes,
     non_embedding_parameters,
@@ -71,15 +75,17 @@ logger = get_logger(__name__)
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None = None) -> dict:
+def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None = None,
+          draw_timeline: Callable[[Path, Path], bool] | None = None) -> dict:
     """Pretrain a model as `cfg` says; return the final metrics and where the model was written.
-    `draw_curves(metrics_jsonl, png)` draws the run's curves into the model directory (the command
-    passes `viz.curves`'s; the library draws no pictures itself)."""
+    `draw_curves(metrics_jsonl, png)` draws the run's curves, and `draw_timeline(metrics_jsonl, png)`
+    how its mechanisms formed (with --mechanism_metrics), into the run and model directories (the
+    command passes viz's functions; the library draws no pictures itself)."""
     clock = time.perf_counter()
     check_config(cfg)
     out, sizes = Path(cfg.output_dir), model_sizes(cfg)
     check_writable(out)
-    checkpoints, metrics = out / "checkpoints", out / "metrics.jsonl"
+    checkpoints, metrics, snapshots = out / "checkpoints", out / "metrics.jsonl", out / "attention_snapshots.jsonl"
 
     accelerator = make_accelerator(out, cfg.mixed_precision, trackers(cfg.report_to), cfg.torch_compile,
                                    cfg.ddp_timeout, stateful_data=cfg.streaming)
@@ -102,6 +108,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     max_steps = run_length(cfg, steps_per_epoch, tokens_per_step, n_core)
     planned = max_steps * tokens_per_step
     schedule = lr_schedule(cfg, max_steps)
+    eval_steps = eval_interval(cfg, max_steps)
     optimizer = build_optimizer(model, cfg.optimizer, lr=sizes["learning_rate"], weight_decay=cfg.weight_decay,
                                 betas=(cfg.adam_beta1, cfg.adam_beta2), query_key=cfg.query_key_optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -120,13 +127,17 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
         logger.info(f"resuming from {resume_from} at step {state['step']}", main_process_only=True)
     if accelerator.is_main_process:
         truncate_jsonl(metrics, after_step=state["step"])  # a killed run may have logged past its checkpoint
+        truncate_jsonl(snapshots, after_step=state["step"])
+    watch = cfg.mechanism_metrics
+    if watch is None:
+        watch = enabled_by_default(sizes["num_hidden_layers"], sizes["num_attention_heads"])
     run_config = {**dataclasses.asdict(cfg), **sizes, **data_description, "gradient_accumulation_steps": accum,
                   "non_embedding_parameters": n_core, "planned_tokens": planned,
                   "planned_training_flops": training_flops(n_core, planned),
                   "num_processes": accelerator.num_processes, "max_train_steps": max_steps,
                   "num_warmup_steps": schedule["warmup_steps"], "min_lr": schedule["min_lr"],
                   "distributed_type": str(accelerator.distributed_type).split(".")[-1],
-                  "mixed_precision": accelerator.mixed_precision}
+                  "mixed_precision": accelerator.mixed_precision, "eval_steps": eval_steps, "mechanism_metrics": watch}
     accelerator.init_trackers("scratchformer-pretrain", config=scalars(run_config))
     logger.info(
         f"{n_params / 1e6:.2f}M parameters, {n_core:,} outside the embeddings; {max_steps} steps of "
@@ -167,7 +178,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
             done = step >= max_steps
             if accelerator.num_processes == 1:
                 stopping = stop.requested  # one process: no other to agree with, so every step
-            if done or stopping or any(step % n == 0 for n in (cfg.logging_steps, cfg.eval_steps, cfg.save_steps)):
+            if done or stopping or any(step % n == 0 for n in (cfg.logging_steps, eval_steps, cfg.save_steps)):
                 # The loop's one host sync outside evaluation and saving; it also carries the stop flags.
                 last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
                 stopping = stopping or stop_anywhere
@@ -176,9 +187,13 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                     step, last_loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, state["epoch"]),
                     "tokens_planned": planned})
                 bar.set_postfix(step=f"{step}/{max_steps}", loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-            if done or stopping or step % cfg.eval_steps == 0:
+            if done or stopping or step % eval_steps == 0:
                 last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
-                log_record(accelerator, metrics, {"step": step, **last_eval})
+                mechanisms = {}
+                if watch:  # every process runs the probes: under FSDP a forward pass is collective
+                    mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer)
+                    log_record(accelerator, snapshots, {"step": step, **snapshot}, track=False)
+                log_record(accelerator, metrics, {"step": step, **last_eval, **mechanisms})
                 bar.write(f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
@@ -208,6 +223,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     }
     if accelerator.is_main_process:
         result["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
+        result["has_timeline"] = bool(watch and draw_timeline and draw_timeline(metrics, out / "timeline.png"))
     write_model_dir(accelerator, model, tokenizer, out, cfg, run_config, result)
     if cfg.push_to_hub and accelerator.is_main_process:
         result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, state["step"])

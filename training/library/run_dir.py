@@ -31,6 +31,7 @@ from transformers import GenerationConfig
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 
 from .files import make_weights_readable
+from .mechanisms import tracker_scalars
 from .model_card import render_model_card
 from .model_dir import check_weights
 
@@ -275,10 +276,11 @@ def _data_differences(saved: list[dict], now: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def log_record(accelerator: Accelerator, path: Path, record: dict) -> None:
-    accelerator.log(
-        {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=record["step"]
-    )
+def log_record(accelerator: Accelerator, path: Path, record: dict, track: bool = True) -> None:
+    """One JSON line appended to `path` (main process), and its numbers sent to the trackers (with
+    `track`; per-head tables as one scalar per head)."""
+    if track:
+        accelerator.log(tracker_scalars(record), step=record["step"])
     if accelerator.is_main_process:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -356,8 +358,9 @@ def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, 
     unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    if (out / "loss_curve.png").exists():
-        shutil.copy(out / "loss_curve.png", tmp / "loss_curve.png")
+    for picture in ("loss_curve.png", "timeline.png"):  # the model card shows them
+        if (out / picture).exists():
+            shutil.copy(out / picture, tmp / picture)
     (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))
 
 

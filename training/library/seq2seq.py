@@ -57,7 +57,7 @@ from transformers import (
 from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
 from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 
-from .bleu import exact_match, sacrebleu_or_ours
+from .bleu import corpus_chrf, exact_match, sacrebleu_or_ours
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE, _has_files_besides, _move_into
@@ -290,7 +290,9 @@ def evaluate_translation(
     model, tokenizer, sources: Sequence[str], references: Sequence[str], **generate_kwargs: Any
 ) -> dict[str, float]:
     hypotheses = generate_texts(model, tokenizer, sources, **generate_kwargs)
-    return {"exact_match": exact_match(hypotheses, references), "bleu": sacrebleu_or_ours(hypotheses, references)}
+    # chrF beside BLEU: BLEU is 0 on a corpus of targets shorter than 4 words, however many are right (bleu.py).
+    return {"exact_match": exact_match(hypotheses, references), "bleu": sacrebleu_or_ours(hypotheses, references),
+            "chrf": corpus_chrf(hypotheses, references)}
 
 
 # -- training ------------------------------------------------------------------------------------

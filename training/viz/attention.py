@@ -3,7 +3,6 @@ heatmaps, and a self-contained interactive HTML page (hover a token to see where
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -85,10 +84,14 @@ def plot_attention(
     single = rows * cols == 1
     # Labels on every panel when they fit, else only on the grid's outer edge.
     label_all = single or (rows * cols <= 4 and L <= 24)
-    show_labels = L <= (80 if single else 40)
-    fontsize = (10 if single else 9) if L <= 24 else 7 if L <= 48 else 5
-    panel = max(5.0, 0.3 * L + 1.5) if single else (2.2 if L <= 16 else 2.8 if L <= 32 else 3.4)
-    label_room = 0.07 * max((len(t) for t in tokens), default=1) * fontsize / 9 if show_labels else 0.2
+    # Past what fits, every k-th token keeps its label (never none: a map without tokens reads as noise).
+    every = max(1, -(-L // (80 if single else 40)))
+    ticks = list(range(0, L, every))
+    labels = [tokens[i] for i in ticks]
+    shown = len(ticks)
+    fontsize = (10 if single else 9) if shown <= 24 else 7 if shown <= 48 else 5
+    panel = max(5.0, 0.3 * min(L, 80) + 1.5) if single else (2.2 if L <= 16 else 2.8 if L <= 32 else 3.4)
+    label_room = 0.07 * max((len(t) for t in labels), default=1) * fontsize / 9
     fig = _figure(cols * panel + label_room + 1.2, rows * panel + label_room + 0.8)
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
 
@@ -102,17 +105,11 @@ def plot_attention(
             image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             if not single:
                 ax.set_title(f"layer {li}, head {hi}", fontsize=9)
-            ax.set_xticks(range(L))
-            ax.set_yticks(range(L))
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
             left, bottom = label_all or c == 0, label_all or r == rows - 1
-            if show_labels and bottom:
-                ax.set_xticklabels(tokens, rotation=90, fontsize=fontsize)
-            else:
-                ax.set_xticklabels([])
-            if show_labels and left:
-                ax.set_yticklabels(tokens, fontsize=fontsize)
-            else:
-                ax.set_yticklabels([])
+            ax.set_xticklabels(labels if bottom else [], rotation=90, fontsize=fontsize)
+            ax.set_yticklabels(labels if left else [], fontsize=fontsize)
             ax.tick_params(length=0)
             if single and L <= 14:  # numbers in the cells: the softmax rows can be checked by eye
                 for i in range(L):
@@ -139,6 +136,8 @@ def plot_attention(
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6 if rows > 1 else 0.9, pad=0.02)
     bar.set_label("attention weight (each row sums to 1)")
     kind = "causal: grey = masked future" if causal else "bidirectional"
+    if every > 1:
+        kind += f"; one token in {every} labelled"
     if title is None:
         title = f"Attention, layer {layers[0]}, head {heads[0]}" if single else f"Attention weights ({kind})"
     fig.suptitle(title, fontsize=13)
@@ -147,105 +146,52 @@ def plot_attention(
     return fig
 
 
-def attention_html(tokens: Sequence[str], maps: np.ndarray, title: str = "Attention") -> str:
-    """A self-contained HTML page (inline data, style and script; no network): pick a layer and a
-    head (or their mean), hover a token to shade every token by how much it attends to it; click
-    to pin. The bertviz idea, without the dependency."""
+def most_specialised_head(maps: np.ndarray) -> tuple[int, int, str]:
+    """(layer, head, why) of the head that does the most distinctive thing on this text, by the
+    scores of library/head_scores.py: the lowest entropy among heads that are not parked on the first
+    token (a sink is the no-op a head falls back on, not a specialisation), or the lowest entropy of
+    all when every head is a sink. The mean over heads, the old default, blurs exactly this away."""
+    from scratchformer.training.library.head_scores import entropy_scores, first_token_scores
+
+    entropy, first = entropy_scores(maps), first_token_scores(maps)
+    candidates = np.where(first < 0.5, entropy, np.inf)
+    if np.isfinite(candidates).any():
+        layer, head = np.unravel_index(int(candidates.argmin()), candidates.shape)
+        why = (f"the lowest entropy ({entropy[layer, head]:.2f}; 1 is uniform) of the heads that do not park their "
+               "attention on the first token")
+    else:
+        layer, head = np.unravel_index(int(entropy.argmin()), entropy.shape)
+        why = ("every head parks its attention on the first token; this one has the lowest entropy "
+               f"({entropy[layer, head]:.2f})")
+    return int(layer), int(head), why
+
+
+def attention_html(tokens: Sequence[str], maps: np.ndarray, title: str = "Attention", note: str | None = None) -> str:
+    """A self-contained HTML page (inline data, style and script; no network): every head at once
+    (click one), the chosen head as a head view in the spirit of bertviz (lines from each token to the
+    tokens it attends to) and as a matrix with a colour legend, and the text shaded by where a hovered
+    token looks. It opens on `most_specialised_head`, saying why. `note` (e.g. that the text was cut)
+    is shown above everything."""
+    from scratchformer.training.library.head_scores import entropy_scores, first_token_scores, previous_token_scores
+
+    from .common import page
+
     maps = np.asarray(maps)
     n_layers, n_heads, L, _ = maps.shape
+    layer, head, why = most_specialised_head(maps)
+
+    def table(scores: np.ndarray) -> list[list[float]]:
+        return [[round(float(v), 4) for v in row] for row in scores]
+
     payload = {
         "tokens": list(tokens),
         "maps": np.round(maps.astype(np.float64), 4).tolist(),
-        "mean": np.round(maps.mean(axis=1).astype(np.float64), 4).tolist(),
         "layers": n_layers,
         "heads": n_heads,
         "causal": _is_causal(maps),
-    }
-    # Inside <script>, "</" would end the element: escape <, > and & as JSON \\u escapes.
-    data = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _HTML_TEMPLATE.replace("%TITLE%", html.escape(title)).replace("%DATA%", data)
-
-
-_HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>%TITLE%</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: #222; }
-  .controls { margin: 1em 0; }
-  .controls label { margin-right: 1.5em; }
-  #text { line-height: 2.6; font-family: ui-monospace, monospace; font-size: 15px; }
-  .tok { display: inline-block; padding: 0 3px; margin: 2px 1px; border: 1px solid #ccc;
-         border-radius: 3px; cursor: pointer; white-space: pre; }
-  .tok.query { outline: 2px solid #d62728; }
-  .tok.future { color: #aaa; border-style: dashed; }
-  #info { min-height: 4em; font-size: 14px; }
-  .hint { color: #666; font-size: 13px; }
-</style>
-</head>
-<body>
-<h2>%TITLE%</h2>
-<p class="hint">Hover a token: every token is shaded by the weight the hovered (query) token puts on it.
-Click a token to pin it. Row sums are 1; in a decoder, tokens to the right are masked (dashed).</p>
-<div class="controls">
-  <label>layer <select id="layer"></select></label>
-  <label>head <select id="head"></select></label>
-</div>
-<div id="text"></div>
-<div id="info"></div>
-<script type="application/json" id="data">%DATA%</script>
-<script>
-(function () {
-  const data = JSON.parse(document.getElementById("data").textContent);
-  const layerSel = document.getElementById("layer"), headSel = document.getElementById("head");
-  const text = document.getElementById("text"), info = document.getElementById("info");
-  for (let l = 0; l < data.layers; l++) layerSel.add(new Option(String(l), String(l)));
-  headSel.add(new Option("mean of heads", "-1"));
-  for (let h = 0; h < data.heads; h++) headSel.add(new Option(String(h), String(h)));
-  let pinned = null;
-  const spans = data.tokens.map(function (tok, i) {
-    const span = document.createElement("span");
-    span.className = "tok";
-    span.textContent = tok;
-    span.addEventListener("mouseenter", function () { if (pinned === null) show(i); });
-    span.addEventListener("click", function () { pinned = pinned === i ? null : i; show(i); });
-    text.appendChild(span);
-    return span;
-  });
-  function weights(i) {
-    const l = Number(layerSel.value), h = Number(headSel.value);
-    return h < 0 ? data.mean[l][i] : data.maps[l][h][i];
-  }
-  function show(i) {
-    const w = weights(i);
-    spans.forEach(function (span, j) {
-      span.style.background = "rgba(31, 119, 180, " + w[j] + ")";
-      span.style.color = w[j] > 0.55 ? "white" : "";
-      span.title = "weight " + w[j].toFixed(3);
-      span.classList.toggle("query", j === i);
-      span.classList.toggle("future", data.causal && j > i);
-    });
-    const top = w.map(function (x, j) { return [x, j]; })
-      .filter(function (pair) { return !(data.causal && pair[1] > i); })
-      .sort(function (a, b) { return b[0] - a[0]; }).slice(0, 5);
-    info.textContent = "";
-    const head = document.createElement("div");
-    head.textContent = "query " + i + " \\u201c" + data.tokens[i] + "\\u201d attends most to:";
-    info.appendChild(head);
-    top.forEach(function (pair) {
-      const row = document.createElement("div");
-      row.textContent = pair[0].toFixed(3) + "  \\u2192  " + pair[1] + " \\u201c" + data.tokens[pair[1]] + "\\u201d";
-      info.appendChild(row);
-    });
-  }
-  function refresh() { show(pinned === null ? data.tokens.length - 1 : pinned); }
-  layerSel.addEventListener("change", refresh);
-  headSel.addEventListener("change", refresh);
-  refresh();
-})();
-</script>
-</body>
-</html>
-"""
+        "scores": {"previous_token": table(previous_token_scores(maps)), "first_token": table(first_token_scores(maps)),
+                   "entropy": table(entropy_scores(maps))},
+        "start": {"layer": layer, "head": head, "reason": why},
+        "truncated": note,
+    }  # fmt: skip
+    return page("attention.html", title, json.dumps(payload, ensure_ascii=True, separators=(",", ":")))

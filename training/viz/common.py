@@ -6,20 +6,15 @@ a training loop, and PNGs are rendered by Agg. Layers and heads are counted from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scratchformer.training.library.errors import UserError
-
-# Whitespace made visible in axis labels: a token " the" is drawn "␣the".
-VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "\\r"}
+from scratchformer.training.library.token_labels import VISIBLE, token_labels  # noqa: F401  (re-exported)
 
 
 def _matplotlib() -> Any:
@@ -43,6 +38,7 @@ def load_model(
     """The checkpoint's base model (any head's checkpoint works: the head is not needed to look
     inside) in float32 and eval mode, and its tokenizer (from `tokenizer_dir` if given).
     `auto_class` (e.g. `AutoModelForSeq2SeqLM`) loads a head instead, for pictures that generate."""
+    import torch
     from transformers import AutoModel
 
     import scratchformer.modeling  # noqa: F401  (registers scratchformer with the Auto classes)
@@ -82,47 +78,6 @@ def _stack(model: PreTrainedModel) -> PreTrainedModel:
     return base
 
 
-def _byte_to_unicode_inverse() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: the printable stand-in character -> the byte it means.
-    Printable bytes stand for themselves; the others (space, control bytes, ...) were shifted to
-    256 + n, which is why a byte-level vocabulary shows a space as 'Ġ' (256 + 32)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    inverse = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in printable:
-            inverse[chr(256 + shifted)] = b
-            shifted += 1
-    return inverse
-
-
-_BYTES_OF = _byte_to_unicode_inverse()
-
-
-def _visible(text: str) -> str:
-    return "".join(VISIBLE.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 32 else ch) for ch in text)
-
-
-def token_labels(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
-    """One readable label per token id, decoded on its own, with whitespace made visible
-    (' the' -> '␣the', '\\n' -> '↵'). A byte-level token that holds only part of a multi-byte
-    character shows its bytes ('<e2 80>'); special tokens show as themselves ('<s>')."""
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    labels = []
-    for token_id, piece in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
-        if token_id in special or piece is None:
-            labels.append(str(piece))
-        elif all(ch in _BYTES_OF for ch in piece):
-            raw = bytes(_BYTES_OF[ch] for ch in piece)
-            try:
-                labels.append(_visible(raw.decode("utf-8")))
-            except UnicodeDecodeError:
-                labels.append("<" + " ".join(f"{b:02x}" for b in raw) + ">")
-        else:  # not a byte-level vocabulary: let the tokenizer decode it
-            labels.append(_visible(tokenizer.decode([token_id])))
-    return labels
-
-
 def _select(count: int, index: int | None, what: str) -> list[int]:
     if index is None:
         return list(range(count))
@@ -136,3 +91,19 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def page(template: str, title: str, data_json: str) -> str:
+    """A self-contained HTML page: `template` (a file beside this module) with the shared style and
+    script (pages.css, pages.js) inlined, the title escaped and the data as inline JSON. Nothing is
+    fetched when the page opens: no CDN, no font, no network."""
+    import html
+    import re
+
+    here = Path(__file__).parent
+    # Inside <script>, "</" would end the element: escape <, > and & as JSON \\u escapes.
+    data = data_json.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    parts = {"STYLE": (here / "pages.css").read_text("utf-8"), "SCRIPT": (here / "pages.js").read_text("utf-8"),
+             "TITLE": html.escape(title), "DATA": data}  # fmt: skip
+    # One pass, so a title that reads "%DATA%" stays text.
+    return re.sub(r"%(STYLE|SCRIPT|TITLE|DATA)%", lambda m: parts[m.group(1)], (here / template).read_text("utf-8"))

@@ -69,14 +69,43 @@ def similarity_by_distance(table: np.ndarray, max_distance: int | None = None) -
     )
 
 
+def initial_encodings(model: PreTrainedModel, num_positions: int | None = None, seed: int = 0) -> np.ndarray | None:
+    """For learned positions, a table as the model starts training: a fresh draw from the same
+    initialisation (normal, std `initializer_range`), the baseline to read a trained table against:
+    structure beyond it is what training found. None for the fixed kinds (they never change)."""
+    config = _stack(model).config
+    if config.position_embedding != "learned":
+        return None
+    P = num_positions or config.max_position_embeddings
+    return np.random.default_rng(seed).normal(0.0, config.initializer_range, (P, config.hidden_size))
+
+
+def positions_note(model: PreTrainedModel) -> str:
+    """One sentence on what the positions picture can and cannot show for this model."""
+    config = _stack(model).config
+    kind = config.position_embedding
+    if kind == "learned":
+        table = position_encodings(model)
+        rms, init = float(np.sqrt(np.mean(table**2))), config.initializer_range
+        return (f"learned positions: RMS {rms:.3f} against {init:.3f} at initialisation; the grey band is a fresh "
+                "initialisation's similarity against distance: structure outside it is what training found")
+    what = "rotation angles pos·θᵢ" if kind == "rope" else "sinusoidal table"
+    return (f"{kind} positions are fixed by the config ({what}): this picture is the same before and after training; "
+            "what training changes is how each head's queries and keys use them (see inspect attention)")
+
+
 def plot_positions(model: PreTrainedModel, num_positions: int | None = None, title: str | None = None) -> Figure:
     """Three panels: the table itself (position × channel), the similarity of every pair of
-    positions, and similarity against distance, the curve that shows why the encoding works."""
+    positions, and similarity against distance, the curve that shows why the encoding works. A
+    fixed encoding (sinusoidal, rotary) says so in the title: training cannot change it; a learned
+    one is drawn against a fresh initialisation (`initial_encodings`), so noise is not read as
+    structure."""
     config = _stack(model).config
     kind = config.position_embedding
     P = num_positions or min(config.max_position_embeddings, 256)
     table = position_encodings(model, P)
     distances, mean, low, high = similarity_by_distance(table)
+    initial = initial_encodings(model, P)
 
     fig = _figure(16.5, 5.0)
     ax_table, ax_sim, ax_dist = fig.subplots(1, 3, width_ratios=[1.15, 1, 1.1])
@@ -99,6 +128,12 @@ def plot_positions(model: PreTrainedModel, num_positions: int | None = None, tit
     ax_sim.set_ylabel("position i")
     ax_sim.set_title("Similarity of positions i and j")
 
+    if initial is not None:
+        _, init_mean, init_low, init_high = similarity_by_distance(initial)
+        ax_dist.fill_between(distances, init_low, init_high, color="#888888", alpha=0.2,
+                             label="at initialisation (a fresh draw): min–max")  # fmt: skip
+        ax_dist.plot(distances, init_mean, color="#888888", linestyle="--", linewidth=1.0,
+                     label="at initialisation: mean")  # fmt: skip
     if not np.allclose(low, high, atol=1e-4):
         ax_dist.fill_between(distances, low, high, color="#1f77b4", alpha=0.2, label="min–max over i")
     ax_dist.plot(distances, mean, color="#1f77b4", label="mean over i")
@@ -109,11 +144,12 @@ def plot_positions(model: PreTrainedModel, num_positions: int | None = None, tit
     ax_dist.grid(alpha=0.3)
     note = {
         "sinusoidal": "nearby positions look alike, far ones\ndon't: distance is readable from PE",
-        "learned": "whatever structure training found",
+        "learned": "what training found, against the grey\nof an untrained table",
         "rope": "score of a query and a key with the\nsame content, d tokens apart: it\ndepends on d only",
     }[kind]
     # The explanation goes in the legend, which matplotlib places where it hides no data.
     legend = ax_dist.legend(title=note, loc="best", fontsize=9, title_fontsize=9, alignment="left")
     legend.get_title().set_color("#444444")
-    fig.suptitle(title or f"{kind} positions: first {P} of {config.max_position_embeddings}", fontsize=13)
+    fixed = " (fixed by the config: identical before and after training)" if kind != "learned" else ""
+    fig.suptitle(title or f"{kind} positions: first {P} of {config.max_position_embeddings}{fixed}", fontsize=13)
     return fig
