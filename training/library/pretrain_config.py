@@ -29,8 +29,9 @@ EVALUATIONS_PER_RUN, EVALUATIONS_MAX_APART = 20, 200
 # Tiny Shakespeare at pretrain's default batch, 16 blocks of the size's context
 # (benchmarks/results/lr_sizes.md): the best of a doubling grid was 8e-3 at width 64 (tiny) and 4e-3 at
 # width 128 (mini), i.e. lr = 0.512 / hidden_size, the 1/width scaling muP gives Adam-style updates of
-# hidden matrices. Smaller batches want less (nanoGPT's 12 x 64 tokens: 2e-3, recipes_shakespeare.md). small and base, too slow to sweep on 2 CPU cores, take the
-# same rule (tests/training/test_pretrain_units.py holds SIZES to it and to the measured optima).
+# hidden matrices. Smaller batches want less (nanoGPT's 12 x 64 tokens: 2e-3, recipes_shakespeare.md).
+# small and base, too slow to sweep on 2 CPU cores, take the same rule
+# (tests/training/test_pretrain_units.py holds SIZES to it and to the measured optima).
 LR_TIMES_WIDTH = 0.512
 
 SIZES: dict[str, dict] = {
