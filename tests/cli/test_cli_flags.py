@@ -292,9 +292,10 @@ def test_pretrain_console_model_flags_reach_the_saved_model(corpus, tokenizer_di
     assert len(set(index["weight_map"].values())) > 1
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.model.layers[0].self_attn.k_proj.out_features == 2 * 32 // 4  # two key/value heads
-    # --max_eval_samples 3: evaluation read 3 blocks of 16 tokens (15 predictions each), not all.
+    # --max_eval_samples 3: evaluation read 3 blocks of 16 tokens (15 predictions each), not all; a
+    # 2-step run with no --eval_steps evaluates after each step (about 20 evaluations a run, at most).
     evaluation = [r for r in metrics(out) if "eval_tokens" in r]
-    assert [r["eval_tokens"] for r in evaluation] == [3 * 15]
+    assert [r["eval_tokens"] for r in evaluation] == [3 * 15, 3 * 15]
 
 
 def test_preset_qwen3_and_qk_norm_give_a_model_with_qk_norm(corpus, tokenizer_dir, tmp_path):

@@ -169,7 +169,7 @@ class FakeTokenizer:
     def __len__(self) -> int:
         return 60
 
-    def __call__(self, text, return_tensors="pt"):
+    def __call__(self, text, return_tensors="pt", verbose=True):
         ids = [1] + [4 + (ord(c) % 50) for c in text]
         return {"input_ids": torch.tensor([ids])}
 

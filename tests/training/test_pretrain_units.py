@@ -118,7 +118,7 @@ class _Uniform(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, input_ids, use_cache=None):
+    def forward(self, input_ids, position_ids=None, use_cache=None):
         return CausalLMOutput(logits=torch.zeros(*input_ids.shape, self.vocab) + self.dummy)
 
 
