@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,32 @@ ROOT = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = ROOT / "training" / "accelerate_fsdp.yaml"
 
 
+# Loaded by every launched Python (PYTHONPATH): the non-main process writes its data loaders' states
+# a second late, after the main process's. accelerate has every process save them to the same files,
+# and the other process's loader never reads the stream (the main one reads it for all), so the
+# process that wrote last decided, by timing, whether a resume found the stream's position or its
+# start; this fixes the order that lost it, so the resume below checks the fix on every run.
+LATE_LOADER_STATES = """
+import os, time
+import torch
+_save = torch.save
+def save(obj, f, *args, **kwargs):
+    if os.environ.get("RANK", "0") != "0" and os.path.basename(str(f)).startswith("dl_state_dict"):
+        time.sleep(1)
+    return _save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
 def launch_two_machines(argv: list[str], fsdp: bool, timeout: float = 400) -> list[subprocess.CompletedProcess]:
     """Machine 0 and machine 1, started as a user starts them on two hosts (the README's lines);
-    both stopped by their process-group id if anything goes wrong or runs over time."""
+    both stopped by their process-group id if anything goes wrong or runs over time. Machine 1
+    writes its data loaders' states last (LATE_LOADER_STATES)."""
     port = _free_port()
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    hook = Path(tempfile.mkdtemp(prefix="late-loader-states-"))
+    (hook / "sitecustomize.py").write_text(LATE_LOADER_STATES)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
     how = ["--config_file", str(FSDP_CONFIG)] if fsdp else ["--multi_gpu"]
     procs = []
     try:
@@ -53,6 +75,7 @@ def launch_two_machines(argv: list[str], fsdp: bool, timeout: float = 400) -> li
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)  # the launcher and the training process it started
                 p.wait()
+        shutil.rmtree(hook, ignore_errors=True)
 
 
 def run_both(argv: list[str], fsdp: bool, fresh_start=None) -> list[subprocess.CompletedProcess]:

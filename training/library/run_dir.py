@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import accelerate
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
@@ -30,7 +32,7 @@ from transformers import GenerationConfig
 
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 
-from .files import make_weights_readable
+from .files import fresh_sibling_file, make_weights_readable
 from .mechanisms import tracker_scalars
 from .model_card import render_model_card
 from .model_dir import check_weights
@@ -132,6 +134,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
         with quiet_accelerate_checkpointing():
             accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
+        write_loader_states_once(accelerator, tmp)
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     except OSError as e:
@@ -150,6 +153,40 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: dict, keep: int
             shutil.rmtree(doomed)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_loader_states_once(accelerator: Accelerator, folder: Path) -> None:
+    """The data loaders' states in the checkpoint `folder`, as the main process holds them, written
+    by the main process alone once every process has saved (under a temporary name, then renamed).
+
+    accelerate's `save_state` writes the weights, the optimizer and the samplers from the main
+    process only, but has *every* process `torch.save` its own loaders' states to the same files
+    (`dl_state_dict.bin`, `dl_state_dict_<i>.bin`), so on a shared file system the process that
+    writes last wins. Under the dispatching loader that reads a stream (the main process reads it
+    for all and hands each process its share) only the main process's loader ever moves: any other
+    process's state is that of a stream never read, and a resume from it starts the stream again at
+    its first block. Which process finished `save_state` last depended on timing, so a run over
+    several processes resumed bit for bit or on other data by chance; this write makes the main
+    process's state the one kept, whatever the order."""
+    if accelerator.num_processes == 1 or not accelerator.is_main_process:
+        return
+    for i, loader in enumerate(accelerator._dataloaders):
+        if not getattr(loader, "use_stateful_dataloader", False):
+            continue
+        path = folder / ("dl_state_dict.bin" if i == 0 else f"dl_state_dict_{i}.bin")  # accelerate's names
+        if not path.exists():
+            raise RuntimeError(
+                f"accelerate {accelerate.__version__} saved no {path.name} in {folder} for data loader {i}: its "
+                "checkpoint layout has changed, and the data's position could not be made the main process's; "
+                "install an accelerate within the range scratchformer declares"
+            )
+        fd, partial = fresh_sibling_file(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(loader.state_dict(), f)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
