@@ -20,7 +20,7 @@ from .optim import OPTIMIZERS, SCHEDULES
 # Named model sizes; any explicit size flag overrides its entry. "tiny" is for tests and smoke
 # runs, "mini" is nanoGPT's CPU Shakespeare recipe (minutes on a laptop), "small" its GPU recipe,
 # "base" GPT-2 small's shape.
-EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~70 at size mini (`run_length`)
+EMBEDDED_CORPUS_STEPS = 400  # the demo's budget: perplexity ~44 at size mini (`run_length`)
 # With no --eval_steps: about this many evaluations a run, so that the validation curve of a short run
 # has a shape (two points showed neither overfitting nor a phase change), at most this far apart.
 EVALUATIONS_PER_RUN, EVALUATIONS_MAX_APART = 20, 200
@@ -316,7 +316,7 @@ def run_length(cfg: PretrainConfig, steps_per_epoch: int | None, tokens_per_step
     --tokens_per_parameter x the non-embedding parameters (rounded up to whole steps); else
     --num_train_epochs passes over the data. With none, one pass over the user's data, but on the
     embedded corpus (0.46 MB: one pass is ~25 steps at size mini and leaves perplexity ~1300, word
-    salad) the demo's budget, which reaches ~70."""
+    salad) the demo's budget, which reaches ~44."""
     if cfg.max_train_steps:
         return cfg.max_train_steps
     tokens = planned_tokens(cfg, non_embedding_parameters)
