@@ -4,7 +4,7 @@
 #               interop suite (what CI runs)
 # Day to day: make test-pinned (lint + the suite on the pinned set, no matrix, no long tests), or make
 # test-fast (the same without the tests marked slow: subprocesses, kills, whole trainings).
-# make test-long: the tests of minutes (the tour notebook, run top to bottom).
+# make test-long: the tests of minutes (the README run as written, the tour notebook top to bottom).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

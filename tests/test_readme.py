@@ -113,6 +113,9 @@ def test_readme_blocks_parse_with_their_skip_reasons():
     assert (server.skip, server.background) == (None, "a server for the blocks below")
 
 
+# Minutes (every command of the README in order, servers included: 509 s of one core here), so a CI step
+# of its own with the other long tests (make test-long), not in make test-pinned.
+@pytest.mark.long
 def test_the_readme_runs_as_written(tmp_path, launch_server):
     write_the_readers_files(tmp_path)
     env = {**os.environ, "SCRATCHFORMER_SMOKE_TEST": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
