@@ -39,6 +39,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _kill_while_saving(cfg: PretrainConfig) -> None:
+    """Run `cfg` in a subprocess that SIGKILLs itself while its second checkpoint is being written."""
+    flags = as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_dir, tmp_path):
     # The paper preset has dropout 0.1, so this also checks the random state is restored. The small
@@ -55,12 +66,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(corpus, tokenizer_
 
     killed_dir = tmp_path / "killed"
     cfg = run_config(killed_dir, corpus, **common)
-    flags = as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    _kill_while_saving(cfg)
     ckpts = killed_dir / "checkpoints"
     assert (ckpts / "step-000003").is_dir() and (ckpts / ".step-000006.tmp").is_dir()
     assert not (ckpts / "step-000006").exists() and not (killed_dir / "model").exists()
@@ -286,12 +292,7 @@ def test_a_streamed_run_killed_mid_stream_resumes_bitwise(corpus, tokenizer_dir,
 
     killed_dir = tmp_path / "killed"
     cfg = run_config(killed_dir, corpus, **common)
-    flags = as_flags(**{k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(PretrainConfig(), k)})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    _kill_while_saving(cfg)
     ckpts = killed_dir / "checkpoints"
     assert (ckpts / "step-000004").is_dir() and not (ckpts / "step-000008").exists()
     assert list((ckpts / "step-000004").glob("dl_state_dict*"))  # the stream's position, saved by accelerate

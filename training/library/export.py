@@ -159,10 +159,10 @@ def _token_ids(config) -> dict[str, Any]:
     return {name: getattr(config, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
 
 
-def llama_config(config):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
+def _llama_family_fields(config) -> dict:
+    """The fields LlamaConfig and Qwen3Config share, read from our config: the shapes, RMSNorm's
+    epsilon, rotary's base, SwiGLU, no attention bias."""
+    return dict(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -175,12 +175,17 @@ def llama_config(config):
         rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
         hidden_act="silu",
         attention_bias=False,
-        mlp_bias=False,
         attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range,
         tie_word_embeddings=config.tie_word_embeddings,
         **_token_ids(config),
     )
+
+
+def llama_config(config):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_llama_family_fields(config), mlp_bias=False)
 
 
 def qwen3_config(config):
@@ -189,25 +194,10 @@ def qwen3_config(config):
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
-        hidden_act="silu",
-        attention_bias=False,
+        **_llama_family_fields(config),
         use_sliding_window=False,
         max_window_layers=config.num_hidden_layers,
         layer_types=["full_attention"] * config.num_hidden_layers,
-        attention_dropout=config.attention_dropout,
-        initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings,
-        **_token_ids(config),
     )
 
 
