@@ -79,6 +79,93 @@ def test_a_stream_packs_the_same_blocks_when_it_fits_one_batch(tokenizer, rows_a
     assert [row["input_ids"].tolist() for row in blocks] == reference_blocks(rows, tokenizer, 16, rows_are_documents)
 
 
+# -- across batch boundaries: many packing batches, many tokenizing batches, several workers -----
+# A real corpus spans many packing batches (PACK_ROWS rows each) and the tokenizing map's batches
+# and workers; the corpora above fit one of each. Here both batch sizes are shrunk so that the
+# corpus spans dozens of them and every packing batch ends part-way through a block: a packer that
+# dropped a batch's leftover tokens (instead of opening the next batch with them), or one whose
+# blocks depended on where the workers' shards end, changes blocks here.
+
+PARAGRAPHS = [p for d in default_corpus("train") for p in d.split("\n\n") if p.strip()][:150]
+LINES = "".join(list(default_corpus("train"))[:3]).splitlines(keepends=True) + ["naïve café, 東京 🚀\r\n", "\n"]
+
+
+@pytest.fixture
+def leftovers(monkeypatch) -> list[int]:
+    """The number of tokens each cut leaves over for the next batch (or the next document, streamed)."""
+    seen: list[int] = []
+
+    class Counting(packing.Cut):
+        def __call__(self, ids, starts):
+            out = super().__call__(ids, starts)
+            seen.append(len(out[1]))
+            return out
+
+    monkeypatch.setattr(packing, "Cut", Counting)
+    return seen
+
+
+def _write_rows(root, rows: list[str], rows_are_documents: bool, shards: int) -> list[str]:
+    """The rows as `shards` files in order: .jsonl documents, or .txt lines (read back line by line)."""
+    paths = []
+    size = -(-len(rows) // shards)
+    for i in range(shards):
+        part = rows[i * size : (i + 1) * size]
+        if rows_are_documents:
+            path = root / f"part-{i}.jsonl"
+            path.write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
+        else:
+            path = root / f"part-{i}.txt"
+            path.write_bytes("".join(part).encode("utf-8"))
+        paths.append(str(path))
+    return paths
+
+
+# A block size at which every packing batch of 5 rows below ends part-way through a block.
+SPAN_BLOCK = 51
+MODES = [("documents", False), ("documents", True), ("lines", False)]
+
+
+@pytest.mark.parametrize("num_proc", [None, 3])
+@pytest.mark.parametrize(("mode", "masking"), MODES)
+def test_blocks_spanning_many_batches_and_workers_are_the_plain_python_packing(
+    tmp_path, monkeypatch, tokenizer, leftovers, mode, masking, num_proc
+):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(packing, "TOKENIZE_ROWS", 16)  # several tokenizing batches per worker
+    monkeypatch.setitem(packing.PACK_ROWS, mode, 5)
+    documents = mode == "documents"
+    files = _write_rows(tmp_path, PARAGRAPHS if documents else LINES, documents, shards=2)
+    ds = load_text_dataset(files=files)
+    rows = ds["text"]
+    blocks = tokenize_and_pack(ds, tokenizer, SPAN_BLOCK, rows_are_documents=documents, document_masking=masking,
+                               num_proc=num_proc)  # fmt: skip
+    assert len(leftovers) == -(-len(rows) // 5) >= 30  # one cut per packing batch
+    assert all(n > 0 for n in leftovers)  # every batch ends part-way through a block
+    assert len(blocks) > 100 and blocks["input_ids"] == reference_blocks(rows, tokenizer, SPAN_BLOCK, documents)
+    if masking:
+        assert blocks["position_ids"] == reference_positions(rows, tokenizer, SPAN_BLOCK)
+    assert blocks.cache_files  # the path a user's files take: written to the cache, read back mapped
+
+
+@pytest.mark.parametrize(("mode", "masking"), MODES)
+def test_a_stream_spanning_many_batches_and_shards_packs_the_plain_python_blocks(
+    tmp_path, monkeypatch, tokenizer, leftovers, mode, masking
+):
+    monkeypatch.setattr(packing, "TOKENIZE_ROWS", 16)  # the stream's tokenizing map: many batches
+    documents = mode == "documents"
+    files = _write_rows(tmp_path, PARAGRAPHS if documents else LINES, documents, shards=3)
+    rows = load_text_dataset(files=files)["text"]
+    stream = tokenize_and_pack(load_text_dataset(files=files, streaming=True), tokenizer, SPAN_BLOCK,
+                               rows_are_documents=documents, document_masking=masking)  # fmt: skip
+    blocks = list(stream)
+    assert sum(n > 0 for n in leftovers) > len(rows) // 2  # tokens carried from document to document
+    assert len(blocks) > 100
+    assert [b["input_ids"].tolist() for b in blocks] == reference_blocks(rows, tokenizer, SPAN_BLOCK, documents)
+    if masking:
+        assert [b["position_ids"].tolist() for b in blocks] == reference_positions(rows, tokenizer, SPAN_BLOCK)
+
+
 # -- documents kept apart ------------------------------------------------------------------------
 
 
