@@ -182,6 +182,8 @@ def ggml_error_bound() -> Callable[[np.ndarray, str], np.ndarray]:
 NOT_COMPAT = {
     "test_faults.py": "kill -9 / disk-full runs of our own checkpoint code: 50 s, the pinned run covers them",
     "test_benchmark_harness.py": "the benchmark scripts' own arithmetic",
+    "test_gguf_read_back.py": "was interop-only (pinned set): tiny checkpoints and one 300-step training",
+    "test_peft_merge.py": "was interop-only (pinned set): a 300-step training and a subprocess",
 }
 
 
@@ -202,6 +204,28 @@ def pytest_report_header(config) -> str:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     return "versions: " + ", ".join(versions)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
+    """`trained_checkpoint(preset)` -> the model/ directory of a `scratchformer pretrain` run of that
+    preset ("llama", "gpt2" or "paper"): size tiny (2 layers x 64, context 128), a 512-token BPE
+    tokenizer, 300 steps on the embedded corpus. Built on first use, shared by the session."""
+    from scratchformer.training.library.pretraining import PretrainConfig, train
+
+    built: dict[str, Path] = {}
+
+    def make(preset: str) -> Path:
+        if preset not in built:
+            out = tmp_path_factory.mktemp(f"pretrain-{preset}")
+            train(PretrainConfig(
+                output_dir=str(out), preset=preset, size="tiny", vocab_size=512, max_train_steps=300,
+                learning_rate=3e-3, report_to="none", seed=0, logging_steps=100, eval_steps=300, save_steps=300,
+            ))
+            built[preset] = out / "model"
+        return built[preset]
+
+    return make
 
 
 # Lively models: a default-initialised model decodes one token over and over, with or without a

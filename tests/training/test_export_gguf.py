@@ -3,7 +3,7 @@ only the dev set's `gguf` and transformers: every tensor in the type llama.cpp's
 it, read back by gguf's reader and dequantized within that type's known error of our weights, the
 file's `general.file_type`, and the Q8_0 file through transformers' own GGUF loader.
 
-tests/interop/test_gguf.py does the same on a trained checkpoint, and tests/interop/test_llama_cpp.py
+tests/training/test_gguf_read_back.py does the same on a trained checkpoint, and tests/interop/test_llama_cpp.py
 runs every type in the real llama.cpp (and compares our bytes with llama.cpp's own quantizer)."""
 
 from __future__ import annotations

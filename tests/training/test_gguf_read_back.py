@@ -4,6 +4,10 @@ every tensor under llama.cpp's name and shape with our values once the rotary pe
 hyper-parameter and the file type, the tokenizer exactly as tokenizer.json has it, and the refusals;
 the Q8_0 file also through transformers' own GGUF loader.
 
+It needs only the dev set (gguf, transformers), so it runs in the main suite: the tests on the trained
+checkpoint are marked slow (`make test-fast` skips them), the ones on tiny random checkpoints are not,
+and those alone catch q/k rows written in our rotary layout instead of ggml's
+(`test_untied_grouped_query_checkpoint`, `test_rotary_permutation_keeps_attention_scores`).
 tests/interop/test_llama_cpp.py and test_llama_cpp_quantized.py run the same files through the real
 llama.cpp."""
 
@@ -139,12 +143,14 @@ def trained(llama_dir):
     return AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 def test_tensors_are_ours(exported, trained, dtype):
     assert trained.config.tie_word_embeddings  # llama.cpp then reads the output matrix from token_embd
     check_tensors(exported[dtype], trained, dtype)
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 @pytest.mark.parametrize("dtype", ["bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"])
 def test_stored_tensors_are_ours_within_the_types_error(exported, trained, ggml_error_bound, dtype):
     """Every tensor, dequantized by gguf's own code, within the known rounding of its type (written out
@@ -177,6 +183,7 @@ Q8_0_LOGIT_BOUND = 2e-2
 Q8_0_TOP1 = 0.97
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 def test_q8_0_through_transformers_gguf_loader(exported, trained, llama_dir):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -209,6 +216,7 @@ def test_q8_0_through_transformers_gguf_loader(exported, trained, llama_dir):
     assert moved <= Q8_0_LOGIT_BOUND and top1 >= Q8_0_TOP1
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 def test_tensor_names_are_llama_cpps(exported, trained):
     # The names llama.cpp's "llama" architecture loads, from the gguf package's own table.
     arch = gguf.MODEL_ARCH.LLAMA
@@ -225,6 +233,7 @@ FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTL
               "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 def test_hyper_parameters(exported, trained, llama_dir):
     c = trained.config
     for dtype, file_type in FILE_TYPES.items():
@@ -255,6 +264,7 @@ def test_hyper_parameters(exported, trained, llama_dir):
         assert field(r, "general.sampling.top_p") == pytest.approx(generation["top_p"])
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 def test_tokenizer_metadata(exported, llama_dir):
     r = gguf.GGUFReader(exported["f32"])
     spec = json.loads((llama_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -435,6 +445,7 @@ def test_without_the_gguf_package(tokenizer, tmp_path, monkeypatch):
         write_gguf(src, tmp_path / "m.gguf")
 
 
+@pytest.mark.slow  # the trained checkpoint: a 300-step training
 def test_cli_end_to_end(llama_dir, tmp_path, capsys):
     out = tmp_path / "cli.gguf"
     assert main(["--model", str(llama_dir), "--to", "gguf", "--output_file", str(out), "--dtype", "f32"]) == 0

@@ -4,6 +4,8 @@ and reload the merged directory where scratchformer cannot be imported (remote c
 The module names are Llama's (q_proj, v_proj ...), so LoRA needs no target mapping. The merged
 model is a plain ScratchformerForCausalLM whose save_pretrained ships the remote-code files, so a
 machine without scratchformer loads it with `trust_remote_code=True` and computes the same logits.
+
+It needs only the dev set (peft), so it runs in the main suite, not the interop environment.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import scratchformer.modeling
+
+pytestmark = pytest.mark.slow  # a 300-step training (the checkpoint) and a subprocess
 
 PROMPTS = ["The import statement", "A tuple is an immutable"]
 TRAIN_TEXTS = ["The for statement is used to iterate over a sequence.", "A list is a mutable sequence of items."]
