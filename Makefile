@@ -73,7 +73,8 @@ interop:
 interop-vllm:
 	PYTHON=$(PYTHON) .ci/interop-vllm
 
-# Which small bugs in the model code no test would notice (about an hour; not part of CI).
+# Which small bugs in the model code and the training library no test would notice (hours; not part
+# of CI). PART=model|library, FILES=packing.py,... and WORKERS=N run it in pieces (.ci/mutation).
 mutation:
 	PYTHON=$(PYTHON) .ci/mutation
 
