@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -105,6 +106,24 @@ def test_the_combined_optimizer_state_round_trips_through_state_dict():
     step(twin, twin_opt)
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def test_step_returns_the_closures_loss_as_every_torch_optimizer_does():
+    model = tiny("llama")
+    opt = MuonWithAdamW(model, lr=1e-3, weight_decay=0.1)
+    ids = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def closure():
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss
+
+    before = [p.clone() for p in model.parameters()]
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and loss.item() == pytest.approx(math.log(300), rel=0.1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # and it stepped on its grads
+    assert opt.step() is None
 
 
 def test_an_unknown_optimizer_is_refused_naming_the_choices():

@@ -291,6 +291,26 @@ def test_the_tokenizer_bar_ends_complete_on_jsonl(tmp_path, monkeypatch):
     assert bar.kwargs["desc"] == "computing merges"
 
 
+def test_bits_per_byte_count_only_the_scored_tokens_bytes(tokenizer):
+    """Documents kept apart: a document's first token is labelled -100 and is no target, so neither its
+    loss nor its bytes count (counting its bytes would flatter bits per byte)."""
+    text = "".join(list(default_corpus("validation"))[:2])
+    blocks = tokenize_and_pack(datasets.Dataset.from_dict({"text": [text]}), tokenizer, block_size=32)
+    ids = torch.tensor(blocks["input_ids"])
+    labels = ids.clone()
+    labels[:, 5] = labels[:, 17] = -100  # positions 4 and 16 predict nothing
+    batches = [{"input_ids": ids[i : i + 4], "labels": labels[i : i + 4]} for i in range(0, len(ids), 4)]
+    lengths = token_byte_lengths(tokenizer)
+    metrics = evaluate(_Uniform(len(tokenizer)), batches, None, lengths, progress=False)
+
+    scored = labels[:, 1:] != -100
+    n_bytes = int((lengths[ids[:, 1:]] * scored).sum())
+    assert n_bytes < int(lengths[ids[:, 1:]].sum())
+    assert (metrics["eval_tokens"], metrics["eval_bytes"]) == (int(scored.sum()), n_bytes)
+    assert metrics["eval_bpb"] == pytest.approx(
+        int(scored.sum()) * math.log(len(tokenizer)) / (math.log(2) * n_bytes), rel=1e-6)
+
+
 def test_evaluation_shows_a_bar_over_every_batch(tokenizer, monkeypatch):
     from torch.utils.data import DataLoader
 
@@ -306,6 +326,7 @@ def test_evaluation_shows_a_bar_over_every_batch(tokenizer, monkeypatch):
     result = metrics.evaluate(model, DataLoader(blocks, batch_size=4), None, token_byte_lengths(tokenizer))
     (bar,) = RecordingBar.made
     assert (bar.n, bar.total, bar.kwargs["desc"], bar.kwargs["leave"]) == (3, 3, "evaluating", False)
+    assert bar.kwargs["disable"] is False  # shown by default, on the main process
     assert result["eval_tokens"] == 10 * 15
     metrics.evaluate(model, DataLoader(blocks, batch_size=4), None, token_byte_lengths(tokenizer), progress=False)
     assert RecordingBar.made[-1].kwargs["disable"] is True

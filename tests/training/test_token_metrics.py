@@ -15,7 +15,13 @@ from transformers import EvalPrediction, TrainingArguments
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization import train_bpe
 from scratchformer.training.library.finetuning import RESULTS_FILE, FinetuneArguments, finetune
-from scratchformer.training.library.metrics import compute_token_metrics, is_entity_tagging, token_metrics
+from scratchformer.training.library.metrics import (
+    accuracy_and_macro_f1,
+    compute_classification_metrics,
+    compute_token_metrics,
+    is_entity_tagging,
+    token_metrics,
+)
 
 CONLL = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -158,3 +164,32 @@ def test_finetune_reports_entity_f1_keeps_the_best_by_it_and_writes_it_down(tmp_
     card = (tmp_path / "ner" / "README.md").read_text()
     assert f"| validation entity F1 (micro, seqeval) | {results['eval']['eval_f1']:.4f} |" in card
     assert "| validation accuracy (per word) |" in card
+
+
+def test_accuracy_and_macro_f1_are_scikit_learns():
+    """Against scikit-learn (installed with seqeval) on random labels, where some class occurs only among
+    the predictions and another only among the references: macro-F1 over the classes in either array."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    for n, classes in ((1, 2), (2, 3), (7, 3), (50, 6), (200, 4)):
+        predictions, references = rng.integers(0, classes, n), rng.integers(1, classes + 1, n)
+        metrics = accuracy_and_macro_f1(predictions, references)
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+        assert metrics["macro_f1"] == pytest.approx(f1_score(references, predictions, average="macro"))
+    assert accuracy_and_macro_f1([3], [3]) == {"accuracy": 1.0, "macro_f1": 1.0}
+    # Class 0 predicted twice, right once (tp 1, fp 1, fn 0): F1 2/3; class 1: tp 1, fp 0, fn 1: 2/3.
+    assert accuracy_and_macro_f1([0, 0, 1], [0, 1, 1])["macro_f1"] == pytest.approx(2 / 3)
+    empty = accuracy_and_macro_f1(np.array([]), np.array([]))
+    assert set(empty) == {"accuracy", "macro_f1"} and all(np.isnan(v) for v in empty.values())
+
+
+def test_classification_metrics_read_the_argmax_of_the_logits():
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 5.0, 0.0]])
+    labels = np.array([1, 0, 1, 1])
+    expected = accuracy_and_macro_f1(np.array([1, 0, 2, 1]), labels)
+    assert expected["accuracy"] == 0.75
+    assert compute_classification_metrics(EvalPrediction(predictions=logits, label_ids=labels)) == expected
+    # A model that also returns hidden states hands Trainer a tuple: the logits come first.
+    both = EvalPrediction(predictions=(logits, np.zeros((4, 2))), label_ids=labels)
+    assert compute_classification_metrics(both) == expected
