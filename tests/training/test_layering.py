@@ -33,8 +33,9 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports_of(name: str, path: Path) -> set[str]:
-    """Our modules that `name` imports (absolute or relative, at any depth of the file)."""
+def imports_of(name: str, path: Path, type_only_too: bool = False) -> set[str]:
+    """Our modules that `name` imports (absolute or relative, at any depth of the file); with
+    `type_only_too`, also those imported under `if TYPE_CHECKING:` for annotations."""
     package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
     ours = set(modules())
     out = set()
@@ -43,7 +44,7 @@ def imports_of(name: str, path: Path) -> set[str]:
     type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                  and ast.unparse(block.test) == "TYPE_CHECKING" for n in ast.walk(block)}  # fmt: skip
     for node in ast.walk(tree):
-        if id(node) in type_only:
+        if id(node) in type_only and not type_only_too:
             continue
         targets = []
         if isinstance(node, ast.Import):
@@ -103,7 +104,9 @@ def test_commands_do_not_import_each_other_except_the_demo_and_the_dispatchers()
 
 
 def test_no_import_cycles():
-    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    """Type-only imports count: a cycle hidden behind `TYPE_CHECKING` is still two modules that each
+    need the other to be read, and the first refactoring that uses the type at run time breaks."""
+    graph = {name: imports_of(name, path, type_only_too=True) for name, path in modules().items()}
     state: dict[str, int] = {}
     path: list[str] = []
 
@@ -129,3 +132,40 @@ def test_the_file_size_limits_of_the_design_hold():
         if layer(name) in ("commands", "library", "viz"):
             lines = len(file.read_text(encoding="utf-8").splitlines())
             assert lines <= 700, f"{file.relative_to(ROOT)} has {lines} lines"
+
+
+def private_imports(name: str, path: Path) -> list[str]:
+    """`from <our module> import _name` in `name`, and `module._name` reached through an imported module of ours."""
+    package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+    ours = set(modules())
+    found = []
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                if f"{base}.{a.name}" in ours:
+                    aliases[a.asname or a.name] = f"{base}.{a.name}"
+                elif base in ours and base != name and a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"line {node.lineno}: from {base} import {a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in ours and a.asname:
+                    aliases[a.asname] = a.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):  # fmt: skip
+            found.append(f"line {node.lineno}: {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_no_private_name_is_borrowed_across_modules(name):
+    """A `_name` is its module's own; a helper two modules need gets a public name in the module
+    that owns it (files.py, data.py, model_dir.py...), so no module leans on another's internals."""
+    borrowed = private_imports(name, modules()[name])
+    assert not borrowed, f"{name} borrows private names: {borrowed}"

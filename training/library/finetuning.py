@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,10 @@ from transformers.trainer_utils import IntervalStrategy
 
 import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* classes with the Auto classes)
 
-from .data import BUILDERS
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
-from .files import make_weights_readable
+from .files import has_files_besides, move_into
+from .finetune_config import TASKS, FinetuneArguments
 from .metrics import compute_classification_metrics, token_metrics
 from .model_card import render_finetune_card
 from .model_dir import (
@@ -50,8 +49,6 @@ from .model_dir import (
 )
 from .packing import collate_blocks
 from .tasks import (
-    TASKS,
-    Task,
     load_raw_splits,
     prepare_classification,
     prepare_language_modeling,
@@ -90,87 +87,6 @@ CHECKPOINTS_DIR = "checkpoints"
 
 
 RESULTS_FILE = "finetune_results.json"
-
-
-@dataclass
-class FinetuneArguments:
-    """What to fine-tune, on what, for which task. Everything about *how* to train is a
-    `TrainingArguments` field (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, ...)."""
-
-    model: str = field(metadata={"help": "checkpoint directory (from `scratchformer pretrain` or any save_pretrained)"})
-    task: Task = field(
-        metadata={"help": "what to fine-tune for (`--task seq2seq` trains an encoder-decoder: see its --help)"}
-    )
-    train_files: list[str] | None = field(
-        default=None, metadata={"help": f"training data, one format: {', '.join(sorted(BUILDERS))}"}
-    )
-    validation_files: list[str] | None = field(default=None, metadata={"help": "validation data (same format)"})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "a hub dataset name or a local dataset folder, instead of files"}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
-    train_split: str = field(default="train", metadata={"help": "the dataset's training split"})
-    validation_split: str = field(
-        default="validation", metadata={"help": "the dataset's validation split (carved from training if absent)"}
-    )
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": "share of the training data held out for validation when none is given (0: no validation)"},
-    )
-    text_column: str | None = field(
-        default=None,
-        metadata={"help": "text column (default: 'text'; 'tokens', a list of words, for token-classification)"},
-    )
-    label_column: str | None = field(
-        default=None, metadata={"help": "label column (default: 'label'; 'ner_tags' for token-classification)"}
-    )
-    messages_column: str = field(
-        default="messages",
-        metadata={"help": "causal-lm: column of chat records ([{'role', 'content'}, ...]); used when present"},
-    )
-    assistant_only_loss: bool = field(
-        default=False, metadata={"help": "causal-lm on chat records: train on the assistant's turns only"}
-    )
-    max_length: int | None = field(
-        default=None, metadata={"help": "tokens per example or block (default: the model's context, at most 1024)"}
-    )
-    packing: bool = field(
-        default=True,
-        metadata={
-            "help": "causal-lm/masked-lm on text: join rows into full blocks (--no_packing: one example per row)"
-        },
-    )
-    document_masking: bool = field(
-        default=True,
-        metadata={
-            "help": "causal-lm with packing: keep the documents of a block apart (position_ids restart at each, no "
-            "attention across, no </s> -> <s> target), as pretrain does"
-        },
-    )
-    mlm_probability: float = field(default=0.15, metadata={"help": "masked-lm: share of tokens masked"})
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "stop after this many evaluations without improvement"}
-    )
-    lora_r: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (peft) instead of all weights"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "module names that get adapters"}
-    )
-    bidirectional: bool = field(
-        default=False,
-        metadata={
-            "help": "masked-lm/classification: load a decoder checkpoint as a bidirectional encoder "
-            "(is_causal=False) and adapt it, as LLM2Vec does; the result is an encoder"
-        },
-    )
-    keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep Trainer's checkpoints in OUT/checkpoints after a successful run"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir directory"})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow a non-scratchformer checkpoint's own code to run"}
-    )
 
 
 def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -231,7 +147,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} exists and is not a directory")
     resuming = bool(training_args.resume_from_checkpoint)
-    if out.is_dir() and _has_files_besides(out, CHECKPOINTS_DIR) and not (args.overwrite or resuming):
+    if out.is_dir() and has_files_besides(out, CHECKPOINTS_DIR) and not (args.overwrite or resuming):
         raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
     _check_training_args(args, training_args)
 
@@ -349,24 +265,12 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
     }
     write_card_and_curve(staging, results, args.model, draw_curves)
     (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    _move_into(staging, out)
+    move_into(staging, out)
 
     checkpoints = Path(training_args.output_dir)
     if not args.keep_checkpoints and checkpoints == out / CHECKPOINTS_DIR and checkpoints.is_dir():
         shutil.rmtree(checkpoints)  # the best model is at the top of OUT; the rest was only for resuming
     return results
-
-
-def _move_into(staging: Path, out: Path) -> None:
-    """Renames each entry of `staging` into `out` (same file system: each rename is atomic),
-    replacing what an earlier attempt left there, then removes `staging`."""
-    make_weights_readable(staging)
-    for entry in sorted(staging.iterdir()):
-        dest = out / entry.name
-        if entry.is_dir() and dest.is_dir():
-            shutil.rmtree(dest)  # e.g. the adapter of a finished earlier attempt
-        os.replace(entry, dest)
-    staging.rmdir()
 
 
 def describe_data(args: FinetuneArguments) -> str:
@@ -377,10 +281,6 @@ def describe_data(args: FinetuneArguments) -> str:
         config = f" ({args.dataset_config_name})" if args.dataset_config_name else ""
         return f"dataset {args.dataset_name}{config}"
     return "the embedded default corpus (Python's help topics, pydoc_data)"
-
-
-def _has_files_besides(directory: Path, *ignored: str) -> bool:
-    return any(p.name not in ignored for p in directory.iterdir())
 
 
 def _check_training_args(args: FinetuneArguments, training_args: TrainingArguments) -> None:

@@ -46,7 +46,7 @@ def load(model_dir: str, device: str | None = None, trust_remote_code: bool = Fa
             f"pipeline({task!r}, model=...), or generate with the checkpoint it was fine-tuned from"
         )
     model, tokenizer = load_model_dir(model_dir, AutoModelForCausalLM, trust_remote_code=trust_remote_code)
-    model.to(device or _best_device()).eval()
+    model.to(device or best_device()).eval()
     return model, tokenizer
 
 
@@ -171,7 +171,7 @@ def _as_list(ids) -> list[int]:
     return list(ids) if isinstance(ids, (list, tuple)) else [ids]
 
 
-def _best_device() -> str:
+def best_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

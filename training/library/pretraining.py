@@ -35,12 +35,12 @@ from transformers import PreTrainedTokenizerBase
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
-from .data import BUILDERS, EpochSampler, data_fingerprint, load_text_dataset
+from .data import EpochSampler, check_not_empty, data_fingerprint, load_text_dataset, rows_are_documents
 from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
 from .mechanisms import enabled_by_default, mechanism_metrics
 from .metrics import evaluate
 from .model_dir import load_tokenizer_dir
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 from .packing import collate_blocks, token_byte_lengths, tokenize_and_pack
 from .parallel import make_accelerator
 from .pretrain_config import (  # noqa: F401  (EMBEDDED_CORPUS_STEPS, SIZES: re-exported for callers)
@@ -166,7 +166,10 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                guard.step(optimizer, lr, loss, grad_norm)
+                set_lr(optimizer, lr)
+                if guard.allows_update(loss, grad_norm):  # --on_nonfinite skip: or drop this step's update
+                    optimizer.step()  # a no-op until the step's last micro-batch (accelerate's accumulation)
+                optimizer.zero_grad(set_to_none=True)
             if guard.finite:
                 meter.add(loss)
             if not accelerator.sync_gradients:
@@ -377,11 +380,6 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
     return train_loader, val_loader, len(sampler) // samples_per_step, description
 
 
-def rows_are_documents(files: list[str] | None) -> bool:
-    """Rows of .txt files are lines of running text; every other source's rows are documents."""
-    return not files or any(BUILDERS.get(Path(f).suffix.lower()) != "text" for f in files)
-
-
 def load_text(cfg: PretrainConfig) -> tuple:
     """(train, validation, description): the validation files or split if there is one, else a
     deterministic hold-out from the training rows."""
@@ -422,12 +420,3 @@ def load_text(cfg: PretrainConfig) -> tuple:
         what = "documents, at random" if documents else "lines, at the end"
         how = f"{cfg.validation_fraction:.0%} of the training source's {what} (seed {cfg.seed}), held out"
     return train, val, {"train_data": name, "validation_data": how}
-
-
-def check_not_empty(ds, name: str, block_size: int) -> None:
-    empty = len(ds) == 0 if isinstance(ds, datasets.Dataset) else next(iter(ds), None) is None
-    if empty:
-        raise ValueError(
-            f"the {name} text holds fewer than {block_size} tokens, not even one block of --block_size "
-            f"{block_size}: give more text or lower --block_size"
-        )

@@ -32,7 +32,7 @@ from transformers import GenerationConfig
 
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 
-from .files import fresh_sibling_file, make_weights_readable
+from .files import atomic_output, make_weights_readable, write_atomically
 from .mechanisms import tracker_scalars
 from .model_card import render_model_card
 from .model_dir import check_weights
@@ -180,13 +180,8 @@ def write_loader_states_once(accelerator: Accelerator, folder: Path) -> None:
                 "checkpoint layout has changed, and the data's position could not be made the main process's; "
                 "install an accelerate within the range scratchformer declares"
             )
-        fd, partial = fresh_sibling_file(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(loader.state_dict(), f)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_output(path) as partial:
+            torch.save(loader.state_dict(), partial)
 
 
 def write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
@@ -338,9 +333,7 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
         if isinstance(record, dict) and record.get("step", 0) <= after_step:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def scalars(config: dict) -> dict:

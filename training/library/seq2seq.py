@@ -60,7 +60,8 @@ from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 from .bleu import corpus_chrf, exact_match, sacrebleu_or_ours
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
-from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE, _has_files_besides, _move_into
+from .files import has_files_besides, move_into
+from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE
 from .model_card import render_seq2seq_card
 
 KINDS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -304,7 +305,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} exists and is not a directory")
-    if out.is_dir() and _has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR) and not overwrite:
+    if out.is_dir() and has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR) and not overwrite:
         raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
 
 
@@ -407,7 +408,7 @@ def finetune_seq2seq(
                   max_source_length=max_source_length, max_target_length=max_target_length)  # fmt: skip
     train = tokenize_pairs(train_dataset, **encode)
     evaluation = tokenize_pairs(eval_dataset, **encode) if eval_dataset is not None else None
-    if out.is_dir() and overwrite and _has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR):
+    if out.is_dir() and overwrite and has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR):
         # Only now, with the data and the model checked: a mistyped flag must not cost the earlier run.
         shutil.rmtree(out)
     trainer = Seq2SeqTrainer(
@@ -504,7 +505,7 @@ def write_output_dir(out: Path, model, tokenizer, results: dict, draw_curves=Non
     results["has_loss_curve"] = bool(draw_curves and draw_curves(log, staging / "loss_curve.png"))
     (staging / "README.md").write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
     (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    _move_into(staging, out)
+    move_into(staging, out)
 
 
 __all__ = [
