@@ -169,3 +169,27 @@ def test_no_private_name_is_borrowed_across_modules(name):
     that owns it (files.py, data.py, model_dir.py...), so no module leans on another's internals."""
     borrowed = private_imports(name, modules()[name])
     assert not borrowed, f"{name} borrows private names: {borrowed}"
+
+
+def command_line_uses(path: Path) -> list[str]:
+    """What belongs to a command, found in a library module: argparse, stdin, printing to stdout."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"line {node.lineno}: imports argparse" for n in names if n.split(".")[0] == "argparse"]
+        elif isinstance(node, ast.Attribute) and ast.unparse(node) in ("sys.stdin", "sys.stdout"):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("print", "input"):
+            # A signal handler may not take the logging lock, so its one note goes to stderr by print.
+            if node.func.id == "input" or not any(k.arg == "file" for k in node.keywords):
+                found.append(f"line {node.lineno}: bare {node.func.id}()")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if layer(n) == "library"))
+def test_the_library_never_parses_reads_stdin_or_prints(name):
+    """The library takes plain arguments and returns values; the command owns the command line,
+    stdin and stdout (and so the library runs the same from a notebook, a test or a server)."""
+    found = command_line_uses(modules()[name])
+    assert not found, f"{name} does a command's work: {found}"
