@@ -169,11 +169,12 @@ def _attention(args: argparse.Namespace, model, tokenizer) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from scratchformer.training.library.layout import RunLayout
     from scratchformer.training.viz.curves import find_run_log, plot_run
 
     log = find_run_log(args.run)
     # The run's own picture, redrawn (a run still going, or one drawn by an older release): one file, not a copy.
-    out = Path(args.output_file) if args.output_file else log.parent / "loss_curve.png"
+    out = Path(args.output_file) if args.output_file else RunLayout(log.parent).loss_curve
     plot_run(log, out)
     print(f"wrote {out}")
     return 0

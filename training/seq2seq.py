@@ -27,6 +27,7 @@ from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 from scratchformer.training.arguments import Parser, command
 from scratchformer.training.library import seq2seq as lib
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 from scratchformer.training.library.model_dir import load_tokenizer_dir
 from scratchformer.training.viz.curves import draw_run_curves
 
@@ -172,8 +173,8 @@ def main(argv: list[str]) -> int:
     print(json.dumps({k: results[k] for k in ("train_loss", "train_steps", "epochs", "train_runtime_s")}))
     if results["eval"]:
         print(json.dumps(results["eval"]))
-    out = results["output_dir"]
-    print(f"saved to    {out}  (model card: {out}/README.md, numbers: {out}/finetune_results.json)")
+    out, layout = results["output_dir"], RunLayout(results["output_dir"])
+    print(f"saved to    {out}  (model card: {layout.card}, numbers: {layout.results})")
     print(f"use it      AutoModelForSeq2SeqLM.from_pretrained({out!r}, trust_remote_code=True)")
     return 0
 

@@ -38,6 +38,7 @@ from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .files import has_files_besides, move_into
 from .finetune_config import TASKS, FinetuneArguments
+from .layout import RunLayout
 from .metrics import compute_classification_metrics, token_metrics
 from .model_card import render_finetune_card
 from .model_dir import (
@@ -83,10 +84,10 @@ WEIGHT_FILES = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = RunLayout.CHECKPOINTS  # Trainer's checkpoints, under OUTPUT_DIR
 
 
-RESULTS_FILE = "finetune_results.json"
+RESULTS_FILE = RunLayout.RESULTS
 
 
 def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -361,10 +362,11 @@ def write_card_and_curve(out: Path, results: dict, base_model: str, draw_curves=
     """`OUT/metrics.jsonl` (Trainer's log history), `OUT/loss_curve.png` when `draw_curves(log, png)`
     draws it (the command passes `viz.curves`'s, the picture pretraining draws too), and
     `OUT/README.md`: the fine-tuning card, with the base model's card kept below it."""
-    metrics = out / "metrics.jsonl"
+    layout = RunLayout(out)
+    metrics = layout.metrics
     metrics.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
-    results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
+    results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, layout.loss_curve))
     base_card = Path(base_model) / "README.md"
     card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None,
                                 where=where_it_runs_of(out))
-    (out / "README.md").write_text(card, encoding="utf-8")
+    layout.card.write_text(card, encoding="utf-8")

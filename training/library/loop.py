@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from .layout import RunLayout
 from .run_dir import complete_checkpoints
 
 
@@ -191,7 +192,7 @@ def lost_a_process(e: RuntimeError) -> bool:
 
 
 def lost_a_process_message(e: RuntimeError, output_dir: str | Path, ddp_timeout: int) -> str:
-    found = complete_checkpoints(Path(output_dir) / "checkpoints")
+    found = complete_checkpoints(RunLayout(Path(output_dir)).checkpoints)
     resume = f"the newest complete checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
     return (
         f"process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')} lost contact with the others: "

@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
 from .data import EpochSampler, check_not_empty, data_fingerprint, load_text_dataset, rows_are_documents
+from .layout import RunLayout
 from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
 from .mechanisms import enabled_by_default, mechanism_metrics
 from .metrics import evaluate
@@ -85,7 +86,8 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     check_config(cfg)
     out, sizes = Path(cfg.output_dir), model_sizes(cfg)
     check_writable(out)
-    checkpoints, metrics, snapshots = out / "checkpoints", out / "metrics.jsonl", out / "attention_snapshots.jsonl"
+    layout = RunLayout(out)
+    checkpoints, metrics, snapshots = layout.checkpoints, layout.metrics, layout.snapshots
 
     accelerator = make_accelerator(out, cfg.mixed_precision, trackers(cfg.report_to), cfg.torch_compile,
                                    cfg.ddp_timeout, stateful_data=cfg.streaming)
@@ -216,7 +218,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
         logger.warning(f"stopped by a signal at step {state['step']}; continue with --resume", main_process_only=True)
 
     result = {
-        "output_dir": str(out / "model"), "run_dir": str(out), "steps": state["step"], "max_train_steps": max_steps,
+        "output_dir": str(layout.model), "run_dir": str(out), "steps": state["step"], "max_train_steps": max_steps,
         "tokens_seen": state["step"] * tokens_per_step, "train_loss": last_loss, **(last_eval or {}),
         "parameters": n_params, "non_embedding_parameters": n_core,
         "tokens_per_parameter": state["step"] * tokens_per_step / n_core,
@@ -225,11 +227,11 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
         "interrupted": stopping, "skipped_steps": guard.skipped,
     }
     if accelerator.is_main_process:
-        result["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
-        result["has_timeline"] = bool(watch and draw_timeline and draw_timeline(metrics, out / "timeline.png"))
+        result["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, layout.loss_curve))
+        result["has_timeline"] = bool(watch and draw_timeline and draw_timeline(metrics, layout.timeline))
     write_model_dir(accelerator, model, tokenizer, out, cfg, run_config, result)
     if cfg.push_to_hub and accelerator.is_main_process:
-        result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, state["step"])
+        result["hub_url"] = push_model_dir(layout.model, cfg.push_to_hub, state["step"])
     accelerator.end_training()
     return result
 
@@ -310,7 +312,7 @@ def run_tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resu
         return load_tokenizer_dir(cfg.tokenizer)
     from .tokenizer_training import train_tokenizer
 
-    tok_dir = out / "tokenizer"
+    tok_dir = RunLayout(out).tokenizer
     if accelerator.is_main_process and not (resuming and (tok_dir / "tokenizer.json").exists()):
         logger.info(f"training a {cfg.vocab_size}-token BPE tokenizer into {tok_dir}", main_process_only=True)
         train_tokenizer(

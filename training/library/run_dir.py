@@ -33,6 +33,7 @@ from transformers import GenerationConfig
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 
 from .files import atomic_output, make_weights_readable, write_atomically
+from .layout import RunLayout
 from .mechanisms import tracker_scalars
 from .model_card import render_model_card
 from .model_dir import check_weights
@@ -201,7 +202,7 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
     Returns the config and the names of the fields taken."""
     if cfg.resume is None:
         return cfg, []
-    root = Path(cfg.output_dir) / "checkpoints"
+    root = RunLayout(Path(cfg.output_dir)).checkpoints
     found = complete_checkpoints(root) if cfg.resume == "auto" else [Path(cfg.resume)]
     state_file = found[-1] / STATE_FILE if found else None
     if state_file is None or not state_file.is_file():
@@ -346,7 +347,8 @@ def write_model_dir(
 ) -> Path:
     """Write `out/model`, the directory stock transformers loads, atomically; an earlier run's
     model is moved aside (`model.replaced-<time>`), never deleted."""
-    final, tmp = out / "model", out / ".model.tmp"
+    layout = RunLayout(out)
+    final, tmp = layout.model, out / f".{layout.MODEL}.tmp"
     state_dict = accelerator.get_state_dict(model)  # every process: under FSDP this gathers the shards
     # A compiled model's keys carry torch.compile's wrapper prefix; the saved names must not.
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
@@ -361,13 +363,13 @@ def write_model_dir(
             write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            found = complete_checkpoints(out / "checkpoints")
+            found = complete_checkpoints(layout.checkpoints)
             kept = f"the last checkpoint, {found[-1]}, is kept" if found else "no checkpoint exists"
             if final.exists():
                 kept += f", and the earlier {final} is untouched"
             raise write_error(e, f"the model directory {final}", kept, out) from e
         if final.exists():
-            final.rename(out / f"model.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            final.rename(out / f"{layout.MODEL}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         make_weights_readable(tmp)
         os.replace(tmp, final)
         logger.info(f"model written to {final}", main_process_only=True)
@@ -388,7 +390,7 @@ def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, 
     unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    for picture in ("loss_curve.png", "timeline.png"):  # the model card shows them
+    for picture in RunLayout.PICTURES:  # the model card shows them
         if (out / picture).exists():
             shutil.copy(out / picture, tmp / picture)
     (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))

@@ -61,7 +61,7 @@ from .bleu import corpus_chrf, exact_match, sacrebleu_or_ours
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .files import has_files_besides, move_into
-from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE
+from .layout import RunLayout
 from .model_card import render_seq2seq_card
 
 KINDS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -305,7 +305,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} exists and is not a directory")
-    if out.is_dir() and has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR) and not overwrite:
+    if out.is_dir() and has_files_besides(out, RunLayout.CHECKPOINTS, STAGING_DIR) and not overwrite:
         raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
 
 
@@ -376,7 +376,7 @@ def finetune_seq2seq(
             if data is not None and column not in data.column_names:
                 raise ValueError(f"Column {column!r} not in the data (columns: {data.column_names}).")
 
-    args["output_dir"] = str(out / CHECKPOINTS_DIR)  # Trainer's checkpoints, out of the model's way
+    args["output_dir"] = str(RunLayout(out).checkpoints)  # Trainer's checkpoints, out of the model's way
     args.setdefault("save_strategy", "no")
     args.setdefault("report_to", "none")
     args.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
@@ -408,7 +408,7 @@ def finetune_seq2seq(
                   max_source_length=max_source_length, max_target_length=max_target_length)  # fmt: skip
     train = tokenize_pairs(train_dataset, **encode)
     evaluation = tokenize_pairs(eval_dataset, **encode) if eval_dataset is not None else None
-    if out.is_dir() and overwrite and has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR):
+    if out.is_dir() and overwrite and has_files_besides(out, RunLayout.CHECKPOINTS, STAGING_DIR):
         # Only now, with the data and the model checked: a mistyped flag must not cost the earlier run.
         shutil.rmtree(out)
     trainer = Seq2SeqTrainer(
@@ -420,7 +420,7 @@ def finetune_seq2seq(
         processing_class=tokenizer,
     )
     train_output = trainer.train()
-    checkpoints = out / CHECKPOINTS_DIR
+    checkpoints = RunLayout(out).checkpoints
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # Trainer makes it whether or not it saves there
 
@@ -500,11 +500,12 @@ def write_output_dir(out: Path, model, tokenizer, results: dict, draw_curves=Non
     staging.mkdir()
     model.save_pretrained(staging)  # config, safetensors, generation config, the remote-code files
     tokenizer.save_pretrained(staging)
-    log = staging / "metrics.jsonl"
+    layout = RunLayout(staging)  # the final names, written in the staging folder first
+    log = layout.metrics
     log.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
-    results["has_loss_curve"] = bool(draw_curves and draw_curves(log, staging / "loss_curve.png"))
-    (staging / "README.md").write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
-    (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    results["has_loss_curve"] = bool(draw_curves and draw_curves(log, layout.loss_curve))
+    layout.card.write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
+    layout.results.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     move_into(staging, out)
 
 

@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 
 from .common import new_figure, save
 
 # `scratchformer pretrain` writes metrics.jsonl; other names, then any *.jsonl, are the fallback.
-RUN_LOG_NAMES = ("metrics.jsonl", "log.jsonl", "train_log.jsonl", "training_log.jsonl")
+RUN_LOG_NAMES = (RunLayout.METRICS, "log.jsonl", "train_log.jsonl", "training_log.jsonl")
 
 
 # Curves `plot_run` draws when the log has them: panel -> (keys it may be logged under, title, y label).

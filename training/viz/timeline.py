@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 
 from .common import import_matplotlib, new_figure, page, save
 from .curves import find_run_log, moving_average, read_run_log
 
-SNAPSHOTS_FILE = "attention_snapshots.jsonl"
+SNAPSHOTS_FILE = RunLayout.SNAPSHOTS
 # An induction score a run must reach before a jump in it is called a phase change: chance is about
 # 1 / (T + k), 0.01 to 0.03 on the probes (library/head_scores.py).
 INDUCTION_CLEAR = 0.2
