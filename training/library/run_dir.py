@@ -207,10 +207,15 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
     state_file = found[-1] / STATE_FILE if found else None
     if state_file is None or not state_file.is_file():
         return cfg, []  # nothing to resume from: train() says so
-    flags = flags_of_older_releases(json.loads(state_file.read_text()).get("flags") or {})
+    state = json.loads(state_file.read_text())
+    flags = flags_of_older_releases(state.get("flags") or {})
+    plan = state.get("plan") or {}  # the run's numbers as resolved (0.4 and earlier wrote the lr into its flags)
+    if flags.get("learning_rate") is None and plan.get("learning_rate") is not None:
+        flags["learning_rate"] = plan["learning_rate"]  # the peak it trained at, whatever a size's default is now
     names = {f.name for f in dataclasses.fields(cfg)} - {"resume", "output_dir"} - given
     taken = {k: v for k, v in flags.items() if k in names and v != getattr(cfg, k)}
-    return dataclasses.replace(cfg, **taken), sorted(taken)
+    # The checkpoint is chosen here, once: train() resumes from this one and does not search again.
+    return dataclasses.replace(cfg, **taken, resume=str(found[-1])), sorted(taken)
 
 
 
