@@ -93,6 +93,24 @@ SYNONYMS: dict[str, dict[str, str]] = {
 }
 
 
+# Short forms people type from other trainers (nanoGPT, Lightning, fairseq) -> the flags they mean;
+# an unknown one is named with its long form, where the command has it.
+SHORT_FORMS: dict[str, tuple[str, ...]] = {
+    "lr": ("learning_rate",), "learning_rate": ("learning_rate",), "wd": ("weight_decay",),
+    "epochs": ("num_train_epochs",), "bs": ("per_device_train_batch_size", "total_batch_size"),
+    "batch_size": ("per_device_train_batch_size", "total_batch_size"),
+    "steps": ("max_train_steps", "max_steps"), "max_iters": ("max_train_steps", "max_steps"),
+    "warmup": ("num_warmup_steps", "warmup_steps"), "warmup_iters": ("num_warmup_steps", "warmup_steps"),
+    "grad_accum": ("gradient_accumulation_steps",), "accum": ("gradient_accumulation_steps",),
+    "grad_clip": ("max_grad_norm",), "clip": ("max_grad_norm",),
+    "n_layer": ("num_hidden_layers",), "layers": ("num_hidden_layers",), "n_head": ("num_attention_heads",),
+    "heads": ("num_attention_heads",), "n_embd": ("hidden_size",), "d_model": ("hidden_size",),
+    "width": ("hidden_size",), "context": ("block_size",), "seq_len": ("block_size", "max_length"),
+    "vocab": ("vocab_size",), "data": ("train_files",), "output": ("output_dir", "output_file"),
+    "model_dir": ("model",), "device": ("device", "use_cpu"),
+}
+
+
 def spellings(flag: str) -> list[str]:
     """`--max_train_steps` -> [`--max_train_steps`, `--max-train-steps`]: both are accepted."""
     dashed = "--" + flag[2:].replace("_", "-")
@@ -146,9 +164,13 @@ def unknown_flags_message(unknown: Sequence[str], parser: argparse.ArgumentParse
         if not flag.startswith("-"):
             parts.append(f"unexpected argument {arg!r}")
             continue
-        names = sorted({_canonical(k) for k in known})
-        close = difflib.get_close_matches(_canonical(flag), names, n=3, cutoff=0.6)
-        word = _canonical(flag)[2:]
+        names = sorted({_canonical(k) for k in known} - {"--help"})  # never the fix for a misspelled option
+        word = _canonical(flag).lstrip("-")
+        # The usual short forms first (--lr is --learning_rate: by spelling alone it was "close" to --help),
+        # then the names it begins (--temp), then close spellings.
+        close = [f"--{k}" for k in SHORT_FORMS.get(word, ()) if f"--{k}" in names]
+        close = close or ([k for k in names if k[2:].startswith(word)][:3] if len(word) >= 3 else [])
+        close = close or difflib.get_close_matches(_canonical(flag), names, n=3, cutoff=0.6)
         if not close and len(word) >= 4:  # --epochs -> --num_train_epochs: the word inside a longer name
             close = [k for k in names if word in k[2:]][:3]
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
