@@ -294,8 +294,9 @@ def render_seq2seq_card(results: dict, where: str = "") -> str:
     rows.append(("final training loss", _fmt(results["train_loss"], "{:.4f}")))
     if results.get("generation"):
         g = results["generation"]
-        rows.append(("decoding", f"{'greedy' if g['num_beams'] == 1 else str(g['num_beams']) + ' beams'}, "
-                                 f"BLEU by {g['bleu']}"))  # fmt: skip
+        rows.append(("decoding", "greedy" if g["num_beams"] == 1 else f"{g['num_beams']} beams"))
+        if g.get("bleu"):  # sacrebleu's signature: how the BLEU above was computed, so it can be compared
+            rows.append(("BLEU signature", f"`{g['bleu']}`"))
     arch = [
         ("parameters", f"{m['parameters']:,}"),
         ("layers", f"{m['encoder_layers']} encoder + {m['decoder_layers']} decoder, width {m['hidden_size']}"),

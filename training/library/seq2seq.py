@@ -36,7 +36,6 @@ remote-code files), a model card (README.md), `finetune_results.json` and Traine
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -57,7 +56,7 @@ from transformers import (
 from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
 from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 
-from .bleu import corpus_chrf, exact_match, sacrebleu_or_ours
+from .bleu import corpus_chrf, exact_match, sacrebleu_score
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
 from .files import has_files_besides, move_into
@@ -289,11 +288,14 @@ def generate_texts(
 
 def evaluate_translation(
     model, tokenizer, sources: Sequence[str], references: Sequence[str], **generate_kwargs: Any
-) -> dict[str, float]:
+) -> dict[str, float | str]:
+    """Exact match, corpus BLEU (sacrebleu's, with its signature under "bleu_signature") and chrF of
+    the model's greedy or beam outputs for `sources`."""
     hypotheses = generate_texts(model, tokenizer, sources, **generate_kwargs)
+    bleu, signature = sacrebleu_score(hypotheses, references)
     # chrF beside BLEU: BLEU is 0 on a corpus of targets shorter than 4 words, however many are right (bleu.py).
-    return {"exact_match": exact_match(hypotheses, references), "bleu": sacrebleu_or_ours(hypotheses, references),
-            "chrf": corpus_chrf(hypotheses, references)}
+    return {"exact_match": exact_match(hypotheses, references), "bleu": bleu,
+            "chrf": corpus_chrf(hypotheses, references), "bleu_signature": signature}
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ def finetune_seq2seq(
         checkpoints.rmdir()  # Trainer makes it whether or not it saves there
 
     scores: dict[str, float] = {}
-    max_new_tokens = 0
+    max_new_tokens, bleu_signature = 0, None
     if evaluation is not None:
         scores["loss"] = trainer.evaluate()["eval_loss"]
         # A hypothesis longer than every reference matches none: generation may stop there.
@@ -433,6 +435,7 @@ def finetune_seq2seq(
         scores.update(evaluate_translation(trainer.model, tokenizer, eval_dataset[source_column],
                                            eval_dataset[target_column], num_beams=num_beams,
                                            max_new_tokens=max_new_tokens))  # fmt: skip
+        bleu_signature = scores.pop("bleu_signature")  # how BLEU was computed: beside the scores, not among them
 
     results = {
         "task": "seq2seq",
@@ -454,7 +457,7 @@ def finetune_seq2seq(
             "num_beams": num_beams,
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
-            "bleu": "sacrebleu" if importlib.util.find_spec("sacrebleu") else "scratchformer's (whitespace tokens)",
+            "bleu": bleu_signature,
         }
         if scores
         else None,
