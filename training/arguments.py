@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -232,6 +233,35 @@ def __getattr__(name: str) -> Any:
         globals()["HfParser"] = cls = _hf_parser_class()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value `argv` gives `flag` (`--task seq2seq` or `--task=seq2seq`), or None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def without_flag(argv: Sequence[str], flag: str, value: str) -> list[str]:
+    """`argv` less `flag value` (and `flag=value`), and nothing else: `--output_dir seq2seq` keeps its value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and argv[i + 1 : i + 2] == [value]:
+            i += 2
+            continue
+        if argv[i] != f"{flag}={value}":
+            out.append(argv[i])
+        i += 1
+    return out
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+    """The command `name` (a module under scratchformer.training) on `argv`: how an alias hands over, by
+    name as the dispatcher does, so that no command imports another."""
+    return int(importlib.import_module(f"scratchformer.training.{name}").main(list(argv)) or 0)
 
 
 def given_fields(argv: Sequence[str], fields: set[str]) -> set[str]:

@@ -71,6 +71,7 @@ FROZEN = {
         "--tokenizer", "--train_files", "--validation_files", "--vocab_size", "--warmup_steps",
     ],
 }  # fmt: skip
+FROZEN["seq2seq"] = FROZEN["finetune --task seq2seq"]  # its own command since 0.5; the finetune spelling is an alias
 TRAINER_FLAGS = {"--" + f.name for f in dataclasses.fields(TrainingArguments)}
 
 

@@ -91,15 +91,13 @@ def test_every_import_points_down_the_layers(name):
 
 def test_commands_do_not_import_each_other_except_the_demo_and_the_dispatchers():
     """A command is parse -> library -> print. The demo tells the whole story, the CLI dispatches,
-    `finetune --task seq2seq` hands over to the encoder-decoder's command, and every command
-    shares `arguments` (the vocabulary and the error boundary)."""
+    and every command shares `arguments` (the vocabulary, the error boundary, and `run_command`, by
+    which `finetune --task seq2seq` hands over to `seq2seq` by name)."""
     shared = {"scratchformer.training.arguments", "scratchformer.training"}
     for name, path in modules().items():
         if layer(name) != "commands" or name.endswith((".demo", ".cli", ".__main__")):
             continue
         others = {m for m in imports_of(name, path) if layer(m) == "commands"} - shared
-        if name.endswith(".finetune"):
-            others -= {"scratchformer.training.seq2seq"}
         assert not others, f"{name} imports the commands {sorted(others)}"
 
 
