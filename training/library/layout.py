@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _under_root(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"OUTPUT_DIR/{name}")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory. `RunLayout(out).checkpoints` and not `out / "checkpoints"`:
@@ -37,45 +41,16 @@ class RunLayout:
     CARD = "README.md"
     PICTURES = (LOSS_CURVE, TIMELINE)  # copied into the model directory, where its card shows them
 
+    checkpoints = _under_root(CHECKPOINTS)
+    metrics = _under_root(METRICS)
+    snapshots = _under_root(SNAPSHOTS)
+    model = _under_root(MODEL)
+    tokenizer = _under_root(TOKENIZER)
+    logs = _under_root(LOGS)
+    loss_curve = _under_root(LOSS_CURVE)
+    timeline = _under_root(TIMELINE)
+    results = _under_root(RESULTS)
+    card = _under_root(CARD)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / self.CHECKPOINTS
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / self.METRICS
-
-    @property
-    def snapshots(self) -> Path:
-        return self.root / self.SNAPSHOTS
-
-    @property
-    def model(self) -> Path:
-        return self.root / self.MODEL
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / self.TOKENIZER
-
-    @property
-    def logs(self) -> Path:
-        return self.root / self.LOGS
-
-    @property
-    def loss_curve(self) -> Path:
-        return self.root / self.LOSS_CURVE
-
-    @property
-    def timeline(self) -> Path:
-        return self.root / self.TIMELINE
-
-    @property
-    def results(self) -> Path:
-        return self.root / self.RESULTS
-
-    @property
-    def card(self) -> Path:
-        return self.root / self.CARD

@@ -157,12 +157,7 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                     "tokens_planned": plan.planned_tokens})
                 bar.set_postfix(step=f"{step}/{max_steps}", loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             if done or stopping or step % plan.eval_steps == 0:
-                last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
-                mechanisms = {}
-                if watch:  # every process runs the probes: under FSDP a forward pass is collective
-                    mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer)
-                    log_record(accelerator, run.snapshots, {"step": step, **snapshot}, track=False)
-                log_record(accelerator, run.metrics, {"step": step, **last_eval, **mechanisms})
+                last_eval = evaluate_and_log(accelerator, model, val_loader, byte_lengths, tokenizer, watch, run, step)
                 bar.write(f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
@@ -197,6 +192,19 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
         result["hub_url"] = push_model_dir(run.model, cfg.push_to_hub, state["step"])
     accelerator.end_training()
     return result
+
+
+def evaluate_and_log(accelerator: Accelerator, model, val_loader, byte_lengths, tokenizer, watch: bool,
+                     run: RunLayout, step: int) -> dict:  # fmt: skip
+    """The validation metrics (and with `watch` the mechanism probes, their attention snapshot logged
+    beside), logged to metrics.jsonl and the trackers; returns the validation metrics."""
+    metrics = evaluate(model, val_loader, accelerator, byte_lengths)
+    mechanisms = {}
+    if watch:  # every process runs the probes: under FSDP a forward pass is collective
+        mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer)
+        log_record(accelerator, run.snapshots, {"step": step, **snapshot}, track=False)
+    log_record(accelerator, run.metrics, {"step": step, **metrics, **mechanisms})
+    return metrics
 
 
 def run_signature(cfg: PretrainConfig, plan: RunPlan, model) -> dict:
