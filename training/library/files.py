@@ -74,6 +74,24 @@ def atomic_output(path: str | os.PathLike, exclusive: bool = False) -> Iterator[
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_output` for a directory: yields a new hidden folder beside `path` to fill; when the
+    block ends without an error its weights are made readable and it is renamed to `path`, which
+    must not exist by then (someone's directory is never replaced); otherwise it is removed."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_sibling(out)
+    try:
+        yield tmp
+        if out.exists():  # appeared while we wrote
+            raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first")
+        make_weights_readable(tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> Path:
     """`data` at `path` (text as UTF-8) through `atomic_output`; the folder is created if missing."""
     with atomic_output(path) as tmp:
