@@ -71,6 +71,7 @@ FROZEN = {
         "--tokenizer", "--train_files", "--validation_files", "--vocab_size", "--warmup_steps",
     ],
 }  # fmt: skip
+FROZEN["seq2seq"] = FROZEN["finetune --task seq2seq"]  # its own command since 0.5; the finetune spelling is an alias
 TRAINER_FLAGS = {"--" + f.name for f in dataclasses.fields(TrainingArguments)}
 
 
@@ -169,6 +170,12 @@ def test_a_deprecated_spelling_runs_the_command(tmp_path, capsys):
         ),
         (generate.main, ["--model", "m", "--temprature", "0"], "--temperature"),
         (tokenizer.main, ["--output_dir", "t", "--vocab", "100"], "--vocab_size"),
+        # Common short forms from other trainers: by spelling alone --lr was closest to --help.
+        (pretrain.main, ["--lr", "1e-3"], "--learning_rate"),
+        (finetune.main, ["--model", "m", "--task", "causal-lm", "--output_dir", "o", "--lr", "1e-3"],
+         "--learning_rate"),  # fmt: skip
+        (pretrain.main, ["--n_layer", "2"], "--num_hidden_layers"),
+        (generate.main, ["--model", "m", "--temp", "0"], "--temperature"),
     ],
 )
 def test_a_mistyped_flag_is_one_line_naming_the_closest(main, argv, suggestion, capsys):
