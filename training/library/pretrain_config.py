@@ -101,6 +101,15 @@ class PretrainConfig:
             "--tokens_per_parameter."
         },
     )
+    synthetic_data: Literal["in_context_markov"] | None = field(
+        default=None,
+        metadata={
+            "help": "Train on generated rows instead of text. in_context_markov: Markov chains over the letters A-M "
+            "whose transitions are drawn afresh for each row, so only a look-up in the row itself (an induction "
+            "head) predicts them: the phase-change recipe of the README (library/synthetic.py). The tokenizer is "
+            "still trained on the text, or given with --tokenizer."
+        },
+    )
     streaming_holdout_documents: int = field(
         default=1000, metadata={"help": "With --streaming and no validation split: hold out this many leading rows."}
     )
@@ -414,6 +423,13 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--num_train_epochs must be positive, got {cfg.num_train_epochs}")
     if cfg.train_files and cfg.dataset_name:
         raise ValueError("give --train_files or --dataset_name, not both")
+    if cfg.synthetic_data is not None:
+        clashing = [f"--{k}" for k in ("train_files", "validation_files", "dataset_name", "streaming")
+                    if getattr(cfg, k)]  # fmt: skip
+        if clashing:
+            raise ValueError(
+                f"--synthetic_data generates its own rows: leave out {' and '.join(clashing)} (or --synthetic_data)"
+            )
     if cfg.tokenizer is not None:
         require_dir(cfg.tokenizer, "tokenizer directory (e.g. written by `scratchformer tokenizer`)")
     lengths = [f"--{k}" for k in ("max_train_steps", "max_train_tokens", "tokens_per_parameter")

@@ -68,6 +68,9 @@ from .run_dir import (
     truncate_jsonl,
     write_model_dir,
 )
+from .synthetic import describe as describe_synthetic
+from .synthetic import fingerprint as synthetic_fingerprint
+from .synthetic import symbol_ids, synthetic_datasets
 
 logger = get_logger(__name__)
 # ----------------------------------------------------------------------------------------------
@@ -109,6 +112,8 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     watch = cfg.mechanism_metrics
     if watch is None:
         watch = enabled_by_default(plan.num_hidden_layers, plan.num_attention_heads)
+    # On generated rows the probes draw from the symbols the rows use: the other tokens were never trained.
+    probe_ids = symbol_ids(tokenizer) if cfg.synthetic_data else None
     run_config = describe_run(cfg, plan, accelerator, data_description, n_params, n_core, watch)
     accelerator.init_trackers("scratchformer-pretrain", config=scalars(run_config))
 
@@ -157,7 +162,8 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
                     "tokens_planned": plan.planned_tokens})
                 bar.set_postfix(step=f"{step}/{max_steps}", loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             if done or stopping or step % plan.eval_steps == 0:
-                last_eval = evaluate_and_log(accelerator, model, val_loader, byte_lengths, tokenizer, watch, run, step)
+                last_eval = evaluate_and_log(accelerator, model, val_loader, byte_lengths, tokenizer, watch, run, step,
+                                             probe_ids)
                 bar.write(f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
@@ -195,13 +201,13 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
 
 
 def evaluate_and_log(accelerator: Accelerator, model, val_loader, byte_lengths, tokenizer, watch: bool,
-                     run: RunLayout, step: int) -> dict:  # fmt: skip
+                     run: RunLayout, step: int, probe_ids: list[int] | None = None) -> dict:  # fmt: skip
     """The validation metrics (and with `watch` the mechanism probes, their attention snapshot logged
     beside), logged to metrics.jsonl and the trackers; returns the validation metrics."""
     metrics = evaluate(model, val_loader, accelerator, byte_lengths)
     mechanisms = {}
     if watch:  # every process runs the probes: under FSDP a forward pass is collective
-        mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer)
+        mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer, probe_ids)
         log_record(accelerator, run.snapshots, {"step": step, **snapshot}, track=False)
     log_record(accelerator, run.metrics, {"step": step, **metrics, **mechanisms})
     return metrics
@@ -213,7 +219,8 @@ def run_signature(cfg: PretrainConfig, plan: RunPlan, model) -> dict:
             "query_key_optimizer": plan.query_key_optimizer if plan.optimizer == "muon" else None,
             "samples_per_step": plan.samples_per_step, "block_size": plan.block_size, "seed": cfg.seed,
             "document_masking": cfg.document_masking, "max_train_steps": plan.max_train_steps,
-            "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}  # fmt: skip
+            "data": synthetic_fingerprint(cfg.synthetic_data) if cfg.synthetic_data else
+                    data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}  # fmt: skip
 
 
 def start_or_resume(accelerator: Accelerator, resume_from: Path | None, signature: dict, run: RunLayout) -> dict:
@@ -353,25 +360,11 @@ def run_tokenizer(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, 
 def training_data(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, tokenizer) -> tuple:
     """(train loader, validation loader, steps per epoch or None when streaming, data description)."""
     block_size, samples_per_step = plan.block_size, plan.samples_per_step
-    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
-        train_text, val_text, description = load_text(cfg)
-        train_ds, val_ds = (
-            tokenize_and_pack(
-                text,
-                tokenizer,
-                block_size,
-                rows_are_documents=rows_are_documents(files),
-                document_masking=cfg.document_masking,
-                num_proc=cfg.preprocessing_num_workers,
-                split=split,
-            )
-            for text, files, split in (
-                (train_text, cfg.train_files, "train"),
-                (val_text, cfg.validation_files or cfg.train_files, "validation"),
-            )
-        )
-    # .txt rows are lines of running text: no documents to keep apart.
-    description["document_masking_applied"] = cfg.document_masking and rows_are_documents(cfg.train_files)
+    if cfg.synthetic_data is not None:
+        train_ds, val_ds = synthetic_datasets(cfg.synthetic_data, tokenizer, block_size, cfg.seed)
+        description = {**describe_synthetic(cfg.synthetic_data), "document_masking_applied": False}
+    else:
+        train_ds, val_ds, description = text_data(cfg, block_size, accelerator, tokenizer)
     check_not_empty(train_ds, "training", block_size)
     check_not_empty(val_ds, "validation", block_size)
     if cfg.max_eval_samples is not None:
@@ -400,6 +393,30 @@ def training_data(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, 
     train_loader = DataLoader(train_ds.with_format("torch"), batch_size=batch, sampler=sampler, drop_last=True,
                               collate_fn=collate_blocks)
     return train_loader, val_loader, len(sampler) // samples_per_step, description
+
+
+def text_data(cfg: PretrainConfig, block_size: int, accelerator: Accelerator, tokenizer) -> tuple:
+    """(train blocks, validation blocks, description) of the text the flags name."""
+    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
+        train_text, val_text, description = load_text(cfg)
+        train_ds, val_ds = (
+            tokenize_and_pack(
+                text,
+                tokenizer,
+                block_size,
+                rows_are_documents=rows_are_documents(files),
+                document_masking=cfg.document_masking,
+                num_proc=cfg.preprocessing_num_workers,
+                split=split,
+            )
+            for text, files, split in (
+                (train_text, cfg.train_files, "train"),
+                (val_text, cfg.validation_files or cfg.train_files, "validation"),
+            )
+        )
+    # .txt rows are lines of running text: no documents to keep apart.
+    description["document_masking_applied"] = cfg.document_masking and rows_are_documents(cfg.train_files)
+    return train_ds, val_ds, description
 
 
 def load_text(cfg: PretrainConfig) -> tuple:
