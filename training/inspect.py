@@ -112,8 +112,13 @@ def main(argv: list[str]) -> int:
     if args.what == "heads":
         from scratchformer.training.library.files import write_text_atomically
         from scratchformer.training.library.head_scores import head_scores
+        from scratchformer.training.library.mechanisms import probe_text_ids
+        from scratchformer.training.library.synthetic import SYMBOLS, trained_symbols
 
-        scores = head_scores(model, tokenizer)
+        symbols = trained_symbols(args.model, tokenizer)
+        if symbols is not None:
+            print(f"its run trained on generated rows (--synthetic_data): probed with their letters {SYMBOLS}")
+        scores = head_scores(model, tokenizer, token_ids=symbols, text_ids=probe_text_ids(model, tokenizer, symbols))
         print(probe_head_table(scores))
         if args.output_file:
             write_text_atomically(args.output_file, json.dumps(scores.to_dict(), indent=2) + "\n")

@@ -104,3 +104,33 @@ def test_the_recipe_forms_an_induction_head_and_one_layer_does_not(tmp_path):
     one = evaluations(tmp_path / "one")
     assert max(r["heads_induction_max"] for r in one) < 2 * chance
     assert max(r["in_context_score"] for r in one) < 0.2
+
+
+def test_inspect_heads_probes_a_synthetic_runs_model_with_its_letters(tmp_path, tokenizer_dir, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+    from scratchformer.training import inspect
+    from scratchformer.training.library.head_scores import head_scores
+    from scratchformer.training.library.mechanisms import probe_text_ids
+    from scratchformer.training.library.synthetic import trained_symbols
+
+    tokenizer = load_tokenizer_dir(tokenizer_dir)
+    torch.manual_seed(0)
+    model = ScratchformerForCausalLM(ScratchformerConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=2, max_position_embeddings=32))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert trained_symbols(tmp_path, tokenizer) is None  # no training_args.json: a text model
+    (tmp_path / "training_args.json").write_text(json.dumps({"synthetic_data": "in_context_markov"}))
+    letters = trained_symbols(tmp_path, tokenizer)
+    assert letters == symbol_ids(tokenizer)
+
+    assert inspect.main(["heads", "--model", str(tmp_path), "--output_file", str(tmp_path / "heads.json")]) == 0
+    assert f"probed with their letters {SYMBOLS}" in capsys.readouterr().out
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    expected = head_scores(loaded, tokenizer, token_ids=letters, text_ids=probe_text_ids(loaded, tokenizer, letters))
+    saved = json.loads((tmp_path / "heads.json").read_text())
+    assert saved["induction"] == expected.induction and saved["previous_token"] == expected.previous_token
+    assert expected.induction_period == len(SYMBOLS)  # every letter once per copy

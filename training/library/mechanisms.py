@@ -101,15 +101,7 @@ def mechanism_metrics(model, tokenizer, token_ids: Sequence[int] | None = None) 
     was_training = model.training
     model.eval()
     try:
-        limit = getattr(model.config, "max_position_embeddings", None)
-        length = min(TEXT_TOKENS, limit or TEXT_TOKENS)
-        if token_ids is None:
-            ids = text_probe(tokenizer, max_tokens=length)
-        else:
-            generator = torch.Generator().manual_seed(0)
-            body = torch.tensor(token_ids)[torch.randint(len(token_ids), (length,), generator=generator)]
-            bos = tokenizer.bos_token_id
-            ids = (body if bos is None else torch.cat([torch.tensor([bos]), body[:-1]]))[None]
+        ids = probe_text_ids(model, tokenizer, token_ids)
         scores = head_scores(model, tokenizer, token_ids=token_ids, text_ids=ids)
         lens = logit_lens(model, ids.to(next(model.parameters()).device))
         snapshot = attention_snapshot(model, tokenizer, token_ids=token_ids)
@@ -123,6 +115,19 @@ def mechanism_metrics(model, tokenizer, token_ids: Sequence[int] | None = None) 
                   "loss_first_copy": scores.loss_first_copy, "loss_repeat": scores.loss_repeat},
     }
     return record, snapshot
+
+
+def probe_text_ids(model, tokenizer, token_ids: Sequence[int] | None = None) -> torch.Tensor:
+    """[1, L] ids the text scores and the logit lens read: the probe text, within the model's positions;
+    with `token_ids` (a model trained on those alone) a seeded uniform sequence of them after <s>."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    length = min(TEXT_TOKENS, limit or TEXT_TOKENS)
+    if token_ids is None:
+        return text_probe(tokenizer, max_tokens=length)
+    generator = torch.Generator().manual_seed(0)
+    body = torch.tensor(token_ids)[torch.randint(len(token_ids), (length,), generator=generator)]
+    bos = tokenizer.bos_token_id
+    return (body if bos is None else torch.cat([torch.tensor([bos]), body[:-1]]))[None]
 
 
 def tracker_scalars(record: dict) -> dict[str, float]:

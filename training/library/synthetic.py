@@ -21,7 +21,10 @@ the previous occurrence of a symbol changes with every row and position.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -102,6 +105,17 @@ def fingerprint(kind: str) -> list[dict]:
     return [{"dataset": f"synthetic {kind}", "symbols": SYMBOLS, "follow": FOLLOW, "rows": TRAIN_ROWS}]
 
 
+def trained_symbols(model_dir: str | os.PathLike, tokenizer) -> list[int] | None:
+    """The symbols' ids when the model directory's run trained on generated rows (its
+    training_args.json names --synthetic_data), else None: the tokens such a model's probes must use."""
+    args_file = Path(model_dir) / "training_args.json"
+    try:
+        kind = json.loads(args_file.read_text(encoding="utf-8")).get("synthetic_data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return symbol_ids(tokenizer) if kind in KINDS else None
+
+
 def describe(kind: str) -> dict[str, str]:
     return {
         "train_data": f"synthetic: {kind} over the symbols {SYMBOLS} (follow {FOLLOW}, a fresh successor map per row)",
@@ -111,4 +125,5 @@ def describe(kind: str) -> dict[str, str]:
 
 __all__ = [
     "FOLLOW", "KINDS", "SYMBOLS", "describe", "fingerprint", "in_context_markov", "symbol_ids", "synthetic_datasets",
+    "trained_symbols",
 ]
