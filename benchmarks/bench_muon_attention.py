@@ -64,7 +64,7 @@ def apply_here_only(spec: dict) -> None:
     in this worker process only (each run gets a fresh process)."""
     import torch
 
-    from scratchformer.training.library import loop, optim
+    from scratchformer.training.library import optim, pretraining
 
     qk_lr, qk_decay = spec.get("_query_key_lr"), spec.get("_query_key_decay")
     muon_lr, adjust = spec.get("_muon_lr"), spec.get("_adjust")
@@ -90,14 +90,12 @@ def apply_here_only(spec: dict) -> None:
             torch.optim.Optimizer.__init__(self, self.muon.param_groups + self.adamw.param_groups, {"lr": lr})
             self._link()
 
-        def step_with_scales(self, optimizer, lr, loss, grad_norm):
+        def set_lr_with_scales(optimizer, lr):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
 
         optim.MuonWithAdamW.__init__ = muon_with_groups
-        loop.NonFiniteGuard.step = step_with_scales
+        pretraining.set_lr = set_lr_with_scales
     if spec.get("_attention_scale"):
         from scratchformer.modeling import transformer_scratchformer as tf
 

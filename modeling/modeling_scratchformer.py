@@ -58,9 +58,11 @@ from .transformer_scratchformer import (
     ScratchformerBlock,
     ScratchformerRotaryEmbedding,
     ScratchformerSinusoidalEmbedding,
+    embedding_scale,
+    final_norm,
     make_absolute_positions,
     make_dropout,
-    make_norm,
+    run_blocks,
     sinusoidal_table,
 )
 
@@ -257,54 +259,6 @@ def output_flags(config, output_attentions: bool | None, output_hidden_states: b
         bool(output_attentions if output_attentions is not None else config.output_attentions),
         bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states),
     )
-
-
-def embedding_scale(config) -> float:
-    # The paper multiplies embeddings by sqrt(C) so that they are not drowned by the
-    # unit-amplitude sinusoids they are added to.
-    return math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
-
-
-def final_norm(config) -> nn.Module:
-    # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
-    # blocks already end in one.
-    return make_norm(config) if config.norm_position == "pre" else nn.Identity()
-
-
-def run_blocks(
-    layers: nn.ModuleList,
-    norm: nn.Module,
-    x_BLC: torch.Tensor,
-    output_attentions: bool,
-    output_hidden_states: bool,
-    mask_B1LM: torch.Tensor | None,
-    rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
-    cache: Cache | None = None,
-    encoder_BSC: torch.Tensor | None = None,
-    cross_mask_B1LS: torch.Tensor | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
-    """Every block in turn, then the final norm. Returns the output and, where asked for, what the
-    output classes report: each block's input and the final output (hidden_states), each block's
-    attention maps (attentions) and, from blocks with cross-attention, their maps of the source."""
-    all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
-    all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
-    all_cross_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
-    for layer in layers:
-        if all_hidden_states is not None:
-            all_hidden_states += (x_BLC,)
-        # Positional: under gradient checkpointing with use_reentrant=True, gradients reach only the
-        # tensors passed positionally (x, and the encoder's output the decoder reads).
-        x_BLC, probs_BHLM, cross_probs_BHLS = layer(
-            x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, encoder_BSC, cross_mask_B1LS, **kwargs
-        )
-        if all_attentions is not None:
-            all_attentions += (probs_BHLM,)
-            all_cross_attentions += (cross_probs_BHLS,)
-    x_BLC = norm(x_BLC)
-    if all_hidden_states is not None:
-        all_hidden_states += (x_BLC,)
-    return x_BLC, all_hidden_states, all_attentions, all_cross_attentions
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,10 +51,7 @@ from .modeling_scratchformer import (
     cache_field,
     cache_of,
     causal_mask,
-    embedding_scale,
-    final_norm,
     output_flags,
-    run_blocks,
     with_position_limit,
 )
 from .transformer_scratchformer import (
@@ -62,8 +59,11 @@ from .transformer_scratchformer import (
     ScratchformerLayerNorm,
     ScratchformerRMSNorm,
     ScratchformerSinusoidalEmbedding,
+    embedding_scale,
+    final_norm,
     make_absolute_positions,
     make_dropout,
+    run_blocks,
     sinusoidal_table,
 )
 

@@ -6,12 +6,12 @@ Dimension key (shape suffixes on every activation):
     K  head width     F  feed-forward width  P  positions
     S  source length: the encoder's output, which cross-attention reads as its keys and values
 
-Norms, positional encodings, attention, the MLP and the block, in that order: read this file first.
-Every concept choice comes from the config (the four presets reproduce the 2017 paper, GPT-2,
-Llama and Qwen3); `ScratchformerConfig` and the encoder-decoder's `ScratchformerSeq2SeqConfig` name the
-concepts alike, so both models are built from these classes. The Hugging Face contract (the model,
-the heads, the KV cache, the Auto map) is `modeling_scratchformer.py`; the paper's encoder-decoder is
-`modeling_scratchformer_seq2seq.py`.
+Norms, positional encodings (§3.5), attention (§3.2), the MLP (§3.3), the block and the stack (§3.1;
+embeddings scaled as in §3.4, residual dropout as in §5.4), in that order: read this file first.
+Every concept choice comes from the config (the four presets reproduce the 2017 paper, GPT-2, Llama
+and Qwen3), named alike by `ScratchformerConfig` and `ScratchformerSeq2SeqConfig`, so both models are
+built from these classes. The Hugging Face contract (the model, the heads, the KV cache, the Auto map)
+is `modeling_scratchformer.py`; the paper's encoder-decoder is `modeling_scratchformer_seq2seq.py`.
 
 Part of the remote-code payload copied next to every checkpoint: it imports only torch and
 transformers, and none of its siblings (they all import it).
@@ -19,6 +19,7 @@ transformers, and none of its siblings (they all import it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -51,11 +52,9 @@ class ScratchformerLayerNorm(nn.Module):
 
 class ScratchformerRMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight. No centring, no bias:
-    cheaper than LayerNorm and, in practice, as good. Computed in float32 because squaring bf16
-    activations loses the small ones; the result is cast back before the weight, as in Llama.
-
-    Written with F.rms_norm, which computes exactly x * rsqrt(mean(x^2) + eps) (bit for bit on CPU,
-    in one fused kernel on GPU, where the formula spelled out is five kernels and four tensors)."""
+    cheaper than LayerNorm and, in practice, as good. In float32, because squaring bf16 activations
+    loses the small ones; cast back before the weight, as in Llama. F.rms_norm computes exactly that
+    (bit for bit on CPU; on GPU one fused kernel, where the formula spelled out is five)."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -79,7 +78,7 @@ def make_norm(config: PreTrainedConfig) -> nn.Module:
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
-    """The paper's encoding (section 3.5): PE(pos, 2i) = sin(pos / 10000^(2i/d)),
+    """The paper's encoding (§3.5): PE(pos, 2i) = sin(pos / 10000^(2i/d)),
     PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). Each channel pair is a clock at its own frequency, so
     PE(pos + k) is a fixed rotation of PE(pos): relative offsets are linear functions of the table."""
     pos_P1 = torch.arange(num_positions, dtype=torch.float32)[:, None]
@@ -122,11 +121,10 @@ class ScratchformerRotaryEmbedding(nn.Module):
     channel pair by an angle proportional to the position. The dot product of a query at position
     m and a key at position n then depends on m - n only, which is what attention should see.
 
-    The frequencies are computed from the config at every forward instead of kept in a buffer. A
-    buffer would be rounded by model.to(torch.bfloat16) (8 mantissa bits: position x rounded
-    frequency drifts by whole radians at long contexts), and would hold garbage after
-    from_pretrained or to_empty() (meta-device construction, FSDP) until rebuilt. K/2 numbers, once
-    per forward for all layers, cost nothing measurable."""
+    The frequencies are computed at every forward, not kept in a buffer: a buffer would be rounded
+    by model.to(torch.bfloat16) (position x rounded frequency drifts by whole radians at long
+    contexts) and hold garbage after from_pretrained or to_empty() (meta device, FSDP) until
+    rebuilt. K/2 numbers, once per forward for all layers, cost nothing measurable."""
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
@@ -180,7 +178,7 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T / sqrt(K) + mask) V, written out: the reference every fused kernel must match.
+    """§3.2.1's softmax(Q K^T / sqrt(K) + mask) V, written out: the reference every fused kernel matches.
 
     The 1/sqrt(K) (`scaling`) is the paper's: dot products of K-dimensional vectors with unit-variance
     entries have variance K, and without the scaling large logits push softmax into saturation where
@@ -200,11 +198,11 @@ def eager_attention_forward(
 
 
 class ScratchformerAttention(nn.Module):
-    """Multi-head attention with optional grouped key/value heads and rotary positions.
+    """Multi-head attention (§3.2.2) with optional grouped key/value heads and rotary positions.
 
     Self-attention reads keys and values from its own input. Cross-attention (`is_cross_attention`,
-    the encoder-decoder's "encoder-decoder attention", section 3.2.3) is the same module with the
-    keys and values projected from the encoder's output instead: queries come from the decoder."""
+    §3.2.3's "encoder-decoder attention") is the same module with the keys and values projected from
+    the encoder's output instead: queries come from the decoder."""
 
     def __init__(
         self, config: PreTrainedConfig, layer_idx: int, is_causal: bool | None = None, is_cross_attention: bool = False
@@ -227,11 +225,9 @@ class ScratchformerAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.G * self.K, bias=bias)
         self.o_proj = nn.Linear(self.H * self.K, C, bias=bias)
         self.o_proj.is_residual_projection = True
-        # QK-norm (Dehghani et al. 2023, "Scaling Vision Transformers to 22B Parameters"; OLMo 2, Qwen3,
-        # Gemma 3): RMSNorm on each head's queries and keys before rotary, so the attention logits' scale is
-        # the norms' learned gains and no longer grows with the projection weights' norms, whatever the
-        # optimizer does to those. Unchecked, that growth drove the paper's attention to one-hot rows and its
-        # training at high learning rates into loss spikes; the qwen3 preset turns it on.
+        # QK-norm (Dehghani et al. 2023; OLMo 2, Qwen3, Gemma 3): RMSNorm on each head's queries and keys
+        # before rotary, so the logits' scale is the norms' learned gains, not the projections' growing
+        # norms, which drove the paper's attention to one-hot rows and high-lr training into loss spikes.
         self.q_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
         self.k_norm = ScratchformerRMSNorm(self.K, config.norm_eps) if config.qk_norm else None
 
@@ -310,7 +306,7 @@ class ScratchformerAttention(nn.Module):
 
 
 class ScratchformerMLP(nn.Module):
-    """The position-wise feed-forward network: C -> F -> C, applied to every token alone.
+    """§3.3's position-wise feed-forward network: C -> F -> C, applied to every token alone.
 
     relu (the paper) and gelu (GPT-2, tanh form) are two matrices: down(act(up(x))).
     swiglu (Shazeer 2020, Llama) adds a gate: down(silu(gate(x)) * up(x))."""
@@ -350,8 +346,8 @@ def make_dropout(p: float) -> nn.Module:
 
 
 class ScratchformerBlock(GradientCheckpointingLayer):
-    """Attention then MLP, each wrapped in a residual connection and a norm. With `cross_attention`
-    it is the encoder-decoder's decoder layer: a third sublayer between the two reads the encoder's
+    """§3.1's layer: attention then MLP, each wrapped in a residual connection and a norm. With
+    `cross_attention` it is the decoder's layer: a third sublayer between the two reads the encoder's
     output (figure 1, right).
 
     post-norm (the paper): x = norm(x + sublayer(x)). pre-norm (GPT-2, Llama):
@@ -372,7 +368,7 @@ class ScratchformerBlock(GradientCheckpointingLayer):
         self.input_layernorm = make_norm(config)
         self.cross_attention_layernorm = make_norm(config) if cross_attention else None
         self.post_attention_layernorm = make_norm(config)
-        # The paper's residual dropout: on each sub-layer's output, before it joins the residual.
+        # §5.4's residual dropout: on each sub-layer's output, before it joins the residual.
         self.dropout = make_dropout(config.hidden_dropout)
 
     def forward(
@@ -410,3 +406,55 @@ class ScratchformerBlock(GradientCheckpointingLayer):
         if self.pre_norm:
             return x_BLC + self.dropout(sublayer_BLC)
         return norm(x_BLC + self.dropout(sublayer_BLC))
+
+
+# ----------------------------------------------------------------------------------------------
+# The stack (§3.1: N identical layers; the decoder-only model and both halves of the encoder-decoder)
+# ----------------------------------------------------------------------------------------------
+
+
+def embedding_scale(config: PreTrainedConfig) -> float:
+    # §3.4: embeddings are multiplied by sqrt(d_model), so that they are not drowned by the
+    # unit-amplitude sinusoids they are added to (the paper preset; GPT-2 and Llama do not scale).
+    return math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+
+
+def final_norm(config: PreTrainedConfig) -> nn.Module:
+    # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
+    # blocks already end in one.
+    return make_norm(config) if config.norm_position == "pre" else nn.Identity()
+
+
+def run_blocks(
+    layers: nn.ModuleList,
+    norm: nn.Module,
+    x_BLC: torch.Tensor,
+    output_attentions: bool,
+    output_hidden_states: bool,
+    mask_B1LM: torch.Tensor | None,
+    rotary_BLK: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: Cache | None = None,
+    encoder_BSC: torch.Tensor | None = None,
+    cross_mask_B1LS: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+    """Every block in turn, then the final norm: the output and, where asked for, each block's input
+    and the final output, each block's attention maps, and cross-attention's maps of the source."""
+    all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+    all_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+    all_cross_attentions: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+    for layer in layers:
+        if all_hidden_states is not None:
+            all_hidden_states += (x_BLC,)
+        # Positional: under gradient checkpointing with use_reentrant=True, gradients reach only the
+        # tensors passed positionally (x, and the encoder's output the decoder reads).
+        x_BLC, probs_BHLM, cross_probs_BHLS = layer(
+            x_BLC, mask_B1LM, rotary_BLK, cache, output_attentions, encoder_BSC, cross_mask_B1LS, **kwargs
+        )
+        if all_attentions is not None:
+            all_attentions += (probs_BHLM,)
+            all_cross_attentions += (cross_probs_BHLS,)
+    x_BLC = norm(x_BLC)
+    if all_hidden_states is not None:
+        all_hidden_states += (x_BLC,)
+    return x_BLC, all_hidden_states, all_attentions, all_cross_attentions

@@ -69,7 +69,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _requirements() -> list:
     """The installed distribution's requirements (pyproject.toml as pip read it): the core ones and
-    the optional extras users install (plots, tracking, peft, ner, gguf, serve); dev tools are not runtime claims."""
+    the optional extras users install (plots, tracking, peft, ner, gguf, bleu, serve); dev tools are not runtime
+    claims."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
@@ -78,7 +79,7 @@ def _requirements() -> list:
     for line in importlib.metadata.requires("scratchformer") or []:
         requirement = Requirement(line)
         marker = str(requirement.marker or "")
-        extras = ("plots", "tracking", "peft", "ner", "gguf", "serve")
+        extras = ("plots", "tracking", "peft", "ner", "gguf", "bleu", "serve")
         if not marker or any(f'extra == "{extra}"' in marker for extra in extras):
             kept.append(requirement)
     return kept

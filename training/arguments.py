@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -93,6 +94,24 @@ SYNONYMS: dict[str, dict[str, str]] = {
 }
 
 
+# Short forms people type from other trainers (nanoGPT, Lightning, fairseq) -> the flags they mean;
+# an unknown one is named with its long form, where the command has it.
+SHORT_FORMS: dict[str, tuple[str, ...]] = {
+    "lr": ("learning_rate",), "learning_rate": ("learning_rate",), "wd": ("weight_decay",),
+    "epochs": ("num_train_epochs",), "bs": ("per_device_train_batch_size", "total_batch_size"),
+    "batch_size": ("per_device_train_batch_size", "total_batch_size"),
+    "steps": ("max_train_steps", "max_steps"), "max_iters": ("max_train_steps", "max_steps"),
+    "warmup": ("num_warmup_steps", "warmup_steps"), "warmup_iters": ("num_warmup_steps", "warmup_steps"),
+    "grad_accum": ("gradient_accumulation_steps",), "accum": ("gradient_accumulation_steps",),
+    "grad_clip": ("max_grad_norm",), "clip": ("max_grad_norm",),
+    "n_layer": ("num_hidden_layers",), "layers": ("num_hidden_layers",), "n_head": ("num_attention_heads",),
+    "heads": ("num_attention_heads",), "n_embd": ("hidden_size",), "d_model": ("hidden_size",),
+    "width": ("hidden_size",), "context": ("block_size",), "seq_len": ("block_size", "max_length"),
+    "vocab": ("vocab_size",), "data": ("train_files",), "output": ("output_dir", "output_file"),
+    "model_dir": ("model",), "device": ("device", "use_cpu"),
+}
+
+
 def spellings(flag: str) -> list[str]:
     """`--max_train_steps` -> [`--max_train_steps`, `--max-train-steps`]: both are accepted."""
     dashed = "--" + flag[2:].replace("_", "-")
@@ -146,9 +165,13 @@ def unknown_flags_message(unknown: Sequence[str], parser: argparse.ArgumentParse
         if not flag.startswith("-"):
             parts.append(f"unexpected argument {arg!r}")
             continue
-        names = sorted({_canonical(k) for k in known})
-        close = difflib.get_close_matches(_canonical(flag), names, n=3, cutoff=0.6)
-        word = _canonical(flag)[2:]
+        names = sorted({_canonical(k) for k in known} - {"--help"})  # never the fix for a misspelled option
+        word = _canonical(flag).lstrip("-")
+        # The usual short forms first (--lr is --learning_rate: by spelling alone it was "close" to --help),
+        # then the names it begins (--temp), then close spellings.
+        close = [f"--{k}" for k in SHORT_FORMS.get(word, ()) if f"--{k}" in names]
+        close = close or ([k for k in names if k[2:].startswith(word)][:3] if len(word) >= 3 else [])
+        close = close or difflib.get_close_matches(_canonical(flag), names, n=3, cutoff=0.6)
         if not close and len(word) >= 4:  # --epochs -> --num_train_epochs: the word inside a longer name
             close = [k for k in names if word in k[2:]][:3]
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -210,6 +233,35 @@ def __getattr__(name: str) -> Any:
         globals()["HfParser"] = cls = _hf_parser_class()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value `argv` gives `flag` (`--task seq2seq` or `--task=seq2seq`), or None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def without_flag(argv: Sequence[str], flag: str, value: str) -> list[str]:
+    """`argv` less `flag value` (and `flag=value`), and nothing else: `--output_dir seq2seq` keeps its value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and argv[i + 1 : i + 2] == [value]:
+            i += 2
+            continue
+        if argv[i] != f"{flag}={value}":
+            out.append(argv[i])
+        i += 1
+    return out
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+    """The command `name` (a module under scratchformer.training) on `argv`: how an alias hands over, by
+    name as the dispatcher does, so that no command imports another."""
+    return int(importlib.import_module(f"scratchformer.training.{name}").main(list(argv)) or 0)
 
 
 def given_fields(argv: Sequence[str], fields: set[str]) -> set[str]:

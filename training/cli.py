@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer on your text"),
     "pretrain": ("pretrain", "pretrain a model with accelerate (one CPU or many GPUs), resumable"),
     "finetune": ("finetune", "fine-tune a checkpoint with transformers.Trainer"),
+    "seq2seq": ("seq2seq", "train an encoder-decoder on (source, target) pairs (= finetune --task seq2seq)"),
     "generate": ("generate", "generate text from a checkpoint, streaming tokens"),
     "serve": ("serve", "an OpenAI-compatible HTTP endpoint for a checkpoint: transformers' own server"),
     "eval": ("eval", "score a checkpoint on text: loss, perplexity, bits per byte (lm-eval tasks too)"),

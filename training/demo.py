@@ -42,6 +42,7 @@ from pathlib import Path
 
 from scratchformer.training.arguments import Parser, command
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 
 MARKER = ".scratchformer-demo"  # marks a directory the demo made, so a rerun may replace it
 WINDOW_WORDS = 12  # words per passage in the classification task
@@ -126,6 +127,9 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     default = "Python's help topics (pydoc_data, embedded in every CPython)"
     source = ", ".join(args.train_files) if args.train_files else default
     _banner(f"scratchformer demo: {source} -> {out}/")
+    # The demo's folder holds a tokenizer, a pretraining run and a fine-tuning run, each laid out as usual.
+    tokenizer_dir = RunLayout(out).tokenizer
+    pretrain_run, classifier_run = RunLayout(out / "pretrain"), RunLayout(out / "classifier")
 
     # 1. Tokenizer
     from scratchformer.training.library.pretraining import SIZES
@@ -135,7 +139,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     _stage(1, f"Train a byte-level BPE tokenizer ({plan.vocab_size} tokens)")
     clock = time.perf_counter()
     tok_stats = train_tokenizer(
-        out / "tokenizer", files=args.train_files, vocab_size=plan.vocab_size, max_length=block_size, overwrite=True
+        tokenizer_dir, files=args.train_files, vocab_size=plan.vocab_size, max_length=block_size, overwrite=True
     )
     print(textwrap.indent(format_stats(tok_stats), "    "))
     _done(clock)
@@ -153,8 +157,8 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     clock = time.perf_counter()
     pre = train(
         PretrainConfig(
-            output_dir=str(out / "pretrain"),
-            tokenizer=str(out / "tokenizer"),
+            output_dir=str(pretrain_run.root),
+            tokenizer=str(tokenizer_dir),
             train_files=args.train_files,
             preset=args.preset,
             size=size,
@@ -170,8 +174,8 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     )
     model_dir = Path(pre["output_dir"])
     if pre["interrupted"]:  # Ctrl-C or SIGTERM: stop here, not carry on with a part-trained model
-        print(f"\n    stopped by a signal at step {pre['steps']} of {steps}; the checkpoint is in {out / 'pretrain'}. "
-              f"Continue it with: scratchformer pretrain --output_dir {out / 'pretrain'} --resume", file=sys.stderr)
+        print(f"\n    stopped by a signal at step {pre['steps']} of {steps}; the checkpoint is in {pretrain_run.root}. "
+              f"Continue it with: scratchformer pretrain --output_dir {pretrain_run.root} --resume", file=sys.stderr)
         return {"interrupted": True, "pretrain": pre}
     print(
         f"    {pre['parameters'] / 1e6:.2f}M parameters, {pre['tokens_seen']:,} tokens seen; validation loss "
@@ -204,7 +208,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     )
     for label in LABELS:
         print(f"      {label:>9}: {next(t for t, y in examples if y == label)}")
-    clf = _finetune(model_dir, out / "classifier", train_file, validation_file, plan, args.seed)
+    clf = _finetune(model_dir, classifier_run.root, train_file, validation_file, plan, args.seed)
     accuracy = clf["eval"]["eval_accuracy"]
     print(
         f"    validation accuracy {accuracy:.3f}, macro-F1 {clf['eval']['eval_macro_f1']:.3f} (chance: 0.5); "
@@ -218,7 +222,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     by_label = [[e for e in examples[::-1] if e[1] == label][:3] for label in LABELS]  # not the ones shown above
     shown = [e for pair in zip(*by_label) for e in pair]
     _run_without_scratchformer(
-        CLASSIFY_SCRIPT.format(model=str(out / "classifier"), examples=[list(e) for e in shown]), out
+        CLASSIFY_SCRIPT.format(model=str(classifier_run.root), examples=[list(e) for e in shown]), out
     )
     _done(clock)
 
@@ -228,14 +232,14 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
     total = time.perf_counter() - started
     _stage(6, f"Done in {total:.0f} s. Where things are:")
     rows = [
-        ("tokenizer", out / "tokenizer"),
+        ("tokenizer", tokenizer_dir),
         ("pretrained model", model_dir),
-        ("  its model card", model_dir / "README.md"),
-        ("  loss curve", out / "pretrain" / "loss_curve.png"),
-        ("  training log", out / "pretrain" / "metrics.jsonl"),
-        ("classifier", out / "classifier"),
-        ("  its model card", out / "classifier" / "README.md"),
-        ("  loss curve", out / "classifier" / "loss_curve.png"),
+        ("  its model card", RunLayout(model_dir).card),
+        ("  loss curve", pretrain_run.loss_curve),
+        ("  training log", pretrain_run.metrics),
+        ("classifier", classifier_run.root),
+        ("  its model card", classifier_run.card),
+        ("  loss curve", classifier_run.loss_curve),
         ("classifier data", out / "classifier-data"),
         *plots,
     ]
@@ -244,7 +248,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
             print(f"    {name:<18} {path}")
     if head_note:
         print(f"    {head_note}")
-    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=out / "classifier", prompt=prompts[0],
+    print(textwrap.indent(NEXT_STEPS.format(model=model_dir, clf=classifier_run.root, prompt=prompts[0],
                                                     text=attention_text), "    "))
 
     summary = {
@@ -253,7 +257,7 @@ def _run_stages(args: argparse.Namespace, plan: Plan, size: str, steps: int, out
         "tokenizer": {k: tok_stats[k] for k in ("vocab_size", "bytes_per_token")},
         "pretrain": {k: pre.get(k) for k in ("output_dir", "parameters", "steps", "eval_loss", "eval_ppl", "eval_bpb")},
         "classifier": {
-            "dir": str(out / "classifier"),
+            "dir": str(classifier_run.root),
             **{k: clf["eval"][k] for k in ("eval_accuracy", "eval_macro_f1")},
         },
     }

@@ -7,7 +7,7 @@
     scratchformer finetune --model runs/mini/model --task masked-lm --bidirectional --train_files notes.txt \\
         --output_dir encoder
     scratchformer finetune ... --lora_r 8 --learning_rate 1e-3 --num_train_epochs 5   # any TrainingArguments flag
-    scratchformer finetune --task seq2seq ...          # the encoder-decoder (its own flags: --help there)
+    scratchformer finetune --task seq2seq ...          # = scratchformer seq2seq, the encoder-decoder's command
 
 Data: .jsonl/.json/.csv/.parquet records (or .txt for the language-model tasks), a hub dataset or a
 `save_to_disk` folder. Classification reads "text" and "label" columns; token-classification
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from transformers import TrainingArguments
 
-from scratchformer.training.arguments import HfParser, command
+from scratchformer.training.arguments import HfParser, command, flag_value, run_command, without_flag
 from scratchformer.training.library.errors import UserError
 from scratchformer.training.library.finetuning import FinetuneArguments, finetune
 from scratchformer.training.viz.curves import draw_run_curves
@@ -58,9 +58,7 @@ def build_parser(task: str | None = None) -> HfParser:
 def parse_args(argv: Sequence[str]) -> tuple[FinetuneArguments, TrainingArguments]:
     """(what to fine-tune, how to train). --output_dir is where the model goes; Trainer writes its
     checkpoints inside it, out of the model's way (`library.finetuning.finetune` arranges that)."""
-    task = next((b for a, b in zip(argv, argv[1:]) if a == "--task"), None)
-    task = task or next((a.split("=", 1)[1] for a in argv if a.startswith("--task=")), None)
-    args, training_args = build_parser(task).parse(argv)
+    args, training_args = build_parser(flag_value(argv, "--task")).parse(argv)
     if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
         # Trainer would pick "trainer_output" by itself; where a model goes is the user's to say.
         raise UserError("give --output_dir: the directory the fine-tuned model is written to")
@@ -69,32 +67,12 @@ def parse_args(argv: Sequence[str]) -> tuple[FinetuneArguments, TrainingArgument
 
 @command("finetune")
 def main(argv: list[str]) -> int:
-    if _seq2seq_requested(argv):
-        # The encoder-decoder trains through Seq2SeqTrainer: its own command, with its own flags.
-        from scratchformer.training import seq2seq
-
-        return seq2seq.main(_without_task(argv))
+    if flag_value(argv, "--task") == "seq2seq":  # an alias: `scratchformer seq2seq`, the encoder-decoder's command
+        return run_command("seq2seq", without_flag(argv, "--task", "seq2seq"))
     args, training_args = parse_args(argv)
     results = finetune(args, training_args, draw_curves=draw_run_curves)
     print(format_results(results))
     return 0
-
-
-def _seq2seq_requested(argv: list[str]) -> bool:
-    return "--task=seq2seq" in argv or any(a == "--task" and b == "seq2seq" for a, b in zip(argv, argv[1:]))
-
-
-def _without_task(argv: list[str]) -> list[str]:
-    """`argv` less its `--task seq2seq` (and nothing else: `--output_dir seq2seq` keeps its value)."""
-    out, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--task" and argv[i + 1 : i + 2] == ["seq2seq"]:
-            i += 2
-            continue
-        if argv[i] != "--task=seq2seq":
-            out.append(argv[i])
-        i += 1
-    return out
 
 
 def format_results(results: dict) -> str:

@@ -11,10 +11,22 @@ Everything is stock transformers: `AutoModelForCausalLM`, `generate()` with a `G
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Iterator
+
+import torch
+from transformers import TextStreamer
 from transformers.utils import logging as hf_logging
 
 from scratchformer.training.arguments import Parser, command
-from scratchformer.training.library.generation import run
+from scratchformer.training.library import generation
+from scratchformer.training.library.errors import UserError
+
+EMPTY_PROMPT = (
+    "empty prompt: give the text to continue, as an argument (scratchformer generate --model DIR "
+    "'Once upon a time') or on stdin, one prompt per line"
+)
 
 
 def build_parser() -> Parser:
@@ -44,6 +56,63 @@ def main(argv: list[str]) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with the streamed text
     run(args)
     return 0
+
+
+def prompts_from(words: list[str], stdin=None) -> Iterator[str]:
+    """The prompt given as arguments, or else each non-blank line of stdin."""
+    if words:
+        prompt = " ".join(words)
+        if not prompt.strip():
+            raise UserError(EMPTY_PROMPT)
+        yield prompt
+        return
+    stdin = stdin or sys.stdin
+    interactive = stdin.isatty()
+    if interactive:
+        print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
+    seen = False
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        if line.strip():
+            seen = True
+            yield line.rstrip("\n")
+    if not seen:
+        raise UserError(EMPTY_PROMPT)
+
+
+def run(args: argparse.Namespace, stdin=None) -> None:
+    """Each prompt's continuation streamed to stdout (with --chat, a conversation that remembers)."""
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model, tokenizer = generation.load(args.model, args.device, args.trust_remote_code)
+    if args.chat and not tokenizer.chat_template:
+        raise UserError(f"{args.model}'s tokenizer has no chat template; drop --chat")
+    gen = generation.generation_config(
+        model, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, repetition_penalty=args.repetition_penalty, chat=args.chat,
+    )
+    room = generation.context_room(model, args.max_new_tokens)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    history: list[dict[str, str]] | None = None
+    if args.chat:
+        history = [{"role": "system", "content": args.system}] if args.system else []
+    for prompt in prompts_from(args.prompt, stdin):
+        if history is not None:
+            history.append({"role": "user", "content": prompt})
+        input_ids = generation.prompt_ids(tokenizer, prompt, history)
+        if room is not None and input_ids.shape[-1] > room:
+            print(f"(prompt cut to its last {room} tokens to fit the {room + args.max_new_tokens}-token context)",
+                  file=sys.stderr)  # fmt: skip
+        if history is None:
+            print(prompt, end="", flush=True)  # the continuation streams right after it
+        reply = generation.generate_one(model, tokenizer, gen, input_ids, streamer=streamer)
+        if history is not None:
+            history.append({"role": "assistant", "content": reply.strip()})
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -112,8 +112,13 @@ def main(argv: list[str]) -> int:
     if args.what == "heads":
         from scratchformer.training.library.files import write_text_atomically
         from scratchformer.training.library.head_scores import head_scores
+        from scratchformer.training.library.mechanisms import probe_text_ids
+        from scratchformer.training.library.synthetic import SYMBOLS, trained_symbols
 
-        scores = head_scores(model, tokenizer)
+        symbols = trained_symbols(args.model, tokenizer)
+        if symbols is not None:
+            print(f"its run trained on generated rows (--synthetic_data): probed with their letters {SYMBOLS}")
+        scores = head_scores(model, tokenizer, token_ids=symbols, text_ids=probe_text_ids(model, tokenizer, symbols))
         print(probe_head_table(scores))
         if args.output_file:
             write_text_atomically(args.output_file, json.dumps(scores.to_dict(), indent=2) + "\n")
@@ -169,11 +174,12 @@ def _attention(args: argparse.Namespace, model, tokenizer) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from scratchformer.training.library.layout import RunLayout
     from scratchformer.training.viz.curves import find_run_log, plot_run
 
     log = find_run_log(args.run)
     # The run's own picture, redrawn (a run still going, or one drawn by an older release): one file, not a copy.
-    out = Path(args.output_file) if args.output_file else log.parent / "loss_curve.png"
+    out = Path(args.output_file) if args.output_file else RunLayout(log.parent).loss_curve
     plot_run(log, out)
     print(f"wrote {out}")
     return 0
@@ -242,7 +248,7 @@ def probe_head_table(scores: HeadScores) -> str:
 def _cross_attention(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    from scratchformer.training.viz.common import _select, load_model, save
+    from scratchformer.training.viz.common import load_model, save, select_indices
     from scratchformer.training.viz.cross_attention import cross_attention_maps, plot_cross_attention
 
     config_file = Path(args.model) / "config.json"
@@ -252,7 +258,7 @@ def _cross_attention(args: argparse.Namespace) -> int:
     src, tgt, maps = cross_attention_maps(model, tokenizer, args.source, args.target)
     if not src or not tgt:
         raise UserError("The source or target encodes to no tokens: give some text to look at.")
-    layer = _select(maps.shape[0], args.layer, "layer")[0]
+    layer = select_indices(maps.shape[0], args.layer, "layer")[0]
     save(plot_cross_attention(src, tgt, maps, layer=layer), args.output_file)
     print(f"source: {' '.join(src)}")
     print(f"target: {' '.join(tgt)}")

@@ -29,10 +29,13 @@ from scratchformer.training.library.loop import lost_a_process, lost_a_process_m
 from scratchformer.training.library.pretraining import PretrainConfig, train
 from scratchformer.training.library.run_dir import with_flags_of_resumed_run
 from scratchformer.training.viz.curves import draw_run_curves
+from scratchformer.training.viz.timeline import draw_timeline
 
 EXIT_NON_FINITE = 1  # the loss became NaN/inf (--on_nonfinite stop)
 EXIT_LOST_PROCESS = 3  # another process of a multi-process run died or hung
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+# The pictures every run draws into its directory and its model card (the library draws none itself).
+PICTURES = dict(draw_curves=draw_run_curves, draw_timeline=draw_timeline)
 
 
 def build_parser() -> HfParser:
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
     if taken and os.environ.get("RANK", "0") == "0":
         print(f"--resume: continuing with the run's own {', '.join('--' + k for k in taken)}", file=sys.stderr)
     try:
-        result = train(cfg, draw_curves=draw_run_curves)
+        result = train(cfg, **PICTURES)
     except FloatingPointError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

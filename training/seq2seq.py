@@ -1,6 +1,8 @@
-"""`scratchformer finetune --task seq2seq`: train the encoder-decoder on (source, target) pairs with
-stock `Seq2SeqTrainer`, score exact match and BLEU, and write a hub-style model directory with its
-card and results. The work is `library.seq2seq.finetune_seq2seq`.
+"""`scratchformer seq2seq` (also spelled `scratchformer finetune --task seq2seq`): train the
+encoder-decoder on (source, target) pairs with stock `Seq2SeqTrainer`, score exact match and BLEU
+(sacrebleu's, with its signature), and write a hub-style model directory with its card and results.
+The flags are `Seq2SeqArguments`' fields, parsed as pretrain's and finetune's are; the work is
+`library.seq2seq.finetune_seq2seq`.
 
     # a new model, with a tokenizer trained on the pairs' source and target text:
     scratchformer finetune --task seq2seq --size tiny --train_files train.jsonl --validation_files dev.jsonl \\
@@ -17,16 +19,17 @@ without --model, `--preset`/`--size` and the size flags name a new model as `scr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from scratchformer.modeling import ScratchformerSeq2SeqConfig
 from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
-from scratchformer.training.arguments import Parser, command
+from scratchformer.training.arguments import command
 from scratchformer.training.library import seq2seq as lib
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 from scratchformer.training.library.model_dir import load_tokenizer_dir
 from scratchformer.training.viz.curves import draw_run_curves
 
@@ -36,59 +39,90 @@ NEW_MODEL_FLAGS = ("preset", "size", "num_hidden_layers", "encoder_layers", "dec
 DEFAULT_VOCAB_SIZE = 8192
 
 
-def build_parser() -> Parser:
-    p = Parser(
-        prog="scratchformer finetune --task seq2seq",
+SIZES_HELP = "; ".join(
+    f"{k}={v['encoder_layers']}+{v['decoder_layers']} layers x {v['hidden_size']}, {v['num_attention_heads']} heads"
+    for k, v in lib.SIZES.items()
+)
+
+
+@dataclass
+class Seq2SeqArguments:
+    """Every flag of `scratchformer seq2seq`: the model (a checkpoint, or a new one described as
+    `scratchformer pretrain` describes one), the pairs, and how to train (Trainer's names)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "a checkpoint to train (model + tokenizer); without it, a new model", "metavar": "DIR"})
+    preset: str | None = field(default=None, metadata={
+        "help": "new model: architecture family (default: paper)", "choices": sorted(PRESETS)})
+    size: str | None = field(default=None, metadata={
+        "help": f"new model: shape (default: mini): {SIZES_HELP}; base is the paper's", "choices": list(lib.SIZES)})
+    num_hidden_layers: int | None = field(default=None, metadata={
+        "help": "new model: layers of each stack (the paper's N)", "metavar": "N"})
+    encoder_layers: int | None = field(default=None, metadata={"help": "new model: encoder layers", "metavar": "N"})
+    decoder_layers: int | None = field(default=None, metadata={"help": "new model: decoder layers", "metavar": "N"})
+    hidden_size: int | None = field(default=None, metadata={"help": "new model: width (d_model)", "metavar": "C"})
+    num_attention_heads: int | None = field(default=None, metadata={
+        "help": "new model: attention heads", "metavar": "H"})
+    intermediate_size: int | None = field(default=None, metadata={
+        "help": "new model: feed-forward width (default: 4 x width)", "metavar": "F"})
+    dropout: float | None = field(default=None, metadata={
+        "help": "new model: dropout on embeddings and residual branches (preset: 0.1)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "new model: a tokenizer directory (from `scratchformer tokenizer`); default: train a byte-level "
+        "BPE on the pairs' source and target text", "metavar": "DIR"})
+    vocab_size: int | None = field(default=None, metadata={
+        "help": f"new model: vocabulary of the tokenizer trained here ({DEFAULT_VOCAB_SIZE})"})
+
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": ".jsonl/.json/.csv with the two text columns", "metavar": "F", "required": True})
+    validation_files: list[str] | None = field(default=None, metadata={
+        "help": "scored after training: loss, exact match and BLEU", "metavar": "F"})
+    source_column: str = field(default="source", metadata={"help": "the column holding the source text"})
+    target_column: str = field(default="target", metadata={"help": "the column holding the target text"})
+    max_source_length: int | None = field(default=None, metadata={
+        "help": "source tokens kept (default: 256, or the model's positions)"})
+    max_target_length: int | None = field(default=None, metadata={
+        "help": "target tokens kept, eos included (default: as the source's)"})
+
+    output_dir: str = field(default="", metadata={
+        "help": "where the trained model goes", "metavar": "DIR", "required": True})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the pairs"})
+    max_steps: int = field(default=-1, metadata={
+        "help": "optimizer steps; overrides --num_train_epochs (--max_train_steps is the same flag)"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "pairs per batch and device"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak lr; default: the paper's peak, d_model^-0.5 * 4000^-0.5 (7e-4 at width 512, 2e-3 at 64)"})
+    warmup_steps: int | None = field(default=None, metadata={
+        "help": "default: 5%% of the steps, or 4000 with --paper_schedule"})
+    paper_schedule: bool = field(default=False, metadata={
+        "help": "the paper's inverse square root, lr = d^-0.5 * min(step^-0.5, step * warmup^-1.5), made for "
+        "100k-step runs (default: linear warm-up, then linear decay to 0)"})
+    label_smoothing_factor: float = field(default=0.1, metadata={"help": "the paper's label smoothing (§5.4)"})
+    seed: int = field(default=42, metadata={"help": "seeds a new model's weights, the data order and dropout"})
+    num_beams: int = field(default=1, metadata={"help": "beams when scoring the validation pairs (1: greedy)"})
+
+
+def build_parser():
+    """`Seq2SeqArguments` as flags, parsed as `pretrain` and `finetune` parse theirs (transformers'
+    dataclass parser, both spellings of each flag, one-line errors)."""
+    from scratchformer.training.arguments import HfParser
+
+    p = HfParser(
+        Seq2SeqArguments,
+        prog="scratchformer seq2seq",
         description="Train an encoder-decoder on (source, target) pairs: a new one (--preset, --size, the size "
         "flags, --tokenizer) or a checkpoint (--model). Writes a Hugging Face model directory with a model card "
-        "and finetune_results.json to --output_dir. Flags take dashes or underscores.",
+        "and finetune_results.json to --output_dir. Flags take dashes or underscores. "
+        "`scratchformer finetune --task seq2seq` is the same command.",
     )
-    sizes = "; ".join(
-        f"{k}={v['encoder_layers']}+{v['decoder_layers']} layers x {v['hidden_size']}, {v['num_attention_heads']} heads"
-        for k, v in lib.SIZES.items()
-    )
-    p.add("--model", metavar="DIR", help="a checkpoint to train (model + tokenizer); without it, a new model")
-    p.add("--preset", choices=sorted(PRESETS), help="new model: architecture family (default: paper)")
-    p.add("--size", choices=list(lib.SIZES), help=f"new model: shape (default: mini): {sizes}; base is the paper's")
-    p.add("--num_hidden_layers", type=int, metavar="N", help="new model: layers of each stack (the paper's N)")
-    p.add("--encoder_layers", type=int, metavar="N", help="new model: encoder layers")
-    p.add("--decoder_layers", type=int, metavar="N", help="new model: decoder layers")
-    p.add("--hidden_size", type=int, metavar="C", help="new model: width (d_model)")
-    p.add("--num_attention_heads", type=int, metavar="H", help="new model: attention heads")
-    p.add("--intermediate_size", type=int, metavar="F", help="new model: feed-forward width (default: 4 x width)")
-    p.add("--dropout", type=float, help="new model: dropout on embeddings and residual branches (preset: 0.1)")
-    p.add("--tokenizer", metavar="DIR", help="new model: a tokenizer directory (from `scratchformer tokenizer`); "
-          "default: train a byte-level BPE on the pairs' source and target text")  # fmt: skip
-    p.add("--vocab_size", type=int, help=f"new model: vocabulary of the tokenizer trained here ({DEFAULT_VOCAB_SIZE})")
-
-    p.add("--train_files", required=True, nargs="+", metavar="F", help=".jsonl/.json/.csv with the two text columns")
-    p.add("--validation_files", nargs="+", metavar="F", help="scored after training: loss, exact match and BLEU")
-    p.add("--source_column", default="source")
-    p.add("--target_column", default="target")
-    p.add("--max_source_length", type=int, help="source tokens kept (default: 256, or the model's positions)")
-    p.add("--max_target_length", type=int, help="target tokens kept, eos included (default: as the source's)")
-
-    p.add("--output_dir", required=True, metavar="DIR", help="where the trained model goes")
-    p.add("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    p.add("--num_train_epochs", type=float, default=3.0)
-    p.add("--max_steps", type=int, default=-1, help="optimizer steps; overrides --num_train_epochs "
-          "(--max_train_steps is the same flag)")  # fmt: skip
-    p.add("--per_device_train_batch_size", type=int, default=32)
-    p.add("--gradient_accumulation_steps", type=int, default=1)
-    p.add("--learning_rate", type=float, help="peak lr; default: the paper's peak, d_model^-0.5 * 4000^-0.5 "
-          "(7e-4 at width 512, 2e-3 at 64)")  # fmt: skip
-    p.add("--warmup_steps", type=int, help="default: 5%% of the steps, or 4000 with --paper_schedule")
-    p.add("--paper_schedule", dest="paper_schedule", action="store_true", default=False,
-          help="the paper's inverse square root, lr = d^-0.5 * min(step^-0.5, step * warmup^-1.5), "
-          "made for 100k-step runs (default: linear warm-up, then linear decay to 0)")  # fmt: skip
-    p.add("--no_paper_schedule", dest="paper_schedule", action="store_false", help="the linear schedule (default)")
-    p.add("--label_smoothing_factor", type=float, default=0.1)
-    p.add("--seed", type=int, default=42, help="seeds a new model's weights, the data order and dropout")
-    p.add("--num_beams", type=int, default=1, help="beams when scoring the validation pairs (1: greedy)")
+    p.add_argument("--no_paper_schedule", "--no-paper-schedule", dest="paper_schedule", action="store_false",
+                   default=False, help="the linear schedule (default)")  # fmt: skip
     return p
 
 
-def check_flags(a: argparse.Namespace) -> None:
+def check_flags(a: Seq2SeqArguments) -> None:
     given = [f"--{name}" for name in NEW_MODEL_FLAGS if getattr(a, name) is not None]
     if a.model is not None and given:
         raise UserError(
@@ -110,7 +144,7 @@ def check_flags(a: argparse.Namespace) -> None:
 
 @command("seq2seq")
 def main(argv: list[str]) -> int:
-    a = build_parser().parse(argv)
+    (a,) = build_parser().parse(argv)
     check_flags(a)
     # Everything a flag decides is checked before any data is read or a tokenizer trained.
     lib.check_output_dir(a.output_dir, a.overwrite)
@@ -172,13 +206,13 @@ def main(argv: list[str]) -> int:
     print(json.dumps({k: results[k] for k in ("train_loss", "train_steps", "epochs", "train_runtime_s")}))
     if results["eval"]:
         print(json.dumps(results["eval"]))
-    out = results["output_dir"]
-    print(f"saved to    {out}  (model card: {out}/README.md, numbers: {out}/finetune_results.json)")
+    out, layout = results["output_dir"], RunLayout(results["output_dir"])
+    print(f"saved to    {out}  (model card: {layout.card}, numbers: {layout.results})")
     print(f"use it      AutoModelForSeq2SeqLM.from_pretrained({out!r}, trust_remote_code=True)")
     return 0
 
 
-def _describe_data(a: argparse.Namespace) -> str:
+def _describe_data(a: Seq2SeqArguments) -> str:
     val = f", validation {', '.join(a.validation_files)}" if a.validation_files else ""
     return f"{', '.join(a.train_files)}{val} (columns {a.source_column!r} -> {a.target_column!r})"
 

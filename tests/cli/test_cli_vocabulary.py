@@ -36,7 +36,8 @@ FROZEN = {
         "--preprocessing_num_workers", "--preset", "--push_to_hub", "--qk_norm", "--query_key_optimizer",
         "--report_to", "--resume",
         "--resume_from_checkpoint", "--save_steps", "--save_total_limit", "--seed", "--shuffle_buffer_size", "--size",
-        "--streaming", "--streaming_holdout_documents", "--text_column", "--tokenizer", "--tokens_per_parameter",
+        "--streaming", "--streaming_holdout_documents", "--synthetic_data", "--text_column", "--tokenizer",
+        "--tokens_per_parameter",
         "--torch_compile", "--total_batch_size", "--train_files", "--validation_files", "--validation_fraction",
         "--validation_split", "--vocab_size", "--weight_decay",
     ],
@@ -71,6 +72,7 @@ FROZEN = {
         "--tokenizer", "--train_files", "--validation_files", "--vocab_size", "--warmup_steps",
     ],
 }  # fmt: skip
+FROZEN["seq2seq"] = FROZEN["finetune --task seq2seq"]  # its own command since 0.5; the finetune spelling is an alias
 TRAINER_FLAGS = {"--" + f.name for f in dataclasses.fields(TrainingArguments)}
 
 
@@ -169,6 +171,12 @@ def test_a_deprecated_spelling_runs_the_command(tmp_path, capsys):
         ),
         (generate.main, ["--model", "m", "--temprature", "0"], "--temperature"),
         (tokenizer.main, ["--output_dir", "t", "--vocab", "100"], "--vocab_size"),
+        # Common short forms from other trainers: by spelling alone --lr was closest to --help.
+        (pretrain.main, ["--lr", "1e-3"], "--learning_rate"),
+        (finetune.main, ["--model", "m", "--task", "causal-lm", "--output_dir", "o", "--lr", "1e-3"],
+         "--learning_rate"),  # fmt: skip
+        (pretrain.main, ["--n_layer", "2"], "--num_hidden_layers"),
+        (generate.main, ["--model", "m", "--temp", "0"], "--temperature"),
     ],
 )
 def test_a_mistyped_flag_is_one_line_naming_the_closest(main, argv, suggestion, capsys):

@@ -88,7 +88,7 @@ def test_sampling_is_reproducible_with_a_seed(dirs, capsys):
 def test_chat_formats_turns_and_stops_at_end_of_turn(dirs, capsys, monkeypatch):
     model, tokenizer = generation.load(dirs["lm"])
     args = generate.build_parser().parse_args(["--model", dirs["lm"], "--chat"])
-    gen = generation.generation_config(model, tokenizer, args)
+    gen = generation.generation_config(model, tokenizer, chat=args.chat)  # the library takes plain arguments
     assert set(gen.eos_token_id) == {EOS_ID, END_ID}  # </s> and <|end|> both end a reply
 
     prompts = []

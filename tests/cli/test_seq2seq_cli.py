@@ -261,6 +261,16 @@ def test_the_output_is_a_hub_model_with_card_and_results_and_no_pickle(scratch, 
     assert f"saved to    {out}" in scratch["text"]
 
 
+def test_the_bleu_reported_is_sacrebleus_with_its_signature(scratch):
+    """The score papers report, and the signature that says how it was computed, in the results and the card."""
+    sacrebleu = pytest.importorskip("sacrebleu")
+    r = results(scratch["out"])
+    signature = r["generation"]["bleu"]
+    assert signature.startswith("sacrebleu nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert signature.endswith(sacrebleu.__version__)
+    assert f"| BLEU signature | `{signature}` |" in (scratch["out"] / "README.md").read_text()
+
+
 def test_the_output_appears_complete_or_not_at_all(pairs, tokenizer_dir, tmp_path, monkeypatch, capsys):
     argv = ["--train_files", pairs["train"], "--output_dir", str(tmp_path / "o"), *TOY, "--tokenizer",
             str(tokenizer_dir), "--max_steps", "1"]  # fmt: skip

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from scratchformer.training.library.bleu import corpus_bleu, exact_match
+from scratchformer.training.library.bleu import OUR_SIGNATURE, corpus_bleu, exact_match, sacrebleu_score
 
 
 def test_identical_corpus_scores_100():
@@ -67,3 +67,24 @@ def test_chrf_by_hand():
     assert corpus_chrf(["ab", "abc"], ["abc", "abc"]) == pytest.approx(100 * 5 * p * r / (4 * p + r))
     with pytest.raises(ValueError, match="one reference each"):
         corpus_chrf(["a"], ["a", "b"])
+
+
+def test_the_reported_bleu_is_sacrebleus_with_its_signature():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    hyps, refs = ["the cat sat on the mat.", "a b c d e"], ["the cat is on the mat.", "a b c d e f g"]
+    score, signature = sacrebleu_score(hyps, refs)
+    assert score == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert signature == f"sacrebleu nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+    # Not ours: sacrebleu splits the final "." off "mat." (13a) and smooths, so the numbers differ.
+    assert score != pytest.approx(corpus_bleu(hyps, refs)["bleu"])
+
+
+def test_without_sacrebleu_ours_is_reported_and_signed_as_ours(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # an import of it now fails, as when not installed
+    monkeypatch.setitem(sys.modules, "sacrebleu.metrics", None)
+    hyps, refs = ["the cat sat on the mat", "a b c d e"], ["the cat is on the mat", "a b c d e f g"]
+    score, signature = sacrebleu_score(hyps, refs)
+    assert score == corpus_bleu(hyps, refs)["bleu"]
+    assert signature.startswith(OUR_SIGNATURE) and "pip install 'scratchformer[bleu]'" in signature

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import datasets
@@ -271,6 +272,19 @@ def test_a_crash_while_saving_leaves_no_half_written_model(lm, tmp_path, monkeyp
     args.overwrite = True  # the rerun (told to replace what is there) clears the staging leftover
     results = finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "out")))
     assert results["labels"] == ["cat", "dog"] and not (tmp_path / "out" / ".final.tmp").exists()
+
+
+def test_no_pin_memory_warning_without_a_gpu(lm, tmp_path):
+    """Trainer pins batches by default, and torch warns once per run that pinning without an accelerator
+    does nothing; on a CPU the run asks for no pinning, as the seq2seq command does."""
+    two = write_jsonl(tmp_path / "two.jsonl", [{"text": f"the {a} sat", "label": a} for a in ("cat", "dog") * 8])
+    args = FinetuneArguments(model=lm["dir"], task="classification", train_files=[two], validation_fraction=0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # As the command runs it: no --use_cpu (which would turn pinning off by itself).
+        finetune(args, cpu_args(tmp_path, max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "out"),
+                                use_cpu=False))  # fmt: skip
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
 
 
 def test_hf_flags_parse_with_task_defaults(tmp_path):

@@ -19,21 +19,20 @@ from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.tokenization import END_ID
 from scratchformer.training.library.pretraining import train
 from scratchformer.training.library.run_dir import push_model_dir
-from scratchformer.training.pretrain import main
-from scratchformer.training.viz.curves import draw_run_curves
+from scratchformer.training.pretrain import PICTURES, main
 
 # -- one run, looked at from every side -----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory):
-    """16 steps from text alone: the tokenizer is trained first, tensorboard logs, and the curves the
-    command draws (the library draws no pictures itself: the command passes viz's function)."""
+    """16 steps from text alone: the tokenizer is trained first, tensorboard logs, and the pictures the
+    command draws (the library draws none itself: the command passes viz's functions, PICTURES)."""
     out = tmp_path_factory.mktemp("run")
     cfg = run_config(
         out, corpus, vocab_size=320, max_train_steps=16, eval_steps=8, save_steps=8, report_to="tensorboard"
     )
-    return cfg, train(cfg, draw_curves=draw_run_curves)
+    return cfg, train(cfg, **PICTURES)  # what `scratchformer pretrain` passes
 
 
 def test_loss_decreases_and_metrics_are_logged(run):
@@ -66,6 +65,7 @@ def test_output_is_a_hub_style_directory(run):
         "README.md",
         "training_args.json",
         "loss_curve.png",
+        "timeline.png",
     ):
         assert (model_dir / name).is_file(), name
     config = json.loads((model_dir / "config.json").read_text())
@@ -83,6 +83,7 @@ def test_output_is_a_hub_style_directory(run):
     assert "library_name: transformers" in card
     assert f"{result['eval_bpb']:.4f}" in card and f"{result['parameters']:,}" in card
     assert "16 of 16" in card and f"{16 * 8 * 32:,}" in card and "trust_remote_code=True" in card
+    assert "](timeline.png)" in card and "](loss_curve.png)" in card
     assert "## Where it runs" in card and "| export --to llama | ✓ |" in card  # doctor's table (test_doctor.py)
     # Checkpoints: the last two kept, none left under a temporary name.
     checkpoints = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").iterdir())

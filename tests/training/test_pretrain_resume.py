@@ -262,6 +262,32 @@ def test_resume_with_another_optimizer_is_refused_naming_both(corpus, tokenizer_
     assert state["flags"]["learning_rate"] == TINY["learning_rate"] and state["run"]["optimizer"] == "muon"
 
 
+def test_the_plan_is_saved_as_is_and_a_bare_resume_reads_the_resolved_lr_back(
+    corpus, tokenizer_dir, tmp_path, monkeypatch
+):
+    """The flags go into the checkpoint as given, the run's resolved numbers beside them as its plan;
+    a bare --resume reads the peak lr back from the plan, whatever a size's default has become, and
+    names the checkpoint it chose, which train() then resumes without searching again."""
+    from scratchformer.training.library import pretrain_config
+    from scratchformer.training.library.run_dir import with_flags_of_resumed_run
+
+    cfg = run_config(tmp_path, corpus, tokenizer=tokenizer_dir, max_train_steps=2, save_steps=2, eval_steps=100,
+                     learning_rate=None)  # fmt: skip
+    train(cfg)
+    checkpoint = tmp_path / "checkpoints" / "step-000002"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    resolved = pretrain_config.SIZES["tiny"]["learning_rate"]
+    assert state["flags"] == json.loads(json.dumps(dataclasses.asdict(cfg)))  # as given: learning_rate None
+    plan = state["plan"]
+    assert (plan["learning_rate"], plan["max_train_steps"], plan["block_size"]) == (resolved, 2, TINY["block_size"])
+    assert plan["schedule"]["max_lr"] == resolved and plan["samples_per_step"] == TINY["per_device_train_batch_size"]
+
+    monkeypatch.setitem(pretrain_config.SIZES["tiny"], "learning_rate", resolved / 2)  # a later release's default
+    bare, taken = with_flags_of_resumed_run(PretrainConfig(output_dir=str(tmp_path), resume="auto"), {"output_dir"})
+    assert bare.learning_rate == resolved and "learning_rate" in taken
+    assert bare.resume == str(checkpoint)
+
+
 # -- a streamed corpus -----------------------------------------------------------------------------
 
 

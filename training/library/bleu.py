@@ -1,5 +1,6 @@
-"""Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015), written out, for scoring translations
-without sacrebleu.
+"""Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015). The BLEU a run reports is sacrebleu's
+(`sacrebleu_score`, with its signature; `pip install 'scratchformer[bleu]'`); the one written out here
+is the fallback without it, signed as ours, and the reference the tests check by hand.
 
 BLEU = BP * exp(mean over n=1..4 of log p_n), where p_n is the *corpus* modified n-gram precision:
 clipped n-gram matches summed over all sentences, divided by all candidate n-grams. Clipping counts
@@ -109,13 +110,28 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return 100.0 * sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(hypotheses)
 
 
+# What our own BLEU is, in sacrebleu's signature notation, so a reader never takes it for sacrebleu's.
+OUR_SIGNATURE = "scratchformer-bleu|nrefs:1|case:mixed|tok:whitespace|smooth:none"
+SACREBLEU_MISSING = "sacrebleu is not installed: pip install 'scratchformer[bleu]' for the score papers report"
+
+
+def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """(corpus BLEU, its signature): sacrebleu's (Post 2018: 13a tokens, exponential smoothing; the
+    number papers report, and the signature that says how it was computed) when it is installed,
+    else ours, signed as ours (whitespace tokens, no smoothing: not comparable with sacrebleu's)."""
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:
+        return float(corpus_bleu(hypotheses, references)["bleu"]), f"{OUR_SIGNATURE} ({SACREBLEU_MISSING})"
+    bleu = BLEU()
+    score = bleu.corpus_score(list(hypotheses), [list(references)]).score
+    return float(score), f"sacrebleu {bleu.get_signature()}"
+
+
 def sacrebleu_or_ours(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus BLEU when it is installed (the number papers report), ours otherwise."""
-    try:
-        import sacrebleu
-    except ImportError:
-        return float(corpus_bleu(hypotheses, references)["bleu"])
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    return sacrebleu_score(hypotheses, references)[0]
 
 
-__all__ = ["char_ngrams", "corpus_bleu", "corpus_chrf", "exact_match", "ngrams", "sacrebleu_or_ours"]
+__all__ = ["OUR_SIGNATURE", "char_ngrams", "corpus_bleu", "corpus_chrf", "exact_match", "ngrams",
+           "sacrebleu_or_ours", "sacrebleu_score"]

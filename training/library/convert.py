@@ -14,7 +14,6 @@ query/key/value projection, and its `Conv1D` layers, which store weights as (in,
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
-from .files import fresh_sibling, make_weights_readable
+from .files import atomic_directory
 from .model_dir import load_model_dir
 
 SUPPORTED = ("llama", "qwen3", "gpt2")
@@ -168,16 +167,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     model, _ = load_model_dir(src, AutoModelForCausalLM, need_tokenizer=False)  # safetensors only, checked
     ours = convert_model(model)
     ours.generation_config = model.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_sibling(out)
-    try:
+    with atomic_directory(out) as tmp:
         ours.save_pretrained(tmp)
         if (src / "tokenizer.json").is_file() or (src / "vocab.json").is_file():
             AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
-        if out.exists():
-            raise FileExistsError(f"{out} already exists: choose a new --output_dir or remove it first.")
-        make_weights_readable(tmp)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -310,3 +310,17 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.length
+
+
+def rows_are_documents(files: list[str] | None) -> bool:
+    """Rows of .txt files are lines of running text; every other source's rows are documents."""
+    return not files or any(BUILDERS.get(Path(f).suffix.lower()) != "text" for f in files)
+
+
+def check_not_empty(ds, name: str, block_size: int) -> None:
+    empty = len(ds) == 0 if isinstance(ds, datasets.Dataset) else next(iter(ds), None) is None
+    if empty:
+        raise ValueError(
+            f"the {name} text holds fewer than {block_size} tokens, not even one block of --block_size "
+            f"{block_size}: give more text or lower --block_size"
+        )

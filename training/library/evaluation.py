@@ -20,13 +20,12 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .data import load_text_dataset
+from .data import check_not_empty, load_text_dataset, rows_are_documents
 from .errors import UserError
-from .files import fresh_sibling_file
-from .generation import _best_device, load
+from .files import write_atomically
+from .generation import best_device, load
 from .metrics import evaluate
 from .packing import collate_blocks, token_byte_lengths, tokenize_and_pack
-from .pretraining import check_not_empty, rows_are_documents
 
 DEFAULT_MAX_BLOCK_SIZE = 1024  # a block size read from a model's positions is capped here (run_clm's cap)
 LM_EVAL_MISSING = "--tasks runs EleutherAI's lm-evaluation-harness, which is not installed here: pip install lm-eval"
@@ -167,7 +166,7 @@ def run_harness(
 
     model_args = {"pretrained": str(model_dir), "trust_remote_code": trust_remote_code}
     out = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), batch_size=batch_size,
-                                  device=device or _best_device())  # fmt: skip
+                                  device=device or best_device())  # fmt: skip
     results = (out or {}).get("results", {})
     return {
         task: {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
@@ -190,18 +189,7 @@ def write_json_atomically(data: dict[str, Any], path: str | os.PathLike) -> Path
     beside it and renamed into place."""
     out = Path(path)
     check_output_file(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = fresh_sibling_file(out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_finite(data), f, indent=2, allow_nan=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, out)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return out
+    return write_atomically(out, json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _finite(value: Any) -> Any:

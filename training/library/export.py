@@ -22,14 +22,13 @@ card travel with it; the output appears complete or not at all.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError
-from .files import fresh_sibling, make_weights_readable
+from .files import atomic_directory
 from .model_dir import load_model_dir
 
 TARGETS = ("llama", "qwen3", "gpt2", "gguf")
@@ -296,9 +295,7 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
     config, sd = stock_checkpoint(model, target)
     config.dtype = model.dtype
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_sibling(out)
-    try:
+    with atomic_directory(out) as tmp:
         config.architectures = [ARCHITECTURES[target]]
         config.save_pretrained(tmp)
         save_torch_state_dict(sd, tmp)
@@ -320,8 +317,4 @@ def export_stock(model_dir: str | os.PathLike, target: str, output_dir: str | os
         if diff > tolerance:
             raise UserError(f"the exported {target} model's logits differ from the original by {diff:.2e}; "
                               "nothing was written (please report this)")
-        make_weights_readable(tmp)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, notes

@@ -11,10 +11,10 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -35,10 +35,11 @@ from transformers.trainer_utils import IntervalStrategy
 
 import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* classes with the Auto classes)
 
-from .data import BUILDERS
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
-from .files import make_weights_readable
+from .files import has_files_besides, move_into
+from .finetune_config import TASKS, FinetuneArguments
+from .layout import RunLayout
 from .metrics import compute_classification_metrics, token_metrics
 from .model_card import render_finetune_card
 from .model_dir import (
@@ -50,8 +51,6 @@ from .model_dir import (
 )
 from .packing import collate_blocks
 from .tasks import (
-    TASKS,
-    Task,
     load_raw_splits,
     prepare_classification,
     prepare_language_modeling,
@@ -86,91 +85,10 @@ WEIGHT_FILES = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = RunLayout.CHECKPOINTS  # Trainer's checkpoints, under OUTPUT_DIR
 
 
-RESULTS_FILE = "finetune_results.json"
-
-
-@dataclass
-class FinetuneArguments:
-    """What to fine-tune, on what, for which task. Everything about *how* to train is a
-    `TrainingArguments` field (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, ...)."""
-
-    model: str = field(metadata={"help": "checkpoint directory (from `scratchformer pretrain` or any save_pretrained)"})
-    task: Task = field(
-        metadata={"help": "what to fine-tune for (`--task seq2seq` trains an encoder-decoder: see its --help)"}
-    )
-    train_files: list[str] | None = field(
-        default=None, metadata={"help": f"training data, one format: {', '.join(sorted(BUILDERS))}"}
-    )
-    validation_files: list[str] | None = field(default=None, metadata={"help": "validation data (same format)"})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "a hub dataset name or a local dataset folder, instead of files"}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
-    train_split: str = field(default="train", metadata={"help": "the dataset's training split"})
-    validation_split: str = field(
-        default="validation", metadata={"help": "the dataset's validation split (carved from training if absent)"}
-    )
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": "share of the training data held out for validation when none is given (0: no validation)"},
-    )
-    text_column: str | None = field(
-        default=None,
-        metadata={"help": "text column (default: 'text'; 'tokens', a list of words, for token-classification)"},
-    )
-    label_column: str | None = field(
-        default=None, metadata={"help": "label column (default: 'label'; 'ner_tags' for token-classification)"}
-    )
-    messages_column: str = field(
-        default="messages",
-        metadata={"help": "causal-lm: column of chat records ([{'role', 'content'}, ...]); used when present"},
-    )
-    assistant_only_loss: bool = field(
-        default=False, metadata={"help": "causal-lm on chat records: train on the assistant's turns only"}
-    )
-    max_length: int | None = field(
-        default=None, metadata={"help": "tokens per example or block (default: the model's context, at most 1024)"}
-    )
-    packing: bool = field(
-        default=True,
-        metadata={
-            "help": "causal-lm/masked-lm on text: join rows into full blocks (--no_packing: one example per row)"
-        },
-    )
-    document_masking: bool = field(
-        default=True,
-        metadata={
-            "help": "causal-lm with packing: keep the documents of a block apart (position_ids restart at each, no "
-            "attention across, no </s> -> <s> target), as pretrain does"
-        },
-    )
-    mlm_probability: float = field(default=0.15, metadata={"help": "masked-lm: share of tokens masked"})
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "stop after this many evaluations without improvement"}
-    )
-    lora_r: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (peft) instead of all weights"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "module names that get adapters"}
-    )
-    bidirectional: bool = field(
-        default=False,
-        metadata={
-            "help": "masked-lm/classification: load a decoder checkpoint as a bidirectional encoder "
-            "(is_causal=False) and adapt it, as LLM2Vec does; the result is an encoder"
-        },
-    )
-    keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep Trainer's checkpoints in OUT/checkpoints after a successful run"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir directory"})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow a non-scratchformer checkpoint's own code to run"}
-    )
+RESULTS_FILE = RunLayout.RESULTS
 
 
 def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -218,63 +136,22 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
     Trainer's checkpoints go inside it, to OUTPUT_DIR/checkpoints, out of the model's way (and are
     removed after a successful run unless --keep_checkpoints). `draw_curves(log, png)` draws the
     loss curve (the command passes `viz.curves`'s)."""
-    output_dir = Path(training_args.output_dir)
+    out = Path(training_args.output_dir)
     training_args = copy.copy(training_args)  # the caller's arguments keep their output_dir
-    training_args.output_dir = str(output_dir / CHECKPOINTS_DIR)
-    config = check_model_dir(args.model, trust_remote_code=args.trust_remote_code)
-    if args.bidirectional:
-        if config.model_type != "scratchformer" or args.task == "causal-lm":
-            raise UserError("--bidirectional turns a scratchformer decoder into an encoder: not with causal-lm")
-        config.is_causal = False
-    check_task(config, args.task, args.model)
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} exists and is not a directory")
+    training_args.output_dir = str(RunLayout(out).checkpoints)
+    if training_args.dataloader_pin_memory and not _has_accelerator():
+        training_args.dataloader_pin_memory = False  # pinning with no GPU only warns (torch), once per run
+    config = check_run(args, training_args, out)
     resuming = bool(training_args.resume_from_checkpoint)
-    if out.is_dir() and _has_files_besides(out, CHECKPOINTS_DIR) and not (args.overwrite or resuming):
-        raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
-    _check_training_args(args, training_args)
 
     tokenizer = load_tokenizer_dir(args.model, trust_remote_code=args.trust_remote_code)
     max_length = _max_length(args, tokenizer, config)
-    train_raw, validation_raw = load_raw_splits(args, seed=training_args.seed)
-
-    labels: list[str] | None = None
-    compute_metrics = None
-    is_chat = False
-    if args.task == "classification":
-        train, validation, labels = prepare_classification(args, tokenizer, train_raw, validation_raw, max_length)
-        collator = DataCollatorWithPadding(tokenizer)
-        compute_metrics = compute_classification_metrics
-    elif args.task == "token-classification":
-        train, validation, labels = prepare_token_classification(args, tokenizer, train_raw, validation_raw, max_length)
-        collator = DataCollatorForTokenClassification(tokenizer)
-        compute_metrics = token_metrics(labels)
-        if compute_metrics.entity_level and training_args.metric_for_best_model == "accuracy":
-            # Entity tags: token accuracy, the command's default, mostly counts the `O` words, so keep the
-            # model with the best entity F1 instead (`--metric_for_best_model eval_accuracy` keeps accuracy).
-            training_args.metric_for_best_model = "f1"
-    else:
-        train, validation, is_chat = prepare_language_modeling(args, tokenizer, train_raw, validation_raw, max_length)
-        if args.task == "masked-lm":
-            if tokenizer.mask_token is None:
-                raise UserError("masked-lm needs a tokenizer with a mask token (<mask>)")
-            collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability)
-        elif is_chat:
-            # Conversations differ in length and carry their own labels (maybe assistant-only):
-            # pad input_ids with <pad> and labels with -100, which is what this collator does.
-            collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-        elif "position_ids" in train.column_names:  # packed documents kept apart: labels -100 where each starts
-            collator = collate_blocks
-        else:
-            collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids; the model shifts
-
-    if validation is None:
+    data = task_data(args, training_args, tokenizer, max_length)
+    if data.validation is None:
         # Nothing to evaluate on: evaluation and best-model selection switch off rather than fail.
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.load_best_model_at_end = False
-
-    model, loading = _load_model(args, labels, config)
+    model, loading = _load_model(args, data.labels, config)
     if args.lora_r:
         model = _wrap_lora(args, model)
 
@@ -285,45 +162,98 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
     callbacks = []
     if args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=collator,
-        processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
+                      data_collator=data.collator, processing_class=tokenizer, compute_metrics=data.compute_metrics,
+                      callbacks=callbacks)  # fmt: skip
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
-    eval_metrics = trainer.evaluate() if validation is not None else {}
+    eval_metrics = trainer.evaluate() if data.validation is not None else {}
     if "eval_loss" in eval_metrics and args.task in ("causal-lm", "masked-lm"):
         eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
 
-    # Everything the run leaves at the top of OUT is written into a hidden staging directory first
-    # and moved in file by file once complete, so a crash while saving leaves no half-written file.
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run killed while saving
-    staging.mkdir()
-    final = trainer.model
-    if args.lora_r:
-        final.save_pretrained(staging / "adapter")  # the adapter alone, for sharing beside the base model
-        final = final.merge_and_unload()  # and the merged model, which needs no peft to load
-    final.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    results = describe_results(args, training_args, trainer, train_output, eval_metrics, data, max_length, loading,
+                               out)  # fmt: skip
+    save_final(args, trainer.model, tokenizer, results, out, draw_curves)
+    checkpoints = Path(training_args.output_dir)
+    if not args.keep_checkpoints and checkpoints == RunLayout(out).checkpoints and checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # the best model is at the top of OUT; the rest was only for resuming
+    return results
 
-    results = {
+
+def check_run(args: FinetuneArguments, training_args: TrainingArguments, out: Path) -> PretrainedConfig:
+    """Everything the flags decide, checked before any data is read: the checkpoint, the task, the
+    output directory, the training arguments. Returns the checkpoint's config."""
+    config = check_model_dir(args.model, trust_remote_code=args.trust_remote_code)
+    if args.bidirectional:
+        if config.model_type != "scratchformer" or args.task == "causal-lm":
+            raise UserError("--bidirectional turns a scratchformer decoder into an encoder: not with causal-lm")
+        config.is_causal = False
+    check_task(config, args.task, args.model)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} exists and is not a directory")
+    resuming = bool(training_args.resume_from_checkpoint)
+    if out.is_dir() and has_files_besides(out, CHECKPOINTS_DIR) and not (args.overwrite or resuming):
+        raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
+    _check_training_args(args, training_args)
+    return config
+
+
+class TaskData(NamedTuple):
+    """What Trainer is handed for a task: the two splits, how to batch them, how to score them."""
+
+    train: Any
+    validation: Any
+    collator: Any
+    compute_metrics: Any = None
+    labels: list[str] | None = None
+    is_chat: bool = False
+
+
+def task_data(args: FinetuneArguments, training_args: TrainingArguments, tokenizer: PreTrainedTokenizerBase,
+              max_length: int) -> TaskData:  # fmt: skip
+    """The data read and prepared for `args.task`, with the collator and metrics that task needs."""
+    train_raw, validation_raw = load_raw_splits(args, seed=training_args.seed)
+    if args.task == "classification":
+        train, validation, labels = prepare_classification(args, tokenizer, train_raw, validation_raw, max_length)
+        return TaskData(train, validation, DataCollatorWithPadding(tokenizer), compute_classification_metrics, labels)
+    if args.task == "token-classification":
+        train, validation, labels = prepare_token_classification(args, tokenizer, train_raw, validation_raw, max_length)
+        compute_metrics = token_metrics(labels)
+        if compute_metrics.entity_level and training_args.metric_for_best_model == "accuracy":
+            # Entity tags: token accuracy, the command's default, mostly counts the `O` words, so keep the
+            # model with the best entity F1 instead (`--metric_for_best_model eval_accuracy` keeps accuracy).
+            training_args.metric_for_best_model = "f1"
+        return TaskData(train, validation, DataCollatorForTokenClassification(tokenizer), compute_metrics, labels)
+    train, validation, is_chat = prepare_language_modeling(args, tokenizer, train_raw, validation_raw, max_length)
+    if args.task == "masked-lm":
+        if tokenizer.mask_token is None:
+            raise UserError("masked-lm needs a tokenizer with a mask token (<mask>)")
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability)
+    elif is_chat:
+        # Conversations differ in length and carry their own labels (maybe assistant-only):
+        # pad input_ids with <pad> and labels with -100, which is what this collator does.
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    elif "position_ids" in train.column_names:  # packed documents kept apart: labels -100 where each starts
+        collator = collate_blocks
+    else:
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids; the model shifts
+    return TaskData(train, validation, collator, is_chat=is_chat)
+
+
+def describe_results(args: FinetuneArguments, training_args: TrainingArguments, trainer: Trainer, train_output,
+                     eval_metrics: dict, data: TaskData, max_length: int, loading: dict,
+                     out: Path) -> dict:  # fmt: skip
+    """The run's numbers and choices, as finetune_results.json and the model card give them."""
+    return {
         "task": args.task,
         "pipeline_task": PIPELINE_TASKS[args.task],
         "base_model": str(args.model),
         "output_dir": str(out),
         "data": describe_data(args),
-        "train_examples": len(train),
-        "validation_examples": len(validation) if validation is not None else 0,
+        "train_examples": len(data.train),
+        "validation_examples": len(data.validation) if data.validation is not None else 0,
         "max_length": max_length,
-        "labels": labels,
-        "chat": is_chat,
+        "labels": data.labels,
+        "chat": data.is_chat,
         "assistant_only_loss": args.assistant_only_loss,
         "new_weights": sorted(loading.get("missing_keys", [])),
         "lora": {"r": args.lora_r, "alpha": _lora_alpha(args), "target_modules": args.lora_target_modules}
@@ -347,26 +277,30 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, draw_cur
         },
         "log_history": trainer.state.log_history,
     }
+
+
+def save_final(args: FinetuneArguments, model, tokenizer, results: dict, out: Path, draw_curves=None) -> None:
+    """The model (merged, and with LoRA its adapter too), tokenizer, card, curve, results and log at the
+    top of OUT: written into a hidden staging directory first and moved in entry by entry once
+    complete, so a crash while saving leaves no half-written file."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run killed while saving
+    staging.mkdir()
+    if args.lora_r:
+        model.save_pretrained(staging / "adapter")  # the adapter alone, for sharing beside the base model
+        model = model.merge_and_unload()  # and the merged model, which needs no peft to load
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
     write_card_and_curve(staging, results, args.model, draw_curves)
-    (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    _move_into(staging, out)
-
-    checkpoints = Path(training_args.output_dir)
-    if not args.keep_checkpoints and checkpoints == out / CHECKPOINTS_DIR and checkpoints.is_dir():
-        shutil.rmtree(checkpoints)  # the best model is at the top of OUT; the rest was only for resuming
-    return results
+    RunLayout(staging).results.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    move_into(staging, out)
 
 
-def _move_into(staging: Path, out: Path) -> None:
-    """Renames each entry of `staging` into `out` (same file system: each rename is atomic),
-    replacing what an earlier attempt left there, then removes `staging`."""
-    make_weights_readable(staging)
-    for entry in sorted(staging.iterdir()):
-        dest = out / entry.name
-        if entry.is_dir() and dest.is_dir():
-            shutil.rmtree(dest)  # e.g. the adapter of a finished earlier attempt
-        os.replace(entry, dest)
-    staging.rmdir()
+def _has_accelerator() -> bool:
+    """A device pinned memory is for (CUDA, or any accelerator torch knows, on torch >= 2.6)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def describe_data(args: FinetuneArguments) -> str:
@@ -377,10 +311,6 @@ def describe_data(args: FinetuneArguments) -> str:
         config = f" ({args.dataset_config_name})" if args.dataset_config_name else ""
         return f"dataset {args.dataset_name}{config}"
     return "the embedded default corpus (Python's help topics, pydoc_data)"
-
-
-def _has_files_besides(directory: Path, *ignored: str) -> bool:
-    return any(p.name not in ignored for p in directory.iterdir())
 
 
 def _check_training_args(args: FinetuneArguments, training_args: TrainingArguments) -> None:
@@ -461,10 +391,11 @@ def write_card_and_curve(out: Path, results: dict, base_model: str, draw_curves=
     """`OUT/metrics.jsonl` (Trainer's log history), `OUT/loss_curve.png` when `draw_curves(log, png)`
     draws it (the command passes `viz.curves`'s, the picture pretraining draws too), and
     `OUT/README.md`: the fine-tuning card, with the base model's card kept below it."""
-    metrics = out / "metrics.jsonl"
+    layout = RunLayout(out)
+    metrics = layout.metrics
     metrics.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
-    results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
+    results["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, layout.loss_curve))
     base_card = Path(base_model) / "README.md"
     card = render_finetune_card(results, base_card.read_text(encoding="utf-8") if base_card.is_file() else None,
                                 where=where_it_runs_of(out))
-    (out / "README.md").write_text(card, encoding="utf-8")
+    layout.card.write_text(card, encoding="utf-8")

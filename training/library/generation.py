@@ -1,16 +1,14 @@
-"""Decoding from a checkpoint: load a causal LM (checked to be one), the generation config with a
-command line's choices on top, prompts from arguments or stdin, streaming token by token.
-`scratchformer generate` is the command on top."""
+"""Decoding from a checkpoint: load a causal LM (checked to be one), the generation config with the
+caller's choices on top, the prompt fitted to the context, new text handed to a streamer as it comes.
+Plain arguments in, text out: `scratchformer generate` (training/generate.py) owns the command line,
+the prompts from arguments or stdin and the printing."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
-from collections.abc import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, TextStreamer
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from .errors import UserError
 from .finetuning import check_model_dir, check_task
@@ -46,30 +44,41 @@ def load(model_dir: str, device: str | None = None, trust_remote_code: bool = Fa
             f"pipeline({task!r}, model=...), or generate with the checkpoint it was fine-tuned from"
         )
     model, tokenizer = load_model_dir(model_dir, AutoModelForCausalLM, trust_remote_code=trust_remote_code)
-    model.to(device or _best_device()).eval()
+    model.to(device or best_device()).eval()
     return model, tokenizer
 
 
-def generation_config(model, tokenizer, args: argparse.Namespace) -> GenerationConfig:
-    """The checkpoint's own generation config with the command line's choices on top."""
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens={args.max_new_tokens} must be at least 1")
-    if args.temperature < 0:
-        raise UserError(f"--temperature={args.temperature} must be 0 (greedy) or positive")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top_p={args.top_p} must be in (0, 1]")
+def generation_config(
+    model,
+    tokenizer,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    chat: bool = False,
+) -> GenerationConfig:
+    """The checkpoint's own generation config with these choices on top (temperature 0: greedy;
+    `chat`: an assistant turn also ends at the template's end-of-turn token)."""
+    if max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens={max_new_tokens} must be at least 1")
+    if temperature < 0:
+        raise UserError(f"--temperature={temperature} must be 0 (greedy) or positive")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top_p={top_p} must be in (0, 1]")
     gen = copy.deepcopy(model.generation_config)
-    sampling = args.temperature > 0
-    updates = dict(max_new_tokens=args.max_new_tokens, do_sample=sampling, repetition_penalty=args.repetition_penalty)
+    sampling = temperature > 0
+    updates = dict(max_new_tokens=max_new_tokens, do_sample=sampling, repetition_penalty=repetition_penalty)
     if sampling:
-        updates |= dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None)
+        updates |= dict(temperature=temperature, top_p=top_p, top_k=top_k or None)
     else:  # greedy: unset the sampling knobs so transformers does not warn that they are ignored
         updates |= dict(temperature=None, top_p=None, top_k=None)
     gen.update(**updates)
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = _as_list(gen.eos_token_id) or _as_list(tokenizer.eos_token_id)
-    if args.chat:
+    if chat:
         end = tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN)
         if isinstance(end, int) and end != tokenizer.unk_token_id and end not in stops:
             stops.append(end)  # an assistant turn ends with <|end|>, not with </s>
@@ -77,28 +86,39 @@ def generation_config(model, tokenizer, args: argparse.Namespace) -> GenerationC
     return gen
 
 
-def fit_to_context(input_ids, model, max_new_tokens: int):
-    """Keep the prompt's last tokens so prompt + new tokens fit the positions a model with learned or
-    sinusoidal positions has; rotary models take any length. Warns on stderr when it cuts."""
+def context_room(model, max_new_tokens: int) -> int | None:
+    """How many prompt tokens fit before `max_new_tokens` new ones in the positions a model with
+    learned or sinusoidal positions has (None: rotary models take any length)."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if not limit or getattr(model.config, "position_embedding", None) == "rope":
-        return input_ids
+        return None
     if max_new_tokens >= limit:
         raise UserError(
             f"--max_new_tokens={max_new_tokens} does not fit this model's context of {limit} positions; "
             f"ask for fewer than {limit}"
         )
-    keep = limit - max_new_tokens
-    if input_ids.shape[-1] > keep:
-        print(f"(prompt cut to its last {keep} tokens to fit the {limit}-token context)", file=sys.stderr)
-        return input_ids[:, -keep:]
-    return input_ids
+    return limit - max_new_tokens
 
 
-def generate_one(model, tokenizer, gen: GenerationConfig, input_ids, stream: bool = True) -> str:
-    """Generate after `input_ids`, streaming the new text to stdout; return the new text."""
+def fit_to_context(input_ids, model, max_new_tokens: int):
+    """The prompt's last tokens, as many as `context_room` leaves (all of them for a rotary model)."""
+    keep = context_room(model, max_new_tokens)
+    return input_ids if keep is None or input_ids.shape[-1] <= keep else input_ids[:, -keep:]
+
+
+def prompt_ids(tokenizer, prompt: str, history: list[dict[str, str]] | None = None):
+    """The token ids to continue: the prompt itself, or with a chat `history` (the prompt already
+    appended as the user's turn) the conversation through the template, opening the assistant's turn."""
+    if history is None:
+        return tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return tokenizer.apply_chat_template(history, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True)["input_ids"]  # fmt: skip
+
+
+def generate_one(model, tokenizer, gen: GenerationConfig, input_ids, streamer=None) -> str:
+    """Generate after `input_ids` (cut to fit the context), handing each new piece to `streamer`
+    (a `transformers` streamer, e.g. `TextStreamer`) as it comes; return the new text."""
     input_ids = fit_to_context(input_ids, model, gen.max_new_tokens).to(model.device)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     # The length as max_length, prompt included: with a checkpoint's saved max_length (pretraining saves
     # the context), a max_new_tokens would make transformers warn at every prompt that both are set.
     call = copy.deepcopy(gen)
@@ -110,68 +130,13 @@ def generate_one(model, tokenizer, gen: GenerationConfig, input_ids, stream: boo
     return tokenizer.decode(output[0, input_ids.shape[-1] :], skip_special_tokens=True)
 
 
-def prompts_from(args: argparse.Namespace, stdin=None) -> Iterator[str]:
-    """The prompt given as arguments, or else each non-blank line of stdin."""
-    if args.prompt:
-        prompt = " ".join(args.prompt)
-        if not prompt.strip():
-            raise UserError(_EMPTY_PROMPT)
-        yield prompt
-        return
-    stdin = stdin or sys.stdin
-    interactive = stdin.isatty()
-    if interactive:
-        print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    seen = False
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = stdin.readline()
-        if not line:
-            break
-        if line.strip():
-            seen = True
-            yield line.rstrip("\n")
-    if not seen:
-        raise UserError(_EMPTY_PROMPT)
-
-
-_EMPTY_PROMPT = (
-    "empty prompt: give the text to continue, as an argument (scratchformer generate --model DIR "
-    "'Once upon a time') or on stdin, one prompt per line"
-)
-
-
-def run(args: argparse.Namespace, stdin=None) -> None:
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    model, tokenizer = load(args.model, args.device, args.trust_remote_code)
-    if args.chat and not tokenizer.chat_template:
-        raise UserError(f"{args.model}'s tokenizer has no chat template; drop --chat")
-    gen = generation_config(model, tokenizer, args)
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    for prompt in prompts_from(args, stdin):
-        if args.chat:
-            history.append({"role": "user", "content": prompt})
-            input_ids = tokenizer.apply_chat_template(
-                history, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
-            reply = generate_one(model, tokenizer, gen, input_ids)
-            history.append({"role": "assistant", "content": reply.strip()})
-        else:
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            print(prompt, end="", flush=True)  # the continuation streams right after it
-            generate_one(model, tokenizer, gen, input_ids)
-        sys.stdout.flush()
-
-
 def _as_list(ids) -> list[int]:
     if ids is None:
         return []
     return list(ids) if isinstance(ids, (list, tuple)) else [ids]
 
 
-def _best_device() -> str:
+def best_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

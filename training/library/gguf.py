@@ -38,7 +38,7 @@ import torch
 
 from .errors import UserError
 from .export import check_exportable, gguf_architecture
-from .files import fresh_sibling_file
+from .files import atomic_output
 from .model_dir import load_model_dir, read_config
 
 # --dtype -> (the GGML type of the matrices, the file's general.file_type), by their names in gguf's enums.
@@ -456,25 +456,18 @@ def write_gguf(
         writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType[types[name].ggml_type])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name in the target directory and renamed at the end: the output is
-    # complete or absent, never a file llama.cpp would half-load.
-    fd, tmp_name = fresh_sibling_file(out)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Complete or absent, never a file llama.cpp would half-load; a file that appeared while we wrote
+    # is someone's, never replaced.
     try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for array in data.values():
-            writer.write_tensor_data(array)
-        writer.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
-        if out.exists():  # appeared while we wrote; never replace someone's file
-            raise FileExistsError(f"{out} already exists: choose a new --output_file or remove it first")
-        os.replace(tmp, out)
+        with atomic_output(out, exclusive=True) as tmp:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for array in data.values():
+                writer.write_tensor_data(array)
+            writer.close()
+    except FileExistsError:
+        raise FileExistsError(f"{out} already exists: choose a new --output_file or remove it first") from None
     finally:
         writer.close()
-        tmp.unlink(missing_ok=True)
     return out, notes

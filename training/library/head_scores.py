@@ -30,6 +30,7 @@ A uniform head over L keys scores entropy 1, previous-token and first-token abou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -152,11 +153,13 @@ def induction_probe(
     bos_token_id: int | None = None,
     exclude: tuple[int, ...] = (),
     seed: int = INDUCTION_SEED,
+    token_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """[sequences, (1) + 2T] ids: (<s>) r1..rT r1..rT, the r drawn uniformly (seeded) from the
-    vocabulary without `exclude` (special tokens), distinct within a sequence so that every token's
-    "first occurrence" is unique."""
-    allowed = torch.tensor(sorted(set(range(vocab_size)) - set(exclude)))
+    vocabulary (or from `token_ids`, the tokens a model was trained on) without `exclude` (special
+    tokens), distinct within a sequence so that every token's "first occurrence" is unique."""
+    pool = range(vocab_size) if token_ids is None else token_ids
+    allowed = torch.tensor(sorted(set(pool) - set(exclude)))
     if len(allowed) < period:
         raise ValueError(f"A vocabulary of {len(allowed)} usable tokens cannot give {period} distinct ones.")
     generator = torch.Generator().manual_seed(seed)
@@ -176,11 +179,17 @@ def head_scores(
     max_text_tokens: int = TEXT_TOKENS,
     period: int = INDUCTION_PERIOD,
     sequences: int = INDUCTION_SEQUENCES,
+    token_ids: Sequence[int] | None = None,
+    text_ids: torch.Tensor | None = None,
 ) -> HeadScores:
     """Every head's scores on the fixed probes (see the module). Any decoder with
     `output_attentions=True` works; the maps come from the model's eager path. The model's mode is
     restored afterwards (scores are taken in eval mode: no dropout). The probes are cut to the model's
-    `max_position_embeddings`."""
+    `max_position_embeddings`.
+
+    A model trained on a few tokens only (`scratchformer pretrain --synthetic_data`) is probed with
+    those: `token_ids` for the induction probe (its period at most their number), `text_ids` ([1, L])
+    in place of the text."""
     config = model.config
     # Within the positions the model was built for (pretraining sets them to its block size): past
     # them a rotary model extrapolates and a learned or sinusoidal table ends.
@@ -188,16 +197,19 @@ def head_scores(
     if limit is not None:
         max_text_tokens = min(max_text_tokens, limit)
         period = min(period, (limit - 1) // 2)
+    if token_ids is not None:
+        period = min(period, len(set(token_ids)))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        ids = text_probe(tokenizer, text, max_text_tokens).to(device)
+        ids = (text_probe(tokenizer, text, max_text_tokens) if text_ids is None else text_ids[:, :max_text_tokens])
+        ids = ids.to(device)
         maps = _maps(model, ids)[:, 0]  # [layers, heads, L, L]
         bos = tokenizer.bos_token_id
         special = tuple(i for i in tokenizer.all_special_ids if i is not None)
         vocab = min(len(tokenizer), getattr(config, "vocab_size", len(tokenizer)))
-        rep = induction_probe(vocab, period, sequences, bos, special).to(device)
+        rep = induction_probe(vocab, period, sequences, bos, special, token_ids=token_ids).to(device)
         out = model(input_ids=rep, output_attentions=True, use_cache=False)
         rep_maps = torch.stack(out.attentions, dim=1).float().cpu().numpy()  # [batch, layers, heads, L, L]
         offset = 0 if bos is None else 1

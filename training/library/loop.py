@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from .layout import RunLayout
 from .run_dir import complete_checkpoints
 
 
@@ -82,20 +83,16 @@ class NonFiniteGuard:
         self.mode, self.accelerator, self.skipped = mode, accelerator, skipped
         self.finite, self.spoiled = True, False
 
-    def step(self, optimizer, lr: float, loss: torch.Tensor, grad_norm) -> None:
-        """The optimizer step of one micro-batch inside `accelerator.accumulate` (a no-op until the
-        last micro-batch of a step), unless an earlier micro-batch of the step spoiled it."""
+    def allows_update(self, loss: torch.Tensor, grad_norm) -> bool:
+        """Whether this micro-batch's `optimizer.step()` may run. It decides and touches nothing: the
+        loop steps and zeroes. Inside `accelerator.accumulate` the step is a no-op until a step's last
+        micro-batch; there it is refused when any micro-batch of the step was not finite (`skip`), so
+        the gradients are zeroed and nothing reaches the weights."""
         sync = self.accelerator.sync_gradients
         if self.mode == "skip":
             self.finite = all_finite(self.accelerator, loss, grad_norm if sync else None)
             self.spoiled = self.spoiled or not self.finite
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if self.spoiled and sync:
-            optimizer.zero_grad(set_to_none=True)  # the update is skipped: nothing reaches the weights
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return not (self.spoiled and sync)
 
     def end_step(self, step: int, logger) -> None:
         """At a step's end: record and report a skipped update."""
@@ -195,7 +192,7 @@ def lost_a_process(e: RuntimeError) -> bool:
 
 
 def lost_a_process_message(e: RuntimeError, output_dir: str | Path, ddp_timeout: int) -> str:
-    found = complete_checkpoints(Path(output_dir) / "checkpoints")
+    found = complete_checkpoints(RunLayout(Path(output_dir)).checkpoints)
     resume = f"the newest complete checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
     return (
         f"process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')} lost contact with the others: "

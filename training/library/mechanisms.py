@@ -21,6 +21,7 @@ Defined once here, so the run, `scratchformer inspect timeline` and the tests re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,18 @@ def logit_lens(model, ids: torch.Tensor) -> list[float]:
     return losses
 
 
-def snapshot_probe(tokenizer, tokens: int = SNAPSHOT_TOKENS, limit: int | None = None) -> torch.Tensor:
-    """[1, (1) + 2T] ids: the first T tokens of the probe text, written twice (after the tokenizer's
-    <s>). The second copy is what an induction head predicts from the first."""
-    ids = text_probe(tokenizer)[0].tolist()
+def snapshot_probe(
+    tokenizer, tokens: int = SNAPSHOT_TOKENS, limit: int | None = None, token_ids: Sequence[int] | None = None
+) -> torch.Tensor:
+    """[1, (1) + 2T] ids: the first T tokens of the probe text (or, given `token_ids`, those tokens in
+    a fixed shuffled order), written twice (after the tokenizer's <s>). The second copy is what an
+    induction head predicts from the first."""
     bos = tokenizer.bos_token_id
-    body = ids[1:] if bos is not None and ids and ids[0] == bos else ids
+    if token_ids is not None:
+        body = [token_ids[i] for i in torch.randperm(len(token_ids), generator=torch.Generator().manual_seed(0))]
+    else:
+        ids = text_probe(tokenizer)[0].tolist()
+        body = ids[1:] if bos is not None and ids and ids[0] == bos else ids
     if limit is not None:
         tokens = min(tokens, (limit - (bos is not None)) // 2)
     body = body[:tokens]
@@ -69,11 +76,13 @@ def snapshot_probe(tokenizer, tokens: int = SNAPSHOT_TOKENS, limit: int | None =
 
 
 @torch.no_grad()
-def attention_snapshot(model, tokenizer, tokens: int = SNAPSHOT_TOKENS) -> dict:
+def attention_snapshot(
+    model, tokenizer, tokens: int = SNAPSHOT_TOKENS, token_ids: Sequence[int] | None = None
+) -> dict:
     """{"tokens": labels, "maps": [layer][head][query][key <= query]} on `snapshot_probe`: the
     weights of the keys each query may see (the causal future is 0 and left out), rounded to 3
     decimals (a picture needs no more)."""
-    ids = snapshot_probe(tokenizer, tokens, getattr(model.config, "max_position_embeddings", None))
+    ids = snapshot_probe(tokenizer, tokens, getattr(model.config, "max_position_embeddings", None), token_ids)
     ids = ids.to(next(model.parameters()).device)
     out = model(input_ids=ids, output_attentions=True, use_cache=False)
     maps = torch.stack([probs_BHLM[0] for probs_BHLM in out.attentions]).double().cpu().numpy()
@@ -84,17 +93,18 @@ def attention_snapshot(model, tokenizer, tokens: int = SNAPSHOT_TOKENS) -> dict:
 
 
 @torch.no_grad()
-def mechanism_metrics(model, tokenizer) -> tuple[dict, dict]:
+def mechanism_metrics(model, tokenizer, token_ids: Sequence[int] | None = None) -> tuple[dict, dict]:
     """(numbers for the evaluation record, the attention snapshot) for a causal LM. The model's mode
-    is restored; the probes run in eval mode (no dropout)."""
+    is restored; the probes run in eval mode (no dropout). With `token_ids` (a model trained on those
+    tokens alone: `--synthetic_data`) every probe is made of them: the text probe is a seeded uniform
+    sequence of them."""
     was_training = model.training
     model.eval()
     try:
-        scores = head_scores(model, tokenizer)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        ids = text_probe(tokenizer, max_tokens=min(TEXT_TOKENS, limit or TEXT_TOKENS))
+        ids = probe_text_ids(model, tokenizer, token_ids)
+        scores = head_scores(model, tokenizer, token_ids=token_ids, text_ids=ids)
         lens = logit_lens(model, ids.to(next(model.parameters()).device))
-        snapshot = attention_snapshot(model, tokenizer)
+        snapshot = attention_snapshot(model, tokenizer, token_ids=token_ids)
     finally:
         model.train(was_training)
     record = {
@@ -105,6 +115,19 @@ def mechanism_metrics(model, tokenizer) -> tuple[dict, dict]:
                   "loss_first_copy": scores.loss_first_copy, "loss_repeat": scores.loss_repeat},
     }
     return record, snapshot
+
+
+def probe_text_ids(model, tokenizer, token_ids: Sequence[int] | None = None) -> torch.Tensor:
+    """[1, L] ids the text scores and the logit lens read: the probe text, within the model's positions;
+    with `token_ids` (a model trained on those alone) a seeded uniform sequence of them after <s>."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    length = min(TEXT_TOKENS, limit or TEXT_TOKENS)
+    if token_ids is None:
+        return text_probe(tokenizer, max_tokens=length)
+    generator = torch.Generator().manual_seed(0)
+    body = torch.tensor(token_ids)[torch.randint(len(token_ids), (length,), generator=generator)]
+    bos = tokenizer.bos_token_id
+    return (body if bos is None else torch.cat([torch.tensor([bos]), body[:-1]]))[None]
 
 
 def tracker_scalars(record: dict) -> dict[str, float]:

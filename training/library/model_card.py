@@ -14,77 +14,9 @@ def render_model_card(config, cfg, run_config: dict, result: dict) -> str:
     and how to load it. `config` is the model's `ScratchformerConfig`, `cfg` the `PretrainConfig`."""
     repo = cfg.push_to_hub or "path/to/model"
     title = cfg.push_to_hub or Path(cfg.output_dir).resolve().name
-    steps = f"{result['steps']:,} of {result['max_train_steps']:,}"
-    if result.get("interrupted"):
-        steps += " (stopped early by a signal)"
-    ppl = result.get("eval_ppl")
-    rows = [
-        ("validation loss", _fmt(result.get("eval_loss"), "{:.4f} nats/token")),
-        ("validation perplexity", _fmt(ppl, "{:.2f}")),
-        ("validation bits per byte", _fmt(result.get("eval_bpb"), "{:.4f}")),
-        ("training steps", steps),
-        ("tokens seen", f"{result['tokens_seen']:,}"),
-    ]
-    if result.get("non_embedding_parameters"):  # cards rendered from results before 0.4 lack them
-        rows += [
-            ("tokens per parameter", f"{result['tokens_per_parameter']:.1f} (tokens seen / "
-             f"{result['non_embedding_parameters']:,} non-embedding parameters; Chinchilla's optimum is ~20)"),
-            ("training compute", f"{result['training_flops']:.3g} FLOPs (estimated as 6 x parameters x tokens)"),
-        ]
-    rows += [
-        (
-            "training time",
-            f"{_duration(result['train_seconds'])} on {run_config['num_processes']} process(es), "
-            f"mixed precision {run_config['mixed_precision']}",
-        ),
-    ]
-    kv = config.num_key_value_heads
-    arch = [
-        ("family (preset)", cfg.preset),
-        ("parameters", f"{result['parameters']:,}"),
-        ("layers x width", f"{config.num_hidden_layers} x {config.hidden_size}"),
-        (
-            "attention heads",
-            f"{config.num_attention_heads} query, {kv} key/value"
-            + (" (grouped-query)" if kv < config.num_attention_heads else ""),
-        ),
-        ("feed-forward", f"{config.mlp_type}, width {config.intermediate_size}"),
-        ("positions", f"{config.position_embedding}, up to {config.max_position_embeddings} tokens"),
-        ("normalization", f"{config.norm_type}, {config.norm_position}-norm"),
-        ("vocabulary", f"{config.vocab_size:,} tokens"),
-        ("tied embeddings", str(config.tie_word_embeddings).lower()),
-    ]
-    accum = run_config["gradient_accumulation_steps"]
-    global_batch = cfg.per_device_train_batch_size * run_config["num_processes"] * accum
-    training = [
-        ("training data", run_config.get("train_data", "")),
-        ("validation data", run_config.get("validation_data", "")),
-        ("tokenizer", cfg.tokenizer or f"byte-level BPE trained on the training data ({config.vocab_size:,} tokens)"),
-        (
-            "batch",
-            f"{global_batch} blocks of {run_config['block_size']} tokens "
-            f"({cfg.per_device_train_batch_size} per device x {run_config['num_processes']} process(es) x {accum} "
-            "accumulation)",
-        ),
-        (
-            "optimizer",
-            (f"Muon (linear layers inside the blocks{_but_query_key(cfg)}) with AdamW (embeddings, norms, biases"
-             f"{', query and key projections' if _but_query_key(cfg) else ''}), AdamW "
-             if getattr(cfg, "optimizer", "adamw") == "muon" else "AdamW, ")
-            + f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), weight decay {cfg.weight_decay} "
-            f"on matrices, gradient clipping {cfg.max_grad_norm}",
-        ),
-        (
-            "learning rate",
-            f"{run_config['learning_rate']:g} peak, {run_config['num_warmup_steps']} warmup steps, "
-            + (f"held, then linear over the last {cfg.lr_decay_fraction:.0%} of the steps"
-               if getattr(cfg, "lr_scheduler_type", "cosine") == "wsd" else "cosine")
-            + f" to {run_config.get('min_lr', run_config['learning_rate'] * 0.1):g}",
-        ),
-        ("documents", "kept apart (position_ids restart at each document; no cross-document attention or target)"
-         if run_config.get("document_masking_applied") else "joined into blocks under one causal mask"),
-        ("seed", str(cfg.seed)),
-    ]
+    rows = _result_rows(run_config, result)
+    arch = _architecture_rows(config, cfg, result)
+    training = _training_rows(config, cfg, run_config)
     curve = (
         "\n![Training curves: loss, learning rate, throughput](loss_curve.png)\n"
         if result.get("has_loss_curve")
@@ -142,6 +74,90 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_spe
 `do_sample=False` for greedy decoding.
 
 {where_it_runs(config)}"""
+
+
+def _result_rows(run_config: dict, result: dict) -> list[tuple[str, str]]:
+    """How well the run did, and what it cost."""
+    steps = f"{result['steps']:,} of {result['max_train_steps']:,}"
+    if result.get("interrupted"):
+        steps += " (stopped early by a signal)"
+    ppl = result.get("eval_ppl")
+    rows = [
+        ("validation loss", _fmt(result.get("eval_loss"), "{:.4f} nats/token")),
+        ("validation perplexity", _fmt(ppl, "{:.2f}")),
+        ("validation bits per byte", _fmt(result.get("eval_bpb"), "{:.4f}")),
+        ("training steps", steps),
+        ("tokens seen", f"{result['tokens_seen']:,}"),
+    ]
+    if result.get("non_embedding_parameters"):  # cards rendered from results before 0.4 lack them
+        rows += [
+            ("tokens per parameter", f"{result['tokens_per_parameter']:.1f} (tokens seen / "
+             f"{result['non_embedding_parameters']:,} non-embedding parameters; Chinchilla's optimum is ~20)"),
+            ("training compute", f"{result['training_flops']:.3g} FLOPs (estimated as 6 x parameters x tokens)"),
+        ]
+    rows += [
+        (
+            "training time",
+            f"{_duration(result['train_seconds'])} on {run_config['num_processes']} process(es), "
+            f"mixed precision {run_config['mixed_precision']}",
+        ),
+    ]
+    return rows
+
+
+def _architecture_rows(config, cfg, result: dict) -> list[tuple[str, str]]:
+    """What the model is: its family, size and the concept each config field chose."""
+    kv = config.num_key_value_heads
+    return [
+        ("family (preset)", cfg.preset),
+        ("parameters", f"{result['parameters']:,}"),
+        ("layers x width", f"{config.num_hidden_layers} x {config.hidden_size}"),
+        (
+            "attention heads",
+            f"{config.num_attention_heads} query, {kv} key/value"
+            + (" (grouped-query)" if kv < config.num_attention_heads else ""),
+        ),
+        ("feed-forward", f"{config.mlp_type}, width {config.intermediate_size}"),
+        ("positions", f"{config.position_embedding}, up to {config.max_position_embeddings} tokens"),
+        ("normalization", f"{config.norm_type}, {config.norm_position}-norm"),
+        ("vocabulary", f"{config.vocab_size:,} tokens"),
+        ("tied embeddings", str(config.tie_word_embeddings).lower()),
+    ]
+
+
+def _training_rows(config, cfg, run_config: dict) -> list[tuple[str, str]]:
+    """How it was trained: data, tokenizer, batch, optimizer, schedule, documents, seed."""
+    accum = run_config["gradient_accumulation_steps"]
+    global_batch = cfg.per_device_train_batch_size * run_config["num_processes"] * accum
+    return [
+        ("training data", run_config.get("train_data", "")),
+        ("validation data", run_config.get("validation_data", "")),
+        ("tokenizer", cfg.tokenizer or f"byte-level BPE trained on the training data ({config.vocab_size:,} tokens)"),
+        (
+            "batch",
+            f"{global_batch} blocks of {run_config['block_size']} tokens "
+            f"({cfg.per_device_train_batch_size} per device x {run_config['num_processes']} process(es) x {accum} "
+            "accumulation)",
+        ),
+        (
+            "optimizer",
+            (f"Muon (linear layers inside the blocks{_but_query_key(cfg)}) with AdamW (embeddings, norms, biases"
+             f"{', query and key projections' if _but_query_key(cfg) else ''}), AdamW "
+             if getattr(cfg, "optimizer", "adamw") == "muon" else "AdamW, ")
+            + f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), weight decay {cfg.weight_decay} "
+            f"on matrices, gradient clipping {cfg.max_grad_norm}",
+        ),
+        (
+            "learning rate",
+            f"{run_config['learning_rate']:g} peak, {run_config['num_warmup_steps']} warmup steps, "
+            + (f"held, then linear over the last {cfg.lr_decay_fraction:.0%} of the steps"
+               if getattr(cfg, "lr_scheduler_type", "cosine") == "wsd" else "cosine")
+            + f" to {run_config.get('min_lr', run_config['learning_rate'] * 0.1):g}",
+        ),
+        ("documents", "kept apart (position_ids restart at each document; no cross-document attention or target)"
+         if run_config.get("document_masking_applied") else "joined into blocks under one causal mask"),
+        ("seed", str(cfg.seed)),
+    ]
 
 
 def _but_query_key(cfg) -> str:
@@ -266,10 +282,6 @@ pipe = pipeline("{pipeline_task}", model="path/to/{name}", tokenizer=tokenizer, 
 {chr(10) + where if where else ""}{base}"""
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
-    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
 def render_seq2seq_card(results: dict, where: str = "") -> str:
     """The card of an encoder-decoder trained by `scratchformer finetune --task seq2seq`: what it is
     (from scratch or from which checkpoint), how well it translates, how it was trained, how to run it,
@@ -294,8 +306,9 @@ def render_seq2seq_card(results: dict, where: str = "") -> str:
     rows.append(("final training loss", _fmt(results["train_loss"], "{:.4f}")))
     if results.get("generation"):
         g = results["generation"]
-        rows.append(("decoding", f"{'greedy' if g['num_beams'] == 1 else str(g['num_beams']) + ' beams'}, "
-                                 f"BLEU by {g['bleu']}"))  # fmt: skip
+        rows.append(("decoding", "greedy" if g["num_beams"] == 1 else f"{g['num_beams']} beams"))
+        if g.get("bleu"):  # sacrebleu's signature: how the BLEU above was computed, so it can be compared
+            rows.append(("BLEU signature", f"`{g['bleu']}`"))
     arch = [
         ("parameters", f"{m['parameters']:,}"),
         ("layers", f"{m['encoder_layers']} encoder + {m['decoder_layers']} decoder, width {m['hidden_size']}"),

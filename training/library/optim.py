@@ -77,6 +77,12 @@ def lr_at(
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The learning rate of every parameter group, for the coming step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups with weight decay on matrices only (linear weights, embeddings).
 

@@ -54,6 +54,8 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from .files import atomic_output
+
 # Rows per Arrow batch when packing: memory stays flat, and the blocks do not depend on it.
 PACK_ROWS = {"documents": 1_000, "lines": 10_000}
 # A column of int32 lists: datasets' `List` feature since datasets 4, `Sequence` before (our floor is 3.0).
@@ -303,13 +305,11 @@ def _pack(tokenized: datasets.Dataset, cut: Cut, rows: int, fingerprint: str) ->
         return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=fingerprint)
     path = Path(tokenized.cache_files[0]["filename"]).parent / f"packed-{fingerprint}.arrow"
     if not path.exists():
-        # Written under a temporary name, then renamed: an interrupted run leaves no half a cache.
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        with ArrowWriter(features=features, path=str(partial)) as writer:
-            for table in _packed_tables(tokenized, cut, rows):
-                writer.write_table(table)
-            writer.finalize()
-        os.replace(partial, path)
+        with atomic_output(path) as partial:  # an interrupted run leaves no half a cache
+            with ArrowWriter(features=features, path=str(partial)) as writer:
+                for table in _packed_tables(tokenized, cut, rows):
+                    writer.write_table(table)
+                writer.finalize()
     return datasets.Dataset.from_file(str(path))
 
 

@@ -28,6 +28,8 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 
+from .layout import RunLayout
+
 
 def make_accelerator(
     out: Path, mixed_precision: str | None, trackers: list[str], torch_compile: bool, ddp_timeout: int,
@@ -53,7 +55,7 @@ def make_accelerator(
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(RunLayout(out).logs)),
         dynamo_backend="inductor" if torch_compile else None,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=ddp_timeout))],
         dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=stateful_data),

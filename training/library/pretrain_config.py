@@ -1,10 +1,12 @@
 """What a pretraining run is asked to do: `PretrainConfig` (every flag of `scratchformer pretrain`),
-the named model sizes, and the checks that turn inconsistent flags into a clear error before
-anything slow runs. `pretraining.train` is the run itself.
+the named model sizes, the checks that turn inconsistent flags into a clear error before anything
+slow runs, and `RunPlan`, the flags resolved once into the numbers the run follows.
+`pretraining.train` is the run itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -97,6 +99,15 @@ class PretrainConfig:
             "help": "Read the corpus lazily (no cache, flat memory) for corpora larger than disk or RAM, resumable "
             "exactly where a checkpoint stopped. Needs a run length: --max_train_steps, --max_train_tokens or "
             "--tokens_per_parameter."
+        },
+    )
+    synthetic_data: Literal["in_context_markov"] | None = field(
+        default=None,
+        metadata={
+            "help": "Train on generated rows instead of text. in_context_markov: Markov chains over the letters A-M "
+            "whose transitions are drawn afresh for each row, so only a look-up in the row itself (an induction "
+            "head) predicts them: the phase-change recipe of the README (library/synthetic.py). The tokenizer is "
+            "still trained on the text, or given with --tokenizer."
         },
     )
     streaming_holdout_documents: int = field(
@@ -412,6 +423,13 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--num_train_epochs must be positive, got {cfg.num_train_epochs}")
     if cfg.train_files and cfg.dataset_name:
         raise ValueError("give --train_files or --dataset_name, not both")
+    if cfg.synthetic_data is not None:
+        clashing = [f"--{k}" for k in ("train_files", "validation_files", "dataset_name", "streaming")
+                    if getattr(cfg, k)]  # fmt: skip
+        if clashing:
+            raise ValueError(
+                f"--synthetic_data generates its own rows: leave out {' and '.join(clashing)} (or --synthetic_data)"
+            )
     if cfg.tokenizer is not None:
         require_dir(cfg.tokenizer, "tokenizer directory (e.g. written by `scratchformer tokenizer`)")
     lengths = [f"--{k}" for k in ("max_train_steps", "max_train_tokens", "tokens_per_parameter")
@@ -469,10 +487,67 @@ def installed(module: str) -> bool:
 
 
 
-def lr_schedule(cfg: PretrainConfig, max_steps: int) -> dict:
-    """The keyword arguments of `optim.lr_at` for this run."""
-    max_lr = model_sizes(cfg)["learning_rate"]
+def lr_schedule(cfg: PretrainConfig, max_steps: int, max_lr: float | None = None) -> dict:
+    """The keyword arguments of `optim.lr_at` for this run (`max_lr`: the peak as resolved)."""
+    max_lr = model_sizes(cfg)["learning_rate"] if max_lr is None else max_lr
     warmup = cfg.num_warmup_steps if cfg.num_warmup_steps is not None else round(0.05 * max_steps)
     ratio = cfg.min_lr_ratio if cfg.min_lr_ratio is not None else (0.0 if cfg.lr_scheduler_type == "wsd" else 0.1)
     return dict(max_lr=max_lr, warmup_steps=warmup, total_steps=max_steps, min_lr=max_lr * ratio,
                 schedule=cfg.lr_scheduler_type, decay_fraction=cfg.lr_decay_fraction)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The run as the flags resolve it, worked out once and then only read: the model's sizes (the
+    preset under the flags given), the peak learning rate, the block, the batch, the run's length,
+    its evaluations, schedule and optimizer. Every checkpoint stores it as is (`plan` in
+    trainer_state.json) and a bare `--resume` reads the resolved numbers back from it, so a later
+    change of a size's default never moves a run under way.
+
+    Built in two strokes, as the numbers become knowable: `plan_run` from the flags and the number of
+    processes (enough to build the tokenizer, the data and the model), then `for_length` once the
+    data's epoch and the model's parameters are known (steps, evaluations, schedule)."""
+
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    block_size: int
+    max_position_embeddings: int
+    learning_rate: float
+    gradient_accumulation_steps: int
+    samples_per_step: int
+    tokens_per_step: int
+    optimizer: str
+    query_key_optimizer: str
+    weight_decay: float
+    betas: tuple[float, float]
+    max_train_steps: int | None = None
+    eval_steps: int | None = None
+    planned_tokens: int | None = None
+    schedule: dict | None = None  # optim.lr_at's keyword arguments
+
+    @property
+    def sizes(self) -> dict:
+        """The model's sizes and peak lr, under the flags' names (as `model_sizes` gives them)."""
+        keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "block_size", "learning_rate",
+                "max_position_embeddings")  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    def for_length(self, cfg: PretrainConfig, steps_per_epoch: int | None, non_embedding: int) -> RunPlan:
+        """The plan completed with the run's length: --max_train_steps, the steps that reach the tokens
+        asked for (--max_train_tokens, --tokens_per_parameter), or epochs."""
+        steps = run_length(cfg, steps_per_epoch, self.tokens_per_step, non_embedding)
+        return dataclasses.replace(self, max_train_steps=steps, eval_steps=eval_interval(cfg, steps),
+                                   planned_tokens=steps * self.tokens_per_step,
+                                   schedule=lr_schedule(cfg, steps, self.learning_rate))  # fmt: skip
+
+
+def plan_run(cfg: PretrainConfig, num_processes: int) -> RunPlan:
+    """The flags resolved for `num_processes` processes (see `RunPlan`); `check_config` first."""
+    sizes = model_sizes(cfg)
+    accumulation = accumulation_steps(cfg, num_processes)
+    samples_per_step = cfg.per_device_train_batch_size * num_processes * accumulation
+    return RunPlan(**sizes, gradient_accumulation_steps=accumulation, samples_per_step=samples_per_step,
+                   tokens_per_step=samples_per_step * sizes["block_size"], optimizer=cfg.optimizer,
+                   query_key_optimizer=cfg.query_key_optimizer, weight_decay=cfg.weight_decay,
+                   betas=(cfg.adam_beta1, cfg.adam_beta2))  # fmt: skip

@@ -35,24 +35,24 @@ from transformers import PreTrainedTokenizerBase
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 
-from .data import BUILDERS, EpochSampler, data_fingerprint, load_text_dataset
+from .data import EpochSampler, check_not_empty, data_fingerprint, load_text_dataset, rows_are_documents
+from .layout import RunLayout
 from .loop import LossMeter, NonFiniteGuard, StopOnSignal, batches
 from .mechanisms import enabled_by_default, mechanism_metrics
 from .metrics import evaluate
 from .model_dir import load_tokenizer_dir
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 from .packing import collate_blocks, token_byte_lengths, tokenize_and_pack
 from .parallel import make_accelerator
 from .pretrain_config import (  # noqa: F401  (EMBEDDED_CORPUS_STEPS, SIZES: re-exported for callers)
     EMBEDDED_CORPUS_STEPS,
     SIZES,
     PretrainConfig,
-    accumulation_steps,
+    RunPlan,
     check_config,
-    eval_interval,
-    lr_schedule,
     model_sizes,
     non_embedding_parameters,
+    plan_run,
     run_length,
     trackers,
     training_flops,
@@ -68,6 +68,9 @@ from .run_dir import (
     truncate_jsonl,
     write_model_dir,
 )
+from .synthetic import describe as describe_synthetic
+from .synthetic import fingerprint as synthetic_fingerprint
+from .synthetic import symbol_ids, synthetic_datasets
 
 logger = get_logger(__name__)
 # ----------------------------------------------------------------------------------------------
@@ -83,90 +86,61 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     command passes viz's functions; the library draws no pictures itself)."""
     clock = time.perf_counter()
     check_config(cfg)
-    out, sizes = Path(cfg.output_dir), model_sizes(cfg)
-    check_writable(out)
-    checkpoints, metrics, snapshots = out / "checkpoints", out / "metrics.jsonl", out / "attention_snapshots.jsonl"
-
-    accelerator = make_accelerator(out, cfg.mixed_precision, trackers(cfg.report_to), cfg.torch_compile,
+    run = RunLayout(Path(cfg.output_dir))
+    check_writable(run.root)
+    accelerator = make_accelerator(run.root, cfg.mixed_precision, trackers(cfg.report_to), cfg.torch_compile,
                                    cfg.ddp_timeout, stateful_data=cfg.streaming)
-    resume_from = checkpoint_to_resume(cfg.resume, checkpoints)
-    accum = accelerator.gradient_accumulation_steps = accumulation_steps(cfg, accelerator.num_processes)
-    samples_per_step = cfg.per_device_train_batch_size * accelerator.num_processes * accum
-    tokens_per_step = samples_per_step * sizes["block_size"]
+    resume_from = checkpoint_to_resume(cfg.resume, run.checkpoints)
+    plan = plan_run(cfg, accelerator.num_processes)  # the flags resolved, once; completed below
+    accelerator.gradient_accumulation_steps = plan.gradient_accumulation_steps
     set_seed(cfg.seed)
 
-    tokenizer = run_tokenizer(cfg, accelerator, out, resuming=resume_from is not None)
-    train_loader, val_loader, steps_per_epoch, data_description = training_data(
-        cfg, accelerator, tokenizer, samples_per_step
-    )
-    model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer))
+    tokenizer = run_tokenizer(cfg, plan, accelerator, run, resuming=resume_from is not None)
+    train_loader, val_loader, steps_per_epoch, data_description = training_data(cfg, plan, accelerator, tokenizer)
+    model = ScratchformerForCausalLM(build_model_config(cfg, tokenizer, plan))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params, n_core = sum(p.numel() for p in model.parameters()), non_embedding_parameters(model)
-    # The run's length: steps, or the steps that reach the tokens asked for (--max_train_tokens,
-    # --tokens_per_parameter), or epochs.
-    max_steps = run_length(cfg, steps_per_epoch, tokens_per_step, n_core)
-    planned = max_steps * tokens_per_step
-    schedule = lr_schedule(cfg, max_steps)
-    eval_steps = eval_interval(cfg, max_steps)
-    optimizer = build_optimizer(model, cfg.optimizer, lr=sizes["learning_rate"], weight_decay=cfg.weight_decay,
-                                betas=(cfg.adam_beta1, cfg.adam_beta2), query_key=cfg.query_key_optimizer)
+    plan = plan.for_length(cfg, steps_per_epoch, n_core)  # steps, evaluations, the lr schedule
+    optimizer = build_optimizer(model, plan.optimizer, lr=plan.learning_rate, weight_decay=plan.weight_decay,
+                                betas=plan.betas, query_key=plan.query_key_optimizer)  # fmt: skip
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
 
-    # Where we start: fresh, or exactly where a checkpoint left off.
-    signature = {"model_config": model_config_dict(accelerator.unwrap_model(model)), "optimizer": cfg.optimizer,
-                 "query_key_optimizer": cfg.query_key_optimizer if cfg.optimizer == "muon" else None,
-                 "samples_per_step": samples_per_step, "block_size": sizes["block_size"], "seed": cfg.seed,
-                 "document_masking": cfg.document_masking,
-                 "max_train_steps": max_steps,
-                 "data": data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, signature)
-        logger.info(f"resuming from {resume_from} at step {state['step']}", main_process_only=True)
-    if accelerator.is_main_process:
-        truncate_jsonl(metrics, after_step=state["step"])  # a killed run may have logged past its checkpoint
-        truncate_jsonl(snapshots, after_step=state["step"])
+    signature = run_signature(cfg, plan, accelerator.unwrap_model(model))
+    state = start_or_resume(accelerator, resume_from, signature, run)
     watch = cfg.mechanism_metrics
     if watch is None:
-        watch = enabled_by_default(sizes["num_hidden_layers"], sizes["num_attention_heads"])
-    run_config = {**dataclasses.asdict(cfg), **sizes, **data_description, "gradient_accumulation_steps": accum,
-                  "non_embedding_parameters": n_core, "planned_tokens": planned,
-                  "planned_training_flops": training_flops(n_core, planned),
-                  "num_processes": accelerator.num_processes, "max_train_steps": max_steps,
-                  "num_warmup_steps": schedule["warmup_steps"], "min_lr": schedule["min_lr"],
-                  "distributed_type": str(accelerator.distributed_type).split(".")[-1],
-                  "mixed_precision": accelerator.mixed_precision, "eval_steps": eval_steps, "mechanism_metrics": watch}
+        watch = enabled_by_default(plan.num_hidden_layers, plan.num_attention_heads)
+    # On generated rows the probes draw from the symbols the rows use: the other tokens were never trained.
+    probe_ids = symbol_ids(tokenizer) if cfg.synthetic_data else None
+    run_config = describe_run(cfg, plan, accelerator, data_description, n_params, n_core, watch)
     accelerator.init_trackers("scratchformer-pretrain", config=scalars(run_config))
-    logger.info(
-        f"{n_params / 1e6:.2f}M parameters, {n_core:,} outside the embeddings; {max_steps} steps of "
-        f"{samples_per_step} blocks x {sizes['block_size']} tokens = {planned:,} tokens planned "
-        f"({planned / n_core:.1f} per parameter), ~{training_flops(n_core, planned):.3g} training FLOPs (6ND); "
-        f"{accelerator.num_processes} process(es), accumulation {accum}, mixed precision "
-        f"{accelerator.mixed_precision}",
-        main_process_only=True,
-    )
 
     # The loop. A run resumed at its very end (killed while writing model/) reports the checkpoint's loss.
+    max_steps, tokens_per_step = plan.max_train_steps, plan.tokens_per_step
     last_eval, last_loss, grad_norm, stopping = state["eval"], state.get("train_loss"), None, False
     meter, guard = LossMeter(accelerator, state["step"], tokens_per_step), NonFiniteGuard(
         cfg.on_nonfinite, accelerator, skipped=state.get("skipped_steps", []))
     # Counted in tokens, seen / planned, so tqdm's rate and ETA speak tokens too.
-    bar = tqdm(total=planned, initial=state["step"] * tokens_per_step, desc="pretrain", unit="tok", unit_scale=True,
-               dynamic_ncols=True, disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=plan.planned_tokens, initial=state["step"] * tokens_per_step, desc="pretrain", unit="tok",
+               unit_scale=True, dynamic_ncols=True, disable=not accelerator.is_local_main_process)
     model.train()
     with StopOnSignal() as stop:
-        micro_batches = batches(train_loader, state, accelerator, cfg.seed, accum, stream=cfg.streaming)
+        micro_batches = batches(train_loader, state, accelerator, cfg.seed, plan.gradient_accumulation_steps,
+                                stream=cfg.streaming)  # fmt: skip
         for batch in [] if state["step"] >= max_steps else micro_batches:
-            lr = lr_at(state["step"], **schedule)
+            lr = lr_at(state["step"], **plan.schedule)
             with accelerator.accumulate(model):
                 # input_ids and labels; with documents kept apart, position_ids and num_items_in_batch too
                 loss = model(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                guard.step(optimizer, lr, loss, grad_norm)
+                set_lr(optimizer, lr)
+                if guard.allows_update(loss, grad_norm):  # --on_nonfinite skip: or drop this step's update
+                    optimizer.step()  # a no-op until the step's last micro-batch (accelerate's accumulation)
+                optimizer.zero_grad(set_to_none=True)
             if guard.finite:
                 meter.add(loss)
             if not accelerator.sync_gradients:
@@ -178,32 +152,27 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
             done = step >= max_steps
             if accelerator.num_processes == 1:
                 stopping = stop.requested  # one process: no other to agree with, so every step
-            if done or stopping or any(step % n == 0 for n in (cfg.logging_steps, eval_steps, cfg.save_steps)):
+            if done or stopping or any(step % n == 0 for n in (cfg.logging_steps, plan.eval_steps, cfg.save_steps)):
                 # The loop's one host sync outside evaluation and saving; it also carries the stop flags.
                 last_loss, stop_anywhere, tokens_per_s = meter.read(step, stop.requested)
                 stopping = stopping or stop_anywhere
-                guard.check(last_loss, step, checkpoints)
-                log_record(accelerator, metrics, {**training_record(
+                guard.check(last_loss, step, run.checkpoints)
+                log_record(accelerator, run.metrics, {**training_record(
                     step, last_loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, state["epoch"]),
-                    "tokens_planned": planned})
+                    "tokens_planned": plan.planned_tokens})
                 bar.set_postfix(step=f"{step}/{max_steps}", loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-            if done or stopping or step % eval_steps == 0:
-                last_eval = evaluate(model, val_loader, accelerator, byte_lengths)
-                mechanisms = {}
-                if watch:  # every process runs the probes: under FSDP a forward pass is collective
-                    mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer)
-                    log_record(accelerator, snapshots, {"step": step, **snapshot}, track=False)
-                log_record(accelerator, metrics, {"step": step, **last_eval, **mechanisms})
+            if done or stopping or step % plan.eval_steps == 0:
+                last_eval = evaluate_and_log(accelerator, model, val_loader, byte_lengths, tokenizer, watch, run, step,
+                                             probe_ids)
                 bar.write(f"step {step}: validation loss {last_eval['eval_loss']:.4f}, perplexity "
                           f"{last_eval['eval_ppl']:.2f}, {last_eval['eval_bpb']:.4f} bits per byte")
                 meter.restart_clock()  # tokens/s measures training, not evaluation
             if done or stopping or step % cfg.save_steps == 0:
-                # The peak lr as resolved: a later change of a size's default must not move a resumed run.
+                # The flags as given and the plan as resolved: resume reads the plan's numbers back.
                 state.update(eval=last_eval, run=signature, skipped_steps=guard.skipped,
-                             flags={**dataclasses.asdict(cfg), "learning_rate": sizes["learning_rate"]},
-                             train_loss=last_loss,
-                             train_seconds=state["train_seconds"] + time.perf_counter() - clock)
-                save_checkpoint(accelerator, checkpoints, state, keep=cfg.save_total_limit)
+                             flags=dataclasses.asdict(cfg), plan=dataclasses.asdict(plan), train_loss=last_loss,
+                             train_seconds=state["train_seconds"] + time.perf_counter() - clock)  # fmt: skip
+                save_checkpoint(accelerator, run.checkpoints, state, keep=cfg.save_total_limit)
                 clock = time.perf_counter()  # train_seconds now holds everything up to here
                 meter.restart_clock()  # nor saving
             if done or stopping:
@@ -212,23 +181,84 @@ def train(cfg: PretrainConfig, draw_curves: Callable[[Path, Path], bool] | None 
     if stopping:
         logger.warning(f"stopped by a signal at step {state['step']}; continue with --resume", main_process_only=True)
 
+    tokens_seen = state["step"] * tokens_per_step
     result = {
-        "output_dir": str(out / "model"), "run_dir": str(out), "steps": state["step"], "max_train_steps": max_steps,
-        "tokens_seen": state["step"] * tokens_per_step, "train_loss": last_loss, **(last_eval or {}),
-        "parameters": n_params, "non_embedding_parameters": n_core,
-        "tokens_per_parameter": state["step"] * tokens_per_step / n_core,
-        "training_flops": training_flops(n_core, state["step"] * tokens_per_step),
+        "output_dir": str(run.model), "run_dir": str(run.root), "steps": state["step"], "max_train_steps": max_steps,
+        "tokens_seen": tokens_seen, "train_loss": last_loss, **(last_eval or {}),
+        "parameters": n_params, "non_embedding_parameters": n_core, "tokens_per_parameter": tokens_seen / n_core,
+        "training_flops": training_flops(n_core, tokens_seen),
         "train_seconds": round(state["train_seconds"] + time.perf_counter() - clock, 2),
         "interrupted": stopping, "skipped_steps": guard.skipped,
     }
     if accelerator.is_main_process:
-        result["has_loss_curve"] = bool(draw_curves and draw_curves(metrics, out / "loss_curve.png"))
-        result["has_timeline"] = bool(watch and draw_timeline and draw_timeline(metrics, out / "timeline.png"))
-    write_model_dir(accelerator, model, tokenizer, out, cfg, run_config, result)
+        result["has_loss_curve"] = bool(draw_curves and draw_curves(run.metrics, run.loss_curve))
+        result["has_timeline"] = bool(watch and draw_timeline and draw_timeline(run.metrics, run.timeline))
+    write_model_dir(accelerator, model, tokenizer, run.root, cfg, run_config, result)
     if cfg.push_to_hub and accelerator.is_main_process:
-        result["hub_url"] = push_model_dir(out / "model", cfg.push_to_hub, state["step"])
+        result["hub_url"] = push_model_dir(run.model, cfg.push_to_hub, state["step"])
     accelerator.end_training()
     return result
+
+
+def evaluate_and_log(accelerator: Accelerator, model, val_loader, byte_lengths, tokenizer, watch: bool,
+                     run: RunLayout, step: int, probe_ids: list[int] | None = None) -> dict:  # fmt: skip
+    """The validation metrics (and with `watch` the mechanism probes, their attention snapshot logged
+    beside), logged to metrics.jsonl and the trackers; returns the validation metrics."""
+    metrics = evaluate(model, val_loader, accelerator, byte_lengths)
+    mechanisms = {}
+    if watch:  # every process runs the probes: under FSDP a forward pass is collective
+        mechanisms, snapshot = mechanism_metrics(accelerator.unwrap_model(model), tokenizer, probe_ids)
+        log_record(accelerator, run.snapshots, {"step": step, **snapshot}, track=False)
+    log_record(accelerator, run.metrics, {"step": step, **metrics, **mechanisms})
+    return metrics
+
+
+def run_signature(cfg: PretrainConfig, plan: RunPlan, model) -> dict:
+    """What a checkpoint must share with the run that resumes it (checked by `load_checkpoint`)."""
+    return {"model_config": model_config_dict(model), "optimizer": plan.optimizer,
+            "query_key_optimizer": plan.query_key_optimizer if plan.optimizer == "muon" else None,
+            "samples_per_step": plan.samples_per_step, "block_size": plan.block_size, "seed": cfg.seed,
+            "document_masking": cfg.document_masking, "max_train_steps": plan.max_train_steps,
+            "data": synthetic_fingerprint(cfg.synthetic_data) if cfg.synthetic_data else
+                    data_fingerprint(cfg.train_files, cfg.dataset_name, cfg.dataset_config_name, "train")}  # fmt: skip
+
+
+def start_or_resume(accelerator: Accelerator, resume_from: Path | None, signature: dict, run: RunLayout) -> dict:
+    """The loop's counters: fresh, or exactly where the checkpoint `resume_from` left off (its model,
+    optimizer and data position loaded), with the log records a killed run wrote past it dropped."""
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "micro_total": 0, "train_seconds": 0.0, "eval": None}
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from, signature)
+        logger.info(f"resuming from {resume_from} at step {state['step']}", main_process_only=True)
+    if accelerator.is_main_process:
+        truncate_jsonl(run.metrics, after_step=state["step"])  # a killed run may have logged past its checkpoint
+        truncate_jsonl(run.snapshots, after_step=state["step"])
+    return state
+
+
+def describe_run(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, data_description: dict,
+                 n_params: int, n_core: int, watch: bool) -> dict:  # fmt: skip
+    """The run's configuration as trackers and training_args.json record it (the flags, the plan's
+    numbers under the flags' names, where it runs), announced in one log line."""
+    planned = plan.planned_tokens
+    run_config = {**dataclasses.asdict(cfg), **plan.sizes, **data_description,
+                  "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+                  "non_embedding_parameters": n_core, "planned_tokens": planned,
+                  "planned_training_flops": training_flops(n_core, planned),
+                  "num_processes": accelerator.num_processes, "max_train_steps": plan.max_train_steps,
+                  "num_warmup_steps": plan.schedule["warmup_steps"], "min_lr": plan.schedule["min_lr"],
+                  "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+                  "mixed_precision": accelerator.mixed_precision, "eval_steps": plan.eval_steps,
+                  "mechanism_metrics": watch}  # fmt: skip
+    logger.info(
+        f"{n_params / 1e6:.2f}M parameters, {n_core:,} outside the embeddings; {plan.max_train_steps} steps of "
+        f"{plan.samples_per_step} blocks x {plan.block_size} tokens = {planned:,} tokens planned "
+        f"({planned / n_core:.1f} per parameter), ~{training_flops(n_core, planned):.3g} training FLOPs (6ND); "
+        f"{accelerator.num_processes} process(es), accumulation {plan.gradient_accumulation_steps}, mixed "
+        f"precision {accelerator.mixed_precision}",
+        main_process_only=True,
+    )
+    return run_config
 
 
 def training_record(step, loss, lr, grad_norm, tokens_per_step, tokens_per_s, steps_per_epoch, epoch) -> dict:
@@ -249,8 +279,9 @@ def training_record(step, loss, lr, grad_norm, tokens_per_step, tokens_per_s, st
 # ----------------------------------------------------------------------------------------------
 
 
-def build_model_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> ScratchformerConfig:
-    sizes = model_sizes(cfg)
+def build_model_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase,
+                       plan: RunPlan | None = None) -> ScratchformerConfig:  # fmt: skip
+    sizes = plan.sizes if plan is not None else model_sizes(cfg)
     overrides = {
         k: getattr(cfg, k)
         for k in ("num_key_value_heads", "intermediate_size", "position_embedding")
@@ -301,13 +332,14 @@ def model_config_dict(model) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resuming: bool) -> PreTrainedTokenizerBase:
+def run_tokenizer(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, run: RunLayout,
+                  resuming: bool) -> PreTrainedTokenizerBase:  # fmt: skip
     """The given tokenizer; or the run's own, trained once by the main process (and reused on resume)."""
     if cfg.tokenizer is not None:  # a local directory (a hub id fails at once, saying how to fetch it)
         return load_tokenizer_dir(cfg.tokenizer)
     from .tokenizer_training import train_tokenizer
 
-    tok_dir = out / "tokenizer"
+    tok_dir = run.tokenizer
     if accelerator.is_main_process and not (resuming and (tok_dir / "tokenizer.json").exists()):
         logger.info(f"training a {cfg.vocab_size}-token BPE tokenizer into {tok_dir}", main_process_only=True)
         train_tokenizer(
@@ -317,7 +349,7 @@ def run_tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resu
             dataset_config=cfg.dataset_config_name,
             text_column=cfg.text_column,
             vocab_size=cfg.vocab_size,
-            max_length=model_sizes(cfg)["max_position_embeddings"],
+            max_length=plan.max_position_embeddings,
             show_progress=False,
             overwrite=True,
         )
@@ -325,28 +357,14 @@ def run_tokenizer(cfg: PretrainConfig, accelerator: Accelerator, out: Path, resu
     return load_tokenizer_dir(tok_dir)
 
 
-def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samples_per_step: int) -> tuple:
+def training_data(cfg: PretrainConfig, plan: RunPlan, accelerator: Accelerator, tokenizer) -> tuple:
     """(train loader, validation loader, steps per epoch or None when streaming, data description)."""
-    block_size = model_sizes(cfg)["block_size"]
-    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
-        train_text, val_text, description = load_text(cfg)
-        train_ds, val_ds = (
-            tokenize_and_pack(
-                text,
-                tokenizer,
-                block_size,
-                rows_are_documents=rows_are_documents(files),
-                document_masking=cfg.document_masking,
-                num_proc=cfg.preprocessing_num_workers,
-                split=split,
-            )
-            for text, files, split in (
-                (train_text, cfg.train_files, "train"),
-                (val_text, cfg.validation_files or cfg.train_files, "validation"),
-            )
-        )
-    # .txt rows are lines of running text: no documents to keep apart.
-    description["document_masking_applied"] = cfg.document_masking and rows_are_documents(cfg.train_files)
+    block_size, samples_per_step = plan.block_size, plan.samples_per_step
+    if cfg.synthetic_data is not None:
+        train_ds, val_ds = synthetic_datasets(cfg.synthetic_data, tokenizer, block_size, cfg.seed)
+        description = {**describe_synthetic(cfg.synthetic_data), "document_masking_applied": False}
+    else:
+        train_ds, val_ds, description = text_data(cfg, block_size, accelerator, tokenizer)
     check_not_empty(train_ds, "training", block_size)
     check_not_empty(val_ds, "validation", block_size)
     if cfg.max_eval_samples is not None:
@@ -377,9 +395,28 @@ def training_data(cfg: PretrainConfig, accelerator: Accelerator, tokenizer, samp
     return train_loader, val_loader, len(sampler) // samples_per_step, description
 
 
-def rows_are_documents(files: list[str] | None) -> bool:
-    """Rows of .txt files are lines of running text; every other source's rows are documents."""
-    return not files or any(BUILDERS.get(Path(f).suffix.lower()) != "text" for f in files)
+def text_data(cfg: PretrainConfig, block_size: int, accelerator: Accelerator, tokenizer) -> tuple:
+    """(train blocks, validation blocks, description) of the text the flags name."""
+    with accelerator.main_process_first():  # rank 0 builds the datasets cache, the others then read it
+        train_text, val_text, description = load_text(cfg)
+        train_ds, val_ds = (
+            tokenize_and_pack(
+                text,
+                tokenizer,
+                block_size,
+                rows_are_documents=rows_are_documents(files),
+                document_masking=cfg.document_masking,
+                num_proc=cfg.preprocessing_num_workers,
+                split=split,
+            )
+            for text, files, split in (
+                (train_text, cfg.train_files, "train"),
+                (val_text, cfg.validation_files or cfg.train_files, "validation"),
+            )
+        )
+    # .txt rows are lines of running text: no documents to keep apart.
+    description["document_masking_applied"] = cfg.document_masking and rows_are_documents(cfg.train_files)
+    return train_ds, val_ds, description
 
 
 def load_text(cfg: PretrainConfig) -> tuple:
@@ -422,12 +459,3 @@ def load_text(cfg: PretrainConfig) -> tuple:
         what = "documents, at random" if documents else "lines, at the end"
         how = f"{cfg.validation_fraction:.0%} of the training source's {what} (seed {cfg.seed}), held out"
     return train, val, {"train_data": name, "validation_data": how}
-
-
-def check_not_empty(ds, name: str, block_size: int) -> None:
-    empty = len(ds) == 0 if isinstance(ds, datasets.Dataset) else next(iter(ds), None) is None
-    if empty:
-        raise ValueError(
-            f"the {name} text holds fewer than {block_size} tokens, not even one block of --block_size "
-            f"{block_size}: give more text or lower --block_size"
-        )

@@ -32,7 +32,8 @@ from transformers import GenerationConfig
 
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 
-from .files import fresh_sibling_file, make_weights_readable
+from .files import atomic_output, make_weights_readable, write_atomically
+from .layout import RunLayout
 from .mechanisms import tracker_scalars
 from .model_card import render_model_card
 from .model_dir import check_weights
@@ -180,13 +181,8 @@ def write_loader_states_once(accelerator: Accelerator, folder: Path) -> None:
                 "checkpoint layout has changed, and the data's position could not be made the main process's; "
                 "install an accelerate within the range scratchformer declares"
             )
-        fd, partial = fresh_sibling_file(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(loader.state_dict(), f)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_output(path) as partial:
+            torch.save(loader.state_dict(), partial)
 
 
 def write_error(e: OSError, what: str, kept: str, where: Path) -> OSError:
@@ -206,15 +202,20 @@ def with_flags_of_resumed_run(cfg: ConfigT, given: set[str]) -> tuple[ConfigT, l
     Returns the config and the names of the fields taken."""
     if cfg.resume is None:
         return cfg, []
-    root = Path(cfg.output_dir) / "checkpoints"
+    root = RunLayout(Path(cfg.output_dir)).checkpoints
     found = complete_checkpoints(root) if cfg.resume == "auto" else [Path(cfg.resume)]
     state_file = found[-1] / STATE_FILE if found else None
     if state_file is None or not state_file.is_file():
         return cfg, []  # nothing to resume from: train() says so
-    flags = flags_of_older_releases(json.loads(state_file.read_text()).get("flags") or {})
+    state = json.loads(state_file.read_text())
+    flags = flags_of_older_releases(state.get("flags") or {})
+    plan = state.get("plan") or {}  # the run's numbers as resolved (0.4 and earlier wrote the lr into its flags)
+    if flags.get("learning_rate") is None and plan.get("learning_rate") is not None:
+        flags["learning_rate"] = plan["learning_rate"]  # the peak it trained at, whatever a size's default is now
     names = {f.name for f in dataclasses.fields(cfg)} - {"resume", "output_dir"} - given
     taken = {k: v for k, v in flags.items() if k in names and v != getattr(cfg, k)}
-    return dataclasses.replace(cfg, **taken), sorted(taken)
+    # The checkpoint is chosen here, once: train() resumes from this one and does not search again.
+    return dataclasses.replace(cfg, **taken, resume=str(found[-1])), sorted(taken)
 
 
 
@@ -338,9 +339,7 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
         if isinstance(record, dict) and record.get("step", 0) <= after_step:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def scalars(config: dict) -> dict:
@@ -353,7 +352,8 @@ def write_model_dir(
 ) -> Path:
     """Write `out/model`, the directory stock transformers loads, atomically; an earlier run's
     model is moved aside (`model.replaced-<time>`), never deleted."""
-    final, tmp = out / "model", out / ".model.tmp"
+    layout = RunLayout(out)
+    final, tmp = layout.model, out / f".{layout.MODEL}.tmp"
     state_dict = accelerator.get_state_dict(model)  # every process: under FSDP this gathers the shards
     # A compiled model's keys carry torch.compile's wrapper prefix; the saved names must not.
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
@@ -368,13 +368,13 @@ def write_model_dir(
             write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, run_config, result)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            found = complete_checkpoints(out / "checkpoints")
+            found = complete_checkpoints(layout.checkpoints)
             kept = f"the last checkpoint, {found[-1]}, is kept" if found else "no checkpoint exists"
             if final.exists():
                 kept += f", and the earlier {final} is untouched"
             raise write_error(e, f"the model directory {final}", kept, out) from e
         if final.exists():
-            final.rename(out / f"model.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            final.rename(out / f"{layout.MODEL}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         make_weights_readable(tmp)
         os.replace(tmp, final)
         logger.info(f"model written to {final}", main_process_only=True)
@@ -395,7 +395,7 @@ def write_model_files(accelerator, model, tokenizer, state_dict, out, tmp, cfg, 
     unwrapped.save_pretrained(tmp, state_dict=state_dict, max_shard_size=cfg.max_shard_size)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_args.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    for picture in ("loss_curve.png", "timeline.png"):  # the model card shows them
+    for picture in RunLayout.PICTURES:  # the model card shows them
         if (out / picture).exists():
             shutil.copy(out / picture, tmp / picture)
     (tmp / "README.md").write_text(render_model_card(unwrapped.config, cfg, run_config, result))

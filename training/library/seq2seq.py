@@ -36,7 +36,6 @@ remote-code files), a model card (README.md), `finetune_results.json` and Traine
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -57,10 +56,11 @@ from transformers import (
 from scratchformer.modeling import ScratchformerForConditionalGeneration, ScratchformerSeq2SeqConfig
 from scratchformer.modeling.configuration_scratchformer_seq2seq import PRESETS
 
-from .bleu import corpus_chrf, exact_match, sacrebleu_or_ours
+from .bleu import corpus_chrf, exact_match, sacrebleu_score
 from .doctor import where_it_runs_of
 from .errors import UserError, one_line
-from .finetuning import CHECKPOINTS_DIR, RESULTS_FILE, _has_files_besides, _move_into
+from .files import has_files_besides, move_into
+from .layout import RunLayout
 from .model_card import render_seq2seq_card
 
 KINDS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -288,11 +288,14 @@ def generate_texts(
 
 def evaluate_translation(
     model, tokenizer, sources: Sequence[str], references: Sequence[str], **generate_kwargs: Any
-) -> dict[str, float]:
+) -> dict[str, float | str]:
+    """Exact match, corpus BLEU (sacrebleu's, with its signature under "bleu_signature") and chrF of
+    the model's greedy or beam outputs for `sources`."""
     hypotheses = generate_texts(model, tokenizer, sources, **generate_kwargs)
+    bleu, signature = sacrebleu_score(hypotheses, references)
     # chrF beside BLEU: BLEU is 0 on a corpus of targets shorter than 4 words, however many are right (bleu.py).
-    return {"exact_match": exact_match(hypotheses, references), "bleu": sacrebleu_or_ours(hypotheses, references),
-            "chrf": corpus_chrf(hypotheses, references)}
+    return {"exact_match": exact_match(hypotheses, references), "bleu": bleu,
+            "chrf": corpus_chrf(hypotheses, references), "bleu_signature": signature}
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -304,7 +307,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} exists and is not a directory")
-    if out.is_dir() and _has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR) and not overwrite:
+    if out.is_dir() and has_files_besides(out, RunLayout.CHECKPOINTS, STAGING_DIR) and not overwrite:
         raise UserError(f"--output_dir {out} exists and is not empty; choose another --output_dir or pass --overwrite")
 
 
@@ -348,24 +351,7 @@ def finetune_seq2seq(
     args = dict(args or {})
     out = Path(args.get("output_dir") or "out/seq2seq")
     check_output_dir(out, overwrite)
-
-    base_model = None
-    if isinstance(model_dir_or_config, ScratchformerSeq2SeqConfig):
-        if tokenizer is None:
-            raise ValueError("Training from a config needs a tokenizer: pass tokenizer=...")
-        set_seed(args.get("seed", 42))  # a new model's weights are the run's seed's
-        model = ScratchformerForConditionalGeneration(model_dir_or_config)
-    else:
-        from .model_dir import load_model_dir
-
-        base_model = str(model_dir_or_config)
-        model, loaded = load_model_dir(model_dir_or_config, AutoModelForSeq2SeqLM, need_tokenizer=tokenizer is None)
-        tokenizer = tokenizer or loaded
-    # Targets (labels) are padded on the tokenizer's side, and a left-padded target puts padding
-    # between the decoder's start token and the text, which generation never does: an
-    # encoder-decoder pads on the right (the source may be padded either way: the mask hides it).
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.padding_side = "right"
+    model, tokenizer, base_model = model_and_tokenizer(model_dir_or_config, tokenizer, seed=args.get("seed", 42))
     if train_dataset is None:
         if train_file is None:
             raise ValueError("Pass train_dataset or train_file.")
@@ -374,57 +360,26 @@ def finetune_seq2seq(
         for column in (source_column, target_column):
             if data is not None and column not in data.column_names:
                 raise ValueError(f"Column {column!r} not in the data (columns: {data.column_names}).")
+    args = trainer_arguments(args, RunLayout(out).checkpoints, model.config.hidden_size, label_smoothing,
+                             inverse_sqrt_schedule, warmup_steps)  # fmt: skip
 
-    args["output_dir"] = str(out / CHECKPOINTS_DIR)  # Trainer's checkpoints, out of the model's way
-    args.setdefault("save_strategy", "no")
-    args.setdefault("report_to", "none")
-    args.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
-    args.setdefault("label_smoothing_factor", label_smoothing)
-    d_model = model.config.hidden_size
-    if inverse_sqrt_schedule:
-        warmup = PAPER_WARMUP_STEPS if warmup_steps is None else int(warmup_steps)
-        if warmup < 1:
-            raise UserError(f"the paper's schedule divides by its warm-up: --warmup_steps {warmup_steps} must be >= 1")
-        recipe = paper_training_args(args["output_dir"], d_model, warmup)
-    else:
-        warmup = DEFAULT_WARMUP_RATIO if warmup_steps is None else warmup_steps
-        recipe = default_training_args(args["output_dir"], d_model, warmup)
-    recipe.pop("label_smoothing_factor")
-    for key, value in recipe.items():
-        args.setdefault(key, value)
-    fields = Seq2SeqTrainingArguments.__dataclass_fields__
-    args = Seq2SeqTrainingArguments(**{k: v for k, v in args.items() if k in fields})
-
-    positions = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
-    max_source_length = max_source_length or min(DEFAULT_MAX_LENGTH, positions)
-    max_target_length = max_target_length or min(DEFAULT_MAX_LENGTH, positions)
-    if max(max_source_length, max_target_length) > positions:
-        raise UserError(
-            f"--max_source_length/--max_target_length {max_source_length}/{max_target_length}: the model has "
-            f"positions for {positions} tokens (max_position_embeddings)"
-        )
+    max_source_length, max_target_length = pair_lengths(model.config, max_source_length, max_target_length)
     encode = dict(tokenizer=tokenizer, source_column=source_column, target_column=target_column,
                   max_source_length=max_source_length, max_target_length=max_target_length)  # fmt: skip
     train = tokenize_pairs(train_dataset, **encode)
     evaluation = tokenize_pairs(eval_dataset, **encode) if eval_dataset is not None else None
-    if out.is_dir() and overwrite and _has_files_besides(out, CHECKPOINTS_DIR, STAGING_DIR):
+    if out.is_dir() and overwrite and has_files_besides(out, RunLayout.CHECKPOINTS, STAGING_DIR):
         # Only now, with the data and the model checked: a mistyped flag must not cost the earlier run.
         shutil.rmtree(out)
-    trainer = Seq2SeqTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        processing_class=tokenizer,
-    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer)
     train_output = trainer.train()
-    checkpoints = out / CHECKPOINTS_DIR
+    checkpoints = RunLayout(out).checkpoints
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # Trainer makes it whether or not it saves there
 
     scores: dict[str, float] = {}
-    max_new_tokens = 0
+    generation = None
     if evaluation is not None:
         scores["loss"] = trainer.evaluate()["eval_loss"]
         # A hypothesis longer than every reference matches none: generation may stop there.
@@ -432,6 +387,9 @@ def finetune_seq2seq(
         scores.update(evaluate_translation(trainer.model, tokenizer, eval_dataset[source_column],
                                            eval_dataset[target_column], num_beams=num_beams,
                                            max_new_tokens=max_new_tokens))  # fmt: skip
+        # How BLEU was computed (sacrebleu's signature): beside the scores, not among them.
+        generation = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False,
+                      "bleu": scores.pop("bleu_signature")}  # fmt: skip
 
     results = {
         "task": "seq2seq",
@@ -449,20 +407,74 @@ def finetune_seq2seq(
         "train_runtime_s": train_output.metrics.get("train_runtime"),
         "epochs": trainer.state.epoch,
         "eval": scores,
-        "generation": {
-            "num_beams": num_beams,
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "bleu": "sacrebleu" if importlib.util.find_spec("sacrebleu") else "scratchformer's (whitespace tokens)",
-        }
-        if scores
-        else None,
+        "generation": generation,
         "hyperparameters": hyperparameters(trainer, inverse_sqrt_schedule),
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
         write_output_dir(out, trainer.model, tokenizer, results, draw_curves)
     return trainer, results
+
+
+def model_and_tokenizer(model_dir_or_config, tokenizer: PreTrainedTokenizerBase | None, seed: int) -> tuple:
+    """(model, tokenizer, the base model's directory or None): a new model from a config, initialised
+    under the run's `seed`, or a checkpoint with its own tokenizer unless one is given. The tokenizer
+    is a copy that pads on the right: targets (labels) are padded on the tokenizer's side, and a
+    left-padded target puts padding between the decoder's start token and the text, which generation
+    never does (the source may be padded either way: the mask hides it)."""
+    base_model = None
+    if isinstance(model_dir_or_config, ScratchformerSeq2SeqConfig):
+        if tokenizer is None:
+            raise ValueError("Training from a config needs a tokenizer: pass tokenizer=...")
+        set_seed(seed)  # a new model's weights are the run's seed's
+        model = ScratchformerForConditionalGeneration(model_dir_or_config)
+    else:
+        from .model_dir import load_model_dir
+
+        base_model = str(model_dir_or_config)
+        model, loaded = load_model_dir(model_dir_or_config, AutoModelForSeq2SeqLM, need_tokenizer=tokenizer is None)
+        tokenizer = tokenizer or loaded
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"
+    return model, tokenizer, base_model
+
+
+def trainer_arguments(args: dict, checkpoints: Path, d_model: int, label_smoothing: float,
+                      inverse_sqrt_schedule: bool, warmup_steps: float | None) -> Seq2SeqTrainingArguments:  # fmt: skip
+    """The caller's arguments with the recipe filling in what they leave out: Trainer's checkpoints in
+    `checkpoints` (out of the model's way), no tracker, no pinned memory without a GPU, label
+    smoothing, and the schedule: linear warm-up (5 % or `warmup_steps`) and decay, or the paper's."""
+    args = {**args, "output_dir": str(checkpoints)}
+    args.setdefault("save_strategy", "no")
+    args.setdefault("report_to", "none")
+    args.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning without a GPU only warns
+    args.setdefault("label_smoothing_factor", label_smoothing)
+    if inverse_sqrt_schedule:
+        warmup = PAPER_WARMUP_STEPS if warmup_steps is None else int(warmup_steps)
+        if warmup < 1:
+            raise UserError(f"the paper's schedule divides by its warm-up: --warmup_steps {warmup_steps} must be >= 1")
+        recipe = paper_training_args(args["output_dir"], d_model, warmup)
+    else:
+        warmup = DEFAULT_WARMUP_RATIO if warmup_steps is None else warmup_steps
+        recipe = default_training_args(args["output_dir"], d_model, warmup)
+    recipe.pop("label_smoothing_factor")
+    for key, value in recipe.items():
+        args.setdefault(key, value)
+    fields = Seq2SeqTrainingArguments.__dataclass_fields__
+    return Seq2SeqTrainingArguments(**{k: v for k, v in args.items() if k in fields})
+
+
+def pair_lengths(config, max_source_length: int | None, max_target_length: int | None) -> tuple[int, int]:
+    """Source and target tokens kept: as asked, else 256 or the model's positions, never past them."""
+    positions = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+    max_source_length = max_source_length or min(DEFAULT_MAX_LENGTH, positions)
+    max_target_length = max_target_length or min(DEFAULT_MAX_LENGTH, positions)
+    if max(max_source_length, max_target_length) > positions:
+        raise UserError(
+            f"--max_source_length/--max_target_length {max_source_length}/{max_target_length}: the model has "
+            f"positions for {positions} tokens (max_position_embeddings)"
+        )
+    return max_source_length, max_target_length
 
 
 def describe_model(model) -> dict[str, Any]:
@@ -499,12 +511,13 @@ def write_output_dir(out: Path, model, tokenizer, results: dict, draw_curves=Non
     staging.mkdir()
     model.save_pretrained(staging)  # config, safetensors, generation config, the remote-code files
     tokenizer.save_pretrained(staging)
-    log = staging / "metrics.jsonl"
+    layout = RunLayout(staging)  # the final names, written in the staging folder first
+    log = layout.metrics
     log.write_text("".join(json.dumps(r) + "\n" for r in results["log_history"] if "step" in r), encoding="utf-8")
-    results["has_loss_curve"] = bool(draw_curves and draw_curves(log, staging / "loss_curve.png"))
-    (staging / "README.md").write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
-    (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    _move_into(staging, out)
+    results["has_loss_curve"] = bool(draw_curves and draw_curves(log, layout.loss_curve))
+    layout.card.write_text(render_seq2seq_card(results, where_it_runs_of(staging)), encoding="utf-8")
+    layout.results.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    move_into(staging, out)
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
@@ -19,16 +19,8 @@ import scratchformer.modeling  # noqa: F401  (registers the Scratchformer* class
 
 from .data import BUILDERS, check_utf8, default_corpus_dataset, load_text_dataset
 from .errors import UserError, one_line
+from .finetune_config import TASKS, FinetuneArguments, Task  # noqa: F401  (Task, TASKS: re-exported)
 from .packing import tokenize_and_pack
-
-if TYPE_CHECKING:
-    from .finetuning import FinetuneArguments
-
-Task = Literal["classification", "token-classification", "causal-lm", "masked-lm"]
-
-
-TASKS: tuple[str, ...] = ("classification", "token-classification", "causal-lm", "masked-lm")
-
 
 # Column names when --text_column / --label_column are left out: the names Hugging Face's own
 # example scripts and the usual hub datasets (imdb, conll2003) use.

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomically
 from .model_dir import read_config
 
 CONFIG_FILE = "config.json"
@@ -85,15 +86,6 @@ def _check_config_loads(path: Path, model_type: str) -> None:
         ) from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.upgrade.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def upgrade_checkpoint(path: str | os.PathLike, dry_run: bool = False) -> list[Change]:
     """Replace the code files of the scratchformer checkpoint at `path` with the installed ones and
     update `auto_map` in its config.json; returns what changed (nothing is written with `dry_run`)."""
@@ -127,5 +119,5 @@ def upgrade_checkpoint(path: str | os.PathLike, dry_run: bool = False) -> list[C
 
     if not dry_run:
         for target, data in writes:
-            _write_atomically(target, data)
+            write_atomically(target, data)
     return changes

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 from scratchformer.training.library.errors import UserError
 
-from .common import _figure, _matplotlib, _select, _stack, token_labels
+from .common import import_matplotlib, new_figure, select_indices, text_stack, token_labels
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def attention_maps(
     in a decoder, everything right of the diagonal is 0. Maps come from the hand-written eager path
     (`output_attentions=True`), whatever kernel the model runs with otherwise. For an
     encoder-decoder these are the encoder's (bidirectional) maps."""
-    base = _stack(model)
+    base = text_stack(model)
     ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt")["input_ids"]
     limit = getattr(base.config, "max_position_embeddings", None)
     if getattr(base.config, "position_embedding", None) == "rope":
@@ -75,10 +75,10 @@ def plot_attention(
     n_layers, n_heads, L, _ = maps.shape
     if len(tokens) != L:
         raise ValueError(f"{len(tokens)} token labels for maps over {L} tokens.")
-    layers, heads = _select(n_layers, layer, "layer"), _select(n_heads, head, "head")
+    layers, heads = select_indices(n_layers, layer, "layer"), select_indices(n_heads, head, "head")
     rows, cols = len(layers), len(heads)
     causal = _is_causal(maps)
-    matplotlib = _matplotlib()
+    matplotlib = import_matplotlib()
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
 
     single = rows * cols == 1
@@ -92,7 +92,7 @@ def plot_attention(
     fontsize = (10 if single else 9) if shown <= 24 else 7 if shown <= 48 else 5
     panel = max(5.0, 0.3 * min(L, 80) + 1.5) if single else (2.2 if L <= 16 else 2.8 if L <= 32 else 3.4)
     label_room = 0.07 * max((len(t) for t in labels), default=1) * fontsize / 9
-    fig = _figure(cols * panel + label_room + 1.2, rows * panel + label_room + 0.8)
+    fig = new_figure(cols * panel + label_room + 1.2, rows * panel + label_room + 0.8)
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
 
     image = None

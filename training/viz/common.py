@@ -17,7 +17,7 @@ from scratchformer.training.library.errors import UserError
 from scratchformer.training.library.token_labels import VISIBLE, token_labels  # noqa: F401  (re-exported)
 
 
-def _matplotlib() -> Any:
+def import_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as err:  # an optional dependency: the `plots` extra
@@ -25,8 +25,8 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
-def _figure(width: float, height: float) -> Figure:
-    _matplotlib()
+def new_figure(width: float, height: float) -> Figure:
+    import_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -64,21 +64,21 @@ def load_model(
         raise UserError(str(e)) from None
 
 
-def _base(model: PreTrainedModel) -> PreTrainedModel:
+def base_of(model: PreTrainedModel) -> PreTrainedModel:
     # A *ForCausalLM (or any head) keeps the transformer under `model`; the base model is itself.
     return model.base_model
 
 
-def _stack(model: PreTrainedModel) -> PreTrainedModel:
+def text_stack(model: PreTrainedModel) -> PreTrainedModel:
     """The self-attention stack that reads the text: the model itself, or an encoder-decoder's
     encoder (its decoder needs a target sequence too)."""
-    base = _base(model)
+    base = base_of(model)
     if getattr(base.config, "is_encoder_decoder", False) and getattr(base, "encoder", None) is not None:
         return base.encoder
     return base
 
 
-def _select(count: int, index: int | None, what: str) -> list[int]:
+def select_indices(count: int, index: int | None, what: str) -> list[int]:
     if index is None:
         return list(range(count))
     if not -count <= index < count:

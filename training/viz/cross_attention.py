@@ -46,7 +46,7 @@ def plot_cross_attention(
     """The mean over `heads` of decoder layer `layer` (large, weights in the cells when short), then
     one small heatmap per head. Rows: target tokens; columns: source tokens. Built on
     `matplotlib.figure.Figure`, as in `inspect`, so no pyplot state leaks."""
-    from .common import _figure, _matplotlib
+    from .common import import_matplotlib, new_figure
 
     maps = np.asarray(maps)
     n_layers, n_heads, T, S = maps.shape
@@ -57,14 +57,14 @@ def plot_cross_attention(
     layer %= n_layers
     heads = list(range(n_heads)) if heads is None else list(heads)
     panels = [("mean of heads", maps[layer, heads].mean(0))] + [(f"head {h}", maps[layer, h]) for h in heads]
-    cmap = _matplotlib().colormaps["Blues"]
+    cmap = import_matplotlib().colormaps["Blues"]
 
     # The mean is drawn twice the size of a head: it is the picture to read; the heads show who does what.
     n = len(panels) - 1
     cell = 0.55 if max(T, S) <= 12 else 0.3
     big_w, big_h = max(2.5, cell * S * 1.6), max(2.5, cell * T * 1.6)
     label_room = 0.08 * max(len(t) for t in [*src_tokens, *tgt_tokens])
-    fig = _figure(big_w * (1 + n / 2) + label_room + 1.8, big_h + label_room + 1.6)
+    fig = new_figure(big_w * (1 + n / 2) + label_room + 1.8, big_h + label_room + 1.6)
     grid = fig.add_gridspec(1, 1 + n, width_ratios=[2] + [1] * n)
     image = None
     for i, (name, weights) in enumerate(panels):

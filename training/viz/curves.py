@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 
-from .common import _figure, save
+from .common import new_figure, save
 
 # `scratchformer pretrain` writes metrics.jsonl; other names, then any *.jsonl, are the fallback.
-RUN_LOG_NAMES = ("metrics.jsonl", "log.jsonl", "train_log.jsonl", "training_log.jsonl")
+RUN_LOG_NAMES = (RunLayout.METRICS, "log.jsonl", "train_log.jsonl", "training_log.jsonl")
 
 
 # Curves `plot_run` draws when the log has them: panel -> (keys it may be logged under, title, y label).
@@ -99,7 +100,7 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
 
     cols = 2 if len(panels) == 4 else len(panels)
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(5.5 * cols, 3.8 * rows)
+    fig = new_figure(5.5 * cols, 3.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.remove()
@@ -109,7 +110,7 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
         if key == "loss" and steps.size > 50:
             # Per-step losses are noisy; the trend is an exponential moving average over ~20 points.
             ax.plot(steps, values, linewidth=0.8, alpha=0.3, color="#1f77b4")
-            ax.plot(steps, _ema(values, 0.95), linewidth=1.5, color="#1f77b4", label="train (smoothed)")
+            ax.plot(steps, moving_average(values, 0.95), linewidth=1.5, color="#1f77b4", label="train (smoothed)")
         elif steps.size:
             ax.plot(steps, values, linewidth=1.2, label="train" if key == "loss" else None)
         if key == "loss" and val:
@@ -138,7 +139,7 @@ def plot_run(run_dir_or_log_path: str | Path, out_png: str | Path | None = None)
     return fig
 
 
-def _ema(values: np.ndarray, decay: float) -> np.ndarray:
+def moving_average(values: np.ndarray, decay: float) -> np.ndarray:
     # Bias-corrected, as in Adam: the average starts at 0, so divide by the weight seen so far.
     out, avg = np.empty_like(values), 0.0
     for i, v in enumerate(values):

@@ -13,12 +13,12 @@ if TYPE_CHECKING:
 
 from scratchformer.training.library.errors import UserError
 
-from .common import _base, _figure, token_labels
+from .common import base_of, new_figure, token_labels
 
 
 def embedding_matrix(model: PreTrainedModel) -> np.ndarray:
     """The input embeddings, (V, C): row v is the vector token v enters the model as."""
-    return _base(model).get_input_embeddings().weight.detach().float().cpu().numpy()
+    return base_of(model).get_input_embeddings().weight.detach().float().cpu().numpy()
 
 
 def token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
@@ -124,7 +124,7 @@ def plot_embedding_pca(
     emb_VC = embedding_matrix(model).astype(np.float64)
     background = _unit(emb_VC[background_ids(tokenizer, len(emb_VC))])
     _, cloud, _, _ = _projection(background)
-    fig = _figure(12.5 if marked else 8.0, 6.2)
+    fig = new_figure(12.5 if marked else 8.0, 6.2)
     if marked:
         ax_rank, ax = fig.subplots(1, 2, width_ratios=[1, 1.7])
         ids = list(dict.fromkeys(_as_id(tokenizer, w) for w in words))

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 from scratchformer.modeling.transformer_scratchformer import rope_inv_freq
 from scratchformer.training.library.errors import UserError
 
-from .common import _figure, _stack
+from .common import new_figure, text_stack
 
 
 def position_encodings(model: PreTrainedModel, num_positions: int | None = None) -> np.ndarray:
@@ -27,7 +27,7 @@ def position_encodings(model: PreTrainedModel, num_positions: int | None = None)
 
     An encoder-decoder's table is its encoder's (the decoder's has the same kind and size).
     """
-    base = _stack(model)
+    base = text_stack(model)
     config = base.config
     kind = getattr(config, "position_embedding", None)
     P = num_positions or config.max_position_embeddings
@@ -73,7 +73,7 @@ def initial_encodings(model: PreTrainedModel, num_positions: int | None = None, 
     """For learned positions, a table as the model starts training: a fresh draw from the same
     initialisation (normal, std `initializer_range`), the baseline to read a trained table against:
     structure beyond it is what training found. None for the fixed kinds (they never change)."""
-    config = _stack(model).config
+    config = text_stack(model).config
     if config.position_embedding != "learned":
         return None
     P = num_positions or config.max_position_embeddings
@@ -82,7 +82,7 @@ def initial_encodings(model: PreTrainedModel, num_positions: int | None = None, 
 
 def positions_note(model: PreTrainedModel) -> str:
     """One sentence on what the positions picture can and cannot show for this model."""
-    config = _stack(model).config
+    config = text_stack(model).config
     kind = config.position_embedding
     if kind == "learned":
         table = position_encodings(model)
@@ -100,14 +100,14 @@ def plot_positions(model: PreTrainedModel, num_positions: int | None = None, tit
     fixed encoding (sinusoidal, rotary) says so in the title: training cannot change it; a learned
     one is drawn against a fresh initialisation (`initial_encodings`), so noise is not read as
     structure."""
-    config = _stack(model).config
+    config = text_stack(model).config
     kind = config.position_embedding
     P = num_positions or min(config.max_position_embeddings, 256)
     table = position_encodings(model, P)
     distances, mean, low, high = similarity_by_distance(table)
     initial = initial_encodings(model, P)
 
-    fig = _figure(16.5, 5.0)
+    fig = new_figure(16.5, 5.0)
     ax_table, ax_sim, ax_dist = fig.subplots(1, 3, width_ratios=[1.15, 1, 1.1])
     limit = float(np.abs(table).max()) or 1.0
     image = ax_table.imshow(table, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.layout import RunLayout
 
-from .common import _figure, _matplotlib, page, save
-from .curves import _ema, find_run_log, read_run_log
+from .common import import_matplotlib, new_figure, page, save
+from .curves import find_run_log, moving_average, read_run_log
 
-SNAPSHOTS_FILE = "attention_snapshots.jsonl"
+SNAPSHOTS_FILE = RunLayout.SNAPSHOTS
 # An induction score a run must reach before a jump in it is called a phase change: chance is about
 # 1 / (T + k), 0.01 to 0.03 on the probes (library/head_scores.py).
 INDUCTION_CLEAR = 0.2
@@ -184,17 +185,17 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
     picks = _snapshot_picks(t, phase)
     top = 3 if t.has_mechanisms else 1
     bottom = len(picks) if featured is not None else 0
-    fig = _figure(5.2 * top if top > 1 else 7.5, 4.2 + (3.9 if bottom else 0))
+    fig = new_figure(5.2 * top if top > 1 else 7.5, 4.2 + (3.9 if bottom else 0))
     grid = fig.add_gridspec(2 if bottom else 1, max(top, bottom) * 2)
     span = max(top, bottom) * 2 // top
     axes = [fig.add_subplot(grid[0, i * span:(i + 1) * span]) for i in range(top)]
-    cmap = _matplotlib().colormaps["tab10"]
+    cmap = import_matplotlib().colormaps["tab10"]
 
     ax = axes[0]
     steps, losses = np.asarray(t.train_steps), np.asarray(t.train_loss)
     if steps.size > 50:
         ax.plot(steps, losses, color="#1f77b4", alpha=0.25, linewidth=0.8)
-        ax.plot(steps, _ema(losses, 0.95), color="#1f77b4", linewidth=1.5, label="train (smoothed)")
+        ax.plot(steps, moving_average(losses, 0.95), color="#1f77b4", linewidth=1.5, label="train (smoothed)")
     elif steps.size:
         ax.plot(steps, losses, color="#1f77b4", linewidth=1.2, label="train")
     if t.eval_steps:
@@ -238,7 +239,7 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
         ax = axes[2]
         lens = np.asarray([[np.nan if v is None else v for v in row] for row in t.logit_lens], dtype=float)
         names = _reading_names(lens.shape[1])
-        lens_cmap = _matplotlib().colormaps["viridis"]
+        lens_cmap = import_matplotlib().colormaps["viridis"]
         for i, name in enumerate(names):
             ax.plot(t.mech_steps, lens[:, i], color=lens_cmap(i / max(1, len(names) - 1)), label=name)
         ax.set_title("Logit lens: loss read after each layer")
@@ -254,7 +255,7 @@ def plot_timeline(run_dir_or_log_path: str | Path, out_png: str | Path | None = 
             ax = fig.add_subplot(grid[1, i * 2:(i + 1) * 2])
             weights = full_map(snapshot["maps"][layer][head])
             masked = np.ma.masked_where(np.triu(np.ones_like(weights, dtype=bool), k=1), weights)
-            cmap_blue = _matplotlib().colormaps["Blues"].with_extremes(bad="#eeeeee")
+            cmap_blue = import_matplotlib().colormaps["Blues"].with_extremes(bad="#eeeeee")
             image = ax.imshow(masked, cmap=cmap_blue, vmin=0, vmax=1, interpolation="nearest")
             value = _scores_at(t, snapshot["step"], score, layer, head)
             ax.set_title(f"step {snapshot['step']}: {SCORE_TITLES[score]} {value}", fontsize=9)
