@@ -182,8 +182,6 @@ def ggml_error_bound() -> Callable[[np.ndarray, str], np.ndarray]:
 NOT_COMPAT = {
     "test_faults.py": "kill -9 / disk-full runs of our own checkpoint code: 50 s, the pinned run covers them",
     "test_benchmark_harness.py": "the benchmark scripts' own arithmetic",
-    "test_gguf_read_back.py": "was interop-only (pinned set): tiny checkpoints and one 300-step training",
-    "test_peft_merge.py": "was interop-only (pinned set): a 300-step training and a subprocess",
 }
 
 
