@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf_layout import gguf_names
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
@@ -73,29 +74,6 @@ def expected_type(name: str, dtype: str) -> str:
     if name == "output.weight" and dtype != "q8_0":
         return "Q8_0"  # llama-quantize keeps the output matrix at 8 bits (rows not a multiple of 256)
     return dtype.upper()
-
-
-def gguf_names(config) -> dict[str, tuple[str, int | None]]:
-    """llama.cpp name -> (our state-dict key, heads whose rotary rows ggml orders differently, or None)."""
-    names: dict[str, tuple[str, int | None]] = {
-        "token_embd.weight": ("model.embed_tokens.weight", None),
-        "output_norm.weight": ("model.norm.weight", None),
-        "output.weight": ("lm_head.weight", None),
-    }
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        names |= {
-            f"blk.{i}.attn_norm.weight": (p + "input_layernorm.weight", None),
-            f"blk.{i}.attn_q.weight": (p + "self_attn.q_proj.weight", config.num_attention_heads),
-            f"blk.{i}.attn_k.weight": (p + "self_attn.k_proj.weight", config.num_key_value_heads),
-            f"blk.{i}.attn_v.weight": (p + "self_attn.v_proj.weight", None),
-            f"blk.{i}.attn_output.weight": (p + "self_attn.o_proj.weight", None),
-            f"blk.{i}.ffn_norm.weight": (p + "post_attention_layernorm.weight", None),
-            f"blk.{i}.ffn_gate.weight": (p + "mlp.gate_proj.weight", None),
-            f"blk.{i}.ffn_up.weight": (p + "mlp.up_proj.weight", None),
-            f"blk.{i}.ffn_down.weight": (p + "mlp.down_proj.weight", None),
-        }
-    return names
 
 
 def to_ggml_rows(w: torch.Tensor, heads: int | None) -> torch.Tensor:

@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf_layout import gguf_names
 from transformers import AutoTokenizer
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
@@ -52,35 +53,10 @@ def from_ggml_rows(w_OC: np.ndarray, n_heads: int) -> torch.Tensor:
     return torch.from_numpy(np.array(w_OC)).reshape(n_heads, K // 2, 2, C).transpose(1, 2).reshape(O, C)
 
 
-def expected_tensors(model) -> dict[str, tuple[str, int | None]]:
-    """llama.cpp name -> (our state-dict key, heads to unpermute or None)."""
-    c = model.config
-    names: dict[str, tuple[str, int | None]] = {
-        "token_embd.weight": ("model.embed_tokens.weight", None),
-        "output_norm.weight": ("model.norm.weight", None),
-    }
-    if not c.tie_word_embeddings:
-        names["output.weight"] = ("lm_head.weight", None)
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        names |= {
-            f"blk.{i}.attn_norm.weight": (p + "input_layernorm.weight", None),
-            f"blk.{i}.attn_q.weight": (p + "self_attn.q_proj.weight", c.num_attention_heads),
-            f"blk.{i}.attn_k.weight": (p + "self_attn.k_proj.weight", c.num_key_value_heads),
-            f"blk.{i}.attn_v.weight": (p + "self_attn.v_proj.weight", None),
-            f"blk.{i}.attn_output.weight": (p + "self_attn.o_proj.weight", None),
-            f"blk.{i}.ffn_norm.weight": (p + "post_attention_layernorm.weight", None),
-            f"blk.{i}.ffn_gate.weight": (p + "mlp.gate_proj.weight", None),
-            f"blk.{i}.ffn_up.weight": (p + "mlp.up_proj.weight", None),
-            f"blk.{i}.ffn_down.weight": (p + "mlp.down_proj.weight", None),
-        }
-    return names
-
-
 def check_tensors(path: Path, model, dtype: str) -> None:
     reader = gguf.GGUFReader(path)
     found = tensors_of(reader)
-    names = expected_tensors(model)
+    names = gguf_names(model.config)
     assert sorted(found) == sorted(names)
     sd = model.state_dict()
     for name, (key, heads) in names.items():
@@ -159,7 +135,7 @@ def test_stored_tensors_are_ours_within_the_types_error(exported, trained, ggml_
     sd = trained.state_dict()
     worst = 0.0
     for name, t in tensors_of(gguf.GGUFReader(exported[dtype])).items():
-        key, heads = expected_tensors(trained)[name]
+        key, heads = gguf_names(trained.config)[name]
         ours = sd[key].detach().float()
         ours = rotary_rows_to_ggml(ours, heads) if heads else ours
         stored = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(tuple(ours.shape))
@@ -198,7 +174,7 @@ def test_q8_0_through_transformers_gguf_loader(exported, trained, llama_dir):
     sd = stored.state_dict()
     with torch.no_grad():
         for name, t in tensors_of(gguf.GGUFReader(path)).items():
-            key, heads = expected_tensors(trained)[name]
+            key, heads = gguf_names(trained.config)[name]
             w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(tuple(sd[key].shape))
             sd[key].copy_(from_ggml_rows(w, heads) if heads else torch.from_numpy(np.array(w)))
 
