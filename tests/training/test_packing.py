@@ -4,8 +4,11 @@ second call with the same tokenizer and file, rebuilt when either changes."""
 from __future__ import annotations
 
 import json
+import signal
+from contextlib import contextmanager
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, processors
@@ -390,3 +393,125 @@ def test_document_masking_is_part_of_the_cache_key(tmp_path, tokenizer, counted,
         again = pack(masking)
         assert counted[0] == 0 and again.cache_files == first.cache_files
         assert again.column_names == first.column_names and again["input_ids"] == first["input_ids"]
+
+
+# -- the edges of the contract: defaults, limits, dtypes, the fast path, workers ------------------
+
+
+def test_by_default_documents_are_joined_and_a_block_is_at_least_two_tokens(tokenizer):
+    docs = datasets.Dataset.from_dict({"text": DOCS})
+    assert tokenize_and_pack(docs, tokenizer, 2).column_names == ["input_ids"]  # no positions unless asked
+    with pytest.raises(ValueError, match="block_size=1 must be at least 2"):
+        tokenize_and_pack(docs, tokenizer, 1)
+
+
+@pytest.mark.parametrize("masking", [False, True])
+def test_text_shorter_than_one_block_gives_no_block_with_the_usual_columns(tokenizer, masking):
+    short = datasets.Dataset.from_dict({"text": ["a few words"]})
+    blocks = tokenize_and_pack(short, tokenizer, 64, document_masking=masking)
+    assert len(blocks) == 0
+    assert blocks.column_names == (["input_ids", "position_ids"] if masking else ["input_ids"])
+
+
+def test_positions_are_stored_as_int16_while_a_block_fits_it():
+    assert packing.Cut(32767, 32767, None, True).position_dtype == np.int16  # positions 0..32766
+    assert packing.Cut(32768, 32768, None, True).position_dtype == np.int32
+    blocks = packing.Cut(8, 8, None, True)(np.arange(20, dtype=np.int32), np.arange(20) % 5 == 0)[0]
+    assert blocks["position_ids"].dtype == np.int16 and blocks["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+
+
+def test_a_fast_tokenizer_is_encoded_through_rust_unless_its_python_class_adds_tokens(tokenizer):
+    assert packing._encoder(tokenizer, add_special_tokens=True).__name__ == "through_rust"
+
+    class Stamped(PreTrainedTokenizerFast):
+        """A tokenizer whose Python class appends a token of its own: the Rust backend alone would lose it."""
+
+        def __call__(self, text, *args, **kwargs):
+            out = super().__call__(text, *args, **kwargs)
+            ids = out["input_ids"]
+            out["input_ids"] = [x + [7] for x in ids] if isinstance(text, list) else ids + [7]
+            return out
+
+    stamped = Stamped(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                      bos_token="<s>", eos_token="</s>")  # fmt: skip
+    assert packing._encoder(stamped, add_special_tokens=True).__name__ == "through_python"
+    docs = datasets.Dataset.from_dict({"text": DOCS})
+    assert tokenize_and_pack(docs, stamped, 16)["input_ids"] == reference_blocks(DOCS, stamped, 16, True)
+
+
+def test_a_tokenizer_without_a_rust_backend_packs_through_its_python_call(tokenizer):
+    class PythonOnly(PreTrainedTokenizerFast):
+        backend_tokenizer = None  # what a slow (pure Python) tokenizer has
+
+    slow = PythonOnly(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                      bos_token="<s>", eos_token="</s>")  # fmt: skip
+    assert packing._encoder(slow, add_special_tokens=True).__name__ == "through_python"
+    docs = datasets.Dataset.from_dict({"text": DOCS})
+    assert tokenize_and_pack(docs, slow, 16)["input_ids"] == reference_blocks(DOCS, tokenizer, 16, True)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_num_proc_workers_tokenize_in_that_many_processes(text_file, tokenizer, workers):
+    blocks = _pack_file(text_file, tokenizer, num_proc=workers)
+    shards = [p.name for p in (text_file.parent / "hf-cache").rglob(f"cache-*_of_{workers:05d}.arrow")]
+    assert len(shards) == workers, shards  # datasets writes one tokenized shard per worker
+    assert blocks["input_ids"] == _expected(text_file, tokenizer)
+
+
+@contextmanager
+def _deadline(seconds: int):
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _small_stream(tokenizer, block_size: int = 16) -> PackedStream:
+    rows = datasets.Dataset.from_dict({"text": DOCS}).to_iterable_dataset(num_shards=2)
+    return tokenize_and_pack(rows, tokenizer, block_size)
+
+
+def _ids(blocks) -> list[list[int]]:
+    return [b["input_ids"].tolist() for b in blocks]
+
+
+def test_take_gives_that_many_blocks_in_one_pass_or_across_passes(tokenizer):
+    every = _ids(_small_stream(tokenizer))
+    n = len(every)
+    assert n > 50
+    assert _ids(_small_stream(tokenizer).take(10)) == every[:10]
+    assert _ids(_small_stream(tokenizer).take(n + 5)) == every  # no more than one pass without repeated()
+
+    with _deadline(seconds=60):  # a stream that never stops fails here instead of hanging the suite
+        blocks = _ids(_small_stream(tokenizer).repeated().take(2 * n + 3))
+    assert blocks == every + every + every[:3]  # each pass drops its own tail, as the cached path does
+
+
+def test_a_whole_pass_saved_and_loaded_starts_the_next_pass_afresh(tokenizer):
+    """A validation stream's state after a complete pass (accelerate saves it with the checkpoint):
+    loaded, the next iteration is a whole new pass, not an empty remainder."""
+    fresh = _small_stream(tokenizer)
+    assert fresh.state_dict() == {"epoch": 0, "yielded": 0}
+    every = _ids(fresh)
+    state = fresh.state_dict()
+    assert state["finished"] is True and state["yielded"] == len(every)
+    again = _small_stream(tokenizer)
+    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert _ids(again) == every
+
+
+@pytest.mark.parametrize("buffer_size", [2, 10])
+def test_a_shuffle_buffer_of_b_blocks_draws_each_block_from_the_next_b(buffer_size):
+    """Rows of one block each: the k-th block drawn is one of blocks k .. k+b-1 of the stream (a buffer
+    never holds more than b blocks), every block is drawn once, and with b >= 2 the order changes."""
+    rows = datasets.Dataset.from_dict({"input_ids": [[i] * 8 for i in range(300)]}).to_iterable_dataset()
+    stream = PackedStream(rows, packing.Cut(8, 8, None, False)).shuffle(seed=3, buffer_size=buffer_size)
+    drawn = [b["input_ids"][0].item() for b in stream]
+    assert sorted(drawn) == list(range(300)) and drawn != list(range(300))
+    assert all(i < k + buffer_size for k, i in enumerate(drawn))

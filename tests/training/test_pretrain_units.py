@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutput
 
 from scratchformer.modeling import ScratchformerForCausalLM
@@ -108,6 +109,18 @@ def test_token_byte_lengths_add_up_to_the_utf8_bytes_of_the_text(tokenizer, text
     ids = tokenizer(text)["input_ids"] + [EOS_ID]  # with <s> and </s>: special tokens spell nothing
     assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
     assert int(lengths[BOS_ID]) == 0 and int(lengths[EOS_ID]) == 0
+
+
+def test_a_tokenizer_that_is_not_byte_level_counts_each_tokens_decoded_utf8_bytes():
+    """A vocabulary of whole words (no byte alphabet): each token counts the UTF-8 bytes of its text,
+    "café" 5, not the 4 characters it spells, which all happen to be letters of GPT-2's byte alphabet."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "café": 1, "naïve": 2, "東京": 3, "tea": 4}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    lengths = token_byte_lengths(words)
+    assert lengths.tolist() == [0, 5, 6, 6, 3]
 
 
 class _Uniform(torch.nn.Module):
