@@ -4,10 +4,13 @@ the results file, and its errors."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import math
 import random
+import sys
+import types
 
 import pytest
 import torch
@@ -17,7 +20,20 @@ from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
 from scratchformer.tokenization.bpe import train_bpe
 from scratchformer.training import cli
 from scratchformer.training import eval as eval_command
+from scratchformer.training.library.errors import UserError
+from scratchformer.training.library.evaluation import (
+    EvalConfig,
+    check_eval_config,
+    check_output_file,
+    default_block_size,
+    describe_source,
+    model_positions,
+    parse_tasks,
+    run_harness,
+    write_json_atomically,
+)
 from scratchformer.training.library.export import export_stock
+from scratchformer.training.library.generation import best_device
 from scratchformer.training.library.pretraining import PretrainConfig, train
 
 WORDS = ("the cat dog bird sat ran sang on in under over a mat park tree bone river stone quickly slowly "
@@ -189,3 +205,104 @@ def test_bad_input_is_one_error_line_and_exit_2(dirs, argv, message, capsys, mon
 def test_listed_by_the_cli(capsys):
     assert cli.main(["--help"]) == 0
     assert "  eval " in capsys.readouterr().out
+
+
+# -- the settings at their limits, and the glue around lm-evaluation-harness ---------------------
+
+
+def _results(cfg, device=None) -> dict:
+    return {"model": cfg.model, "model_class": "X", "validation_data": "d", "eval_tokens": 1, "eval_bytes": 1,
+            "eval_blocks": 1, "block_size": 2, "eval_loss": 0.0, "eval_ppl": 1.0, "eval_bpb": 0.0}  # fmt: skip
+
+
+def test_the_library_defaults_are_the_commands_defaults(monkeypatch, capsys):
+    """`EvalConfig(model=...)` from Python scores what `scratchformer eval --model ...` scores: documents
+    kept apart, no model code of the checkpoint's own run, the validation split, 8 blocks a pass."""
+    seen = []
+    monkeypatch.setattr(eval_command, "evaluate_checkpoint", lambda cfg, device=None: seen.append(cfg) or _results(cfg))
+    assert run(["--model", "m"], capsys)[0] == 0
+    assert seen == [EvalConfig(model="m")]
+    assert seen[0].document_masking is True and seen[0].trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "ok"),
+    [("per_device_eval_batch_size", 1, True), ("per_device_eval_batch_size", 0, False),
+     ("per_device_eval_batch_size", True, False), ("max_eval_samples", 1, True), ("max_eval_samples", -1, False),
+     ("block_size", 2, True), ("block_size", 1, False), ("block_size", 0, False), ("block_size", True, False)],
+)  # fmt: skip
+def test_settings_are_checked_at_their_exact_limits(field, value, ok):
+    cfg = EvalConfig(model="m", **{field: value})
+    if ok:
+        check_eval_config(cfg)
+    else:
+        with pytest.raises(UserError, match=f"--{field} must be"):
+            check_eval_config(cfg)
+
+
+def test_a_models_length_is_its_first_positive_integer_setting():
+    config = types.SimpleNamespace
+    assert model_positions(config(max_position_embeddings=64)) == 64
+    assert model_positions(config(max_position_embeddings=1)) == 1
+    assert model_positions(config(max_position_embeddings=0, n_positions=32)) == 32
+    assert model_positions(config(max_position_embeddings=None, n_positions=32)) == 32  # GPT-2's name
+    assert model_positions(config()) is None
+
+
+@pytest.mark.parametrize(
+    ("training_args", "want"),
+    [('{"block_size": 16}', 16), ('{"block_size": 2}', 2), ('{"block_size": 1}', 64), ('{"block_size": true}', 64),
+     ('{"block_size": "16"}', 64), ("[16]", 64), ("not json", 64), (None, 64)],
+)  # fmt: skip
+def test_the_default_block_size_is_the_runs_when_it_is_a_valid_one(tmp_path, training_args, want):
+    if training_args is not None:
+        (tmp_path / "training_args.json").write_text(training_args)
+    assert default_block_size(tmp_path, types.SimpleNamespace(max_position_embeddings=64)) == want
+    long = types.SimpleNamespace(max_position_embeddings=4096)
+    assert default_block_size(tmp_path, long) == (want if want != 64 else 1024)  # positions capped at 1024
+
+
+def test_the_results_name_their_data():
+    assert describe_source(EvalConfig(model="m", validation_files=["a.txt", "b.txt"])) == "files a.txt, b.txt"
+    named = EvalConfig(model="m", dataset_name="d", dataset_config_name="c", validation_split="test")
+    assert describe_source(named) == "split 'test' of dataset d (c)"
+
+
+def test_tasks_are_comma_separated_names():
+    assert parse_tasks(" hellaswag, arc_easy ,") == ["hellaswag", "arc_easy"]
+    with pytest.raises(UserError, match="needs task names"):
+        parse_tasks(" , ")
+
+
+def test_run_harness_asks_for_the_directory_and_keeps_numbers_and_strings(monkeypatch, tmp_path):
+    """Our glue around lm-evaluation-harness, with a stand-in `lm_eval` that records what it is asked
+    (the real harness on a real checkpoint is tests/interop/test_lm_eval.py): the model directory through
+    transformers ("hf"), no remote code unless asked, the best device unless one is named; and of its
+    results, numbers and strings only (booleans, lists and samples dropped)."""
+    calls: list[dict] = []
+    answers = [{"results": {"hellaswag": {"acc,none": 0.25, "alias": "hellaswag", "n": 3, "flag": True,
+                                          "samples": [1, 2]}}}, None]  # fmt: skip
+
+    def simple_evaluate(**kwargs):
+        calls.append(kwargs)
+        return answers[len(calls) - 1]
+
+    fake = types.ModuleType("lm_eval")
+    fake.simple_evaluate, fake.__spec__ = simple_evaluate, importlib.machinery.ModuleSpec("lm_eval", None)
+    monkeypatch.setitem(sys.modules, "lm_eval", fake)
+    assert run_harness(tmp_path, ["hellaswag"]) == {"hellaswag": {"acc,none": 0.25, "alias": "hellaswag", "n": 3}}
+    assert calls[0] == {"model": "hf", "model_args": {"pretrained": str(tmp_path), "trust_remote_code": False},
+                        "tasks": ["hellaswag"], "batch_size": 8, "device": best_device()}  # fmt: skip
+    assert run_harness(tmp_path, ["x"], batch_size=2, device="meta", trust_remote_code=True) == {}  # no results
+    assert calls[1]["device"] == "meta" and calls[1]["model_args"]["trust_remote_code"] is True
+
+
+def test_a_results_file_that_names_a_directory_is_refused_with_a_file_to_name(tmp_path):
+    with pytest.raises(UserError, match=f"is a directory; name a file \\(e.g. {tmp_path / 'results.json'}\\)"):
+        check_output_file(tmp_path)
+
+
+def test_numbers_that_json_cannot_hold_are_written_as_null_at_any_depth(tmp_path):
+    path = write_json_atomically({"a": [float("nan"), 1.5], "b": (float("inf"),), "c": {"d": -float("inf")}},
+                                 tmp_path / "r.json")  # fmt: skip
+    assert json.loads(path.read_text()) == {"a": [None, 1.5], "b": [None], "c": {"d": None}}
