@@ -2,17 +2,24 @@
 the errors a user meets with bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import datasets
 import pandas as pd
 import pytest
 
 from scratchformer.training.library.data import (
+    EpochSampler,
+    check_not_empty,
     check_utf8,
+    data_fingerprint,
     default_corpus,
     default_corpus_dataset,
     iter_text_batches,
     load_text_dataset,
+    rows_are_documents,
 )
 
 
@@ -229,3 +236,93 @@ def test_a_malformed_row_far_into_a_file_is_named_with_its_cause(tmp_path):
     path.write_text(good + '\n{"text": "broken\n')
     with pytest.raises(ValueError, match=r"could not read .*big\.jsonl as json: .*JSON parse error"):
         load_text_dataset(files=[str(path)])
+
+
+# -- what a run records about its data, and how it reads it --------------------------------------
+
+
+def test_the_data_fingerprint_changes_with_a_files_content_and_names_datasets(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("some text\n")
+    first = data_fingerprint([str(path)])
+    assert first == [{"file": str(path.resolve()), "bytes": 10, "sha256_first_mib": first[0]["sha256_first_mib"]}]
+    assert data_fingerprint([str(path)]) == first  # untouched: the same
+    path.write_text("some TEXT\n")  # same size, other bytes
+    assert data_fingerprint([str(path)]) != first
+    assert data_fingerprint(None, "wikitext", "wikitext-2-raw-v1", "train") == [
+        {"dataset": "wikitext", "config": "wikitext-2-raw-v1", "split": "train"}
+    ]
+    assert data_fingerprint(None) == [{"embedded": "pydoc_data.topics"}]
+
+
+def test_the_download_count_ping_is_off_when_the_variable_says_so():
+    """`HF_UPDATE_DOWNLOAD_COUNTS=0`, which `scratchformer.training` sets unless the user set it, turns
+    off datasets' request to count a download of its packaged builder. datasets reads the variable when
+    it is imported: imported first, before the variable was set, it is told again. A user's own value
+    is left alone."""
+    code = ("import datasets; before = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS; "
+            "import scratchformer.training.library.data; "
+            "print(before, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS)")  # fmt: skip
+    unset = {k: v for k, v in os.environ.items() if k != "HF_UPDATE_DOWNLOAD_COUNTS"}
+    for env, want in ((unset, "True False"), ({**unset, "HF_UPDATE_DOWNLOAD_COUNTS": "1"}, "True True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert out.stdout.split() == want.split(), (env.get("HF_UPDATE_DOWNLOAD_COUNTS"), out.stdout)
+
+
+def test_a_one_byte_file_is_text_and_an_empty_one_beside_others_is_skipped(tmp_path):
+    (tmp_path / "one.txt").write_text("a")
+    assert _texts(load_text_dataset([str(tmp_path / "one.txt")])) == ["a"]
+    (tmp_path / "empty.jsonl").write_text("")
+    kept = _write(tmp_path, "jsonl", rows=["kept"])
+    assert _texts(load_text_dataset([str(tmp_path / "empty.jsonl"), str(kept)])) == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [(1, r"no text in \S*e0\.txt: the file is empty$"), (3, r"no text in \S*e0\.txt, \S*e1\.txt, \S*e2\.txt$"),
+     (4, r"no text in \S*e0\.txt and 3 more files$")],
+)  # fmt: skip
+def test_empty_files_are_named_up_to_three(tmp_path, count, message):
+    paths = [tmp_path / f"e{i}.txt" for i in range(count)]
+    for p in paths:
+        p.write_text("")
+    with pytest.raises(ValueError, match=message):
+        load_text_dataset([str(p) for p in paths])
+
+
+def test_check_utf8_gives_the_offset_in_the_file_not_in_the_chunk(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"abcdefghij\xffklm")
+    with pytest.raises(ValueError, match="byte 0xff at offset 10;"):
+        check_utf8(path, chunk_size=4)  # the bad byte is the third of the third chunk
+
+
+@pytest.mark.parametrize(
+    ("files", "documents"),
+    [(None, True), ([], True), (["a.txt"], False), (["a.txt", "b.TEXT"], False), (["a.jsonl"], True),
+     (["a.csv"], True), (["a.parquet"], True)],
+)  # fmt: skip
+def test_rows_of_txt_files_are_lines_and_every_other_sources_are_documents(files, documents):
+    assert rows_are_documents(files) is documents
+
+
+def test_an_empty_split_is_refused_with_the_block_size_and_a_way_out():
+    message = "the validation text holds fewer than 64 tokens, not even one block of --block_size 64"
+    one = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
+    for empty in (one.select([]), one.to_iterable_dataset().filter(lambda row: False)):
+        with pytest.raises(ValueError, match=message + ": give more text or lower --block_size"):
+            check_not_empty(empty, "validation", 64)
+    check_not_empty(one, "validation", 2)
+    check_not_empty(one.to_iterable_dataset(), "validation", 2)
+
+
+def test_a_seeds_epoch_orders_are_the_same_in_every_release():
+    """A run resumed by a later release draws the same blocks: the order is a function of (seed, epoch)
+    that never changes (these are the orders of seed 3 since the sampler was written)."""
+    sampler = EpochSampler(12, seed=3, multiple_of=4)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders == [[11, 2, 8, 1, 10, 0, 6, 4, 9, 3, 5, 7], [1, 0, 9, 2, 4, 7, 6, 11, 5, 10, 8, 3],
+                      [8, 7, 1, 6, 4, 10, 2, 3, 9, 0, 5, 11]]  # fmt: skip
