@@ -4,8 +4,10 @@ greedy tokens; every config a target cannot represent is refused with the field 
 writing nothing.
 (The GGUF target is proven with the real gguf reader and llama.cpp in tests/interop.)"""
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,8 +60,16 @@ def test_export_loads_as_the_stock_class_and_decodes_like_ours(target, tmp_path,
     assert config["model_type"] == target and "auto_map" not in config
     assert not list(out.glob("*.py"))
 
-    stock = AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code anywhere
+    stock, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)  # no trust_remote_code
+    stock.eval()
     assert type(stock) is STOCK[target]
+    # Every weight the stock class has comes from the file, none is left at its initialisation (a bias
+    # the config declared by mistake would be, and zero-initialised it would even give the same logits).
+    assert not any(loading[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), loading
+    if target != "gpt2":
+        assert config["attention_bias"] is False and config.get("mlp_bias", False) is False
+    if target == "qwen3":
+        assert config["use_sliding_window"] is False  # serving engines read it to pick their attention
     ours = ScratchformerForCausalLM.from_pretrained(source).eval()
     ids, mask = prompts()
     with torch.no_grad():
@@ -220,3 +230,46 @@ def test_command_line(tmp_path, capsys):
     assert "--output_dir" in capsys.readouterr().err
     assert export.main(["--model", str(source), "--to", "gguf"]) == 2
     assert "--output_file" in capsys.readouterr().err
+
+
+def test_a_stock_checkpoint_is_refused_as_not_ours(tmp_path, capsys):
+    out, _ = export_lib.export_stock(FIXTURES / "causal_llama", "llama", tmp_path / "llama")
+    with pytest.raises(UserError, match="this is a 'llama' checkpoint; only decoder-only scratchformer checkpoints"):
+        export_lib.export_stock(out, "llama", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_config_from_before_qk_norm_exports_as_llama(monkeypatch):
+    """A config object made by a 0.3 checkpoint's own code (its remote code, as a process without our
+    classes registered loads it) has no `qk_norm` field: it is a Llama, with nothing to refuse."""
+    folder = Path(__file__).parents[1] / "fixtures" / "checkpoints" / "v0.3.0" / "causal_llama"
+    spec = importlib.util.spec_from_file_location("configuration_v030", folder / "configuration_scratchformer.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    old = module.ScratchformerConfig.from_pretrained(folder)
+    assert not hasattr(old, "qk_norm")
+    assert export_lib.gguf_architecture(old) == "llama"
+    assert export_lib.unrepresentable(old, "llama") == [] and export_lib.unrepresentable(old, "gguf") == []
+
+
+@pytest.mark.parametrize(("relative", "refused"), [(5e-5, False), (3e-4, True)])
+def test_the_exports_logits_are_checked_relative_to_their_scale(tmp_path, monkeypatch, relative, refused):
+    """The stock model's logits must match ours to 1e-4 of the largest logit in float32: a difference of
+    5e-5 of it passes, 3e-4 is refused and nothing is written. (The source's logits reach about 10, so an
+    absolute test, or a looser one, would say otherwise.)"""
+    probe = export_lib._probe_logits
+
+    def shifted(model, vocab_size):
+        ids, ours = probe(model, vocab_size)
+        assert ours.abs().max() > 3
+        return ids, ours + relative * ours.abs().max()
+
+    monkeypatch.setattr(export_lib, "_probe_logits", shifted)
+    source = qwen3_source(tmp_path / "qwen3")
+    if refused:
+        with pytest.raises(UserError, match="logits differ from the original by 3.0"):
+            export_lib.export_stock(source, "qwen3", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    else:
+        export_lib.export_stock(source, "qwen3", tmp_path / "out")
