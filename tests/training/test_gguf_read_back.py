@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from gguf_layout import gguf_names
+from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
 from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
@@ -31,7 +32,16 @@ from scratchformer.tokenization.bpe import train_bpe
 from scratchformer.training.export import main
 from scratchformer.training.library.errors import UserError
 from scratchformer.training.library.evaluation import EvalConfig, evaluation_blocks
-from scratchformer.training.library.gguf import DTYPES, GPT2_SPLIT_REGEX, rotary_rows_to_ggml, write_gguf
+from scratchformer.training.library.gguf import (
+    DTYPES,
+    GPT2_SPLIT_REGEX,
+    _type_notes,
+    check_tokenizer_pipeline,
+    gguf_vocab,
+    rotary_rows_to_ggml,
+    tensor_types,
+    write_gguf,
+)
 
 TEXT = ("The import statement finds a module, loads it and binds a name. Don't repeat yourself; it's "
         "2024 and 3.14159 is pi. def f(x):\n    return x * 2\n") * 20
@@ -325,7 +335,8 @@ def test_vocabulary_padded_beyond_the_tokenizer(tokenizer, tmp_path):
     n = len(tokenizer)
     assert field(r, "tokenizer.ggml.tokens")[n:] == [f"[PAD{i}]" for i in range(n, n + 3)]
     assert field(r, "tokenizer.ggml.token_type")[n:] == [gguf.TokenType.UNUSED] * 3
-    assert any("3 embedding rows no token uses" in note for note in notes)
+    assert "the model has 3 embedding rows no token uses; they are written as unused placeholder tokens" in notes
+    assert field(r, "general.name") == "padded"  # the checkpoint's own folder name when it is not RUN/model
 
 
 def test_added_tokens_are_user_defined(tmp_path):
@@ -384,6 +395,9 @@ def test_refuses_values_float16_cannot_hold(tokenizer, tmp_path):
     (lambda spec: spec.update(normalizer={"type": "Lowercase"}), "normalizer"),
     (lambda spec: spec["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
     (lambda spec: spec["model"].update(ignore_merges=True), "ignore_merges"),
+    (lambda spec: spec.update(decoder=None), "decoder is None, not ByteLevel"),
+    (lambda spec: spec.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [spec["pre_tokenizer"]] * 2}),
+     "pre-tokenizer is .*Sequence"),
 ])
 def test_refuses_tokenizers_llama_cpp_would_not_reproduce(tokenizer, tmp_path, change, message):
     src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
@@ -453,3 +467,65 @@ def test_cli_error_line_for_a_refused_config(tokenizer, tmp_path, capsys):
     assert main(["--model", str(src), "--to", "gguf"]) == 2
     assert "give --output_file NAME.gguf" in capsys.readouterr().err
 
+
+
+def test_a_sequence_of_one_byte_level_pre_tokenizer_is_byte_level(tokenizer):
+    """tokenizers may save the pre-tokenizer wrapped in a Sequence of one: the same pipeline."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [spec["pre_tokenizer"]]}
+    check_tokenizer_pipeline(spec)
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tokenizer):
+    assert len(gguf_vocab(tokenizer, len(tokenizer)).tokens) == len(tokenizer)
+    with pytest.raises(UserError, match=f"ids up to {len(tokenizer) - 1} but the model's vocabulary has "
+                                        f"{len(tokenizer) - 1} rows"):  # fmt: skip
+        gguf_vocab(tokenizer, len(tokenizer) - 1)
+
+
+def test_added_tokens_that_strip_whitespace_are_noted(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens([AddedToken("<x>", lstrip=True), AddedToken("<y>", rstrip=True), "<z>"])
+    notes = gguf_vocab(tok, len(tok)).notes
+    assert [n.split(" strips")[0] for n in notes] == ["added token '<x>'", "added token '<y>'"]
+
+
+def test_a_token_text_under_two_ids_is_refused_by_name(tokenizer):
+    """A padded vocabulary writes its unused rows as "[PAD<id>]": a real token with that text would be
+    two ids for llama.cpp's one text."""
+    tok = copy.deepcopy(tokenizer)
+    n = len(tok)
+    tok.add_tokens([f"[PAD{n + 2}]"])
+    with pytest.raises(UserError, match=rf"the token '\[PAD{n + 2}\]' appears under two ids"):
+        gguf_vocab(tok, n + 4)
+
+
+def test_the_output_matrix_keeps_8_bits_only_in_a_quantized_file():
+    shapes = {"token_embd.weight": (96, 64), "blk.0.attn_norm.weight": (64,), "output.weight": (96, 64)}
+    for dtype, want in (("f32", "F32"), ("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0"), ("q4_0", "Q8_0")):
+        assert tensor_types(shapes, dtype, "output.weight")["output.weight"].ggml_type == want, dtype
+
+
+def test_the_type_notes_count_matrices_only():
+    shapes = {"token_embd.weight": (100, 48), "blk.0.attn_norm.weight": (48,), "output.weight": (100, 48)}
+    types = tensor_types(shapes, "q4_0", "output.weight")
+    assert _type_notes(types, "q4_0") == [
+        "2 of 2 matrices are f16 (rows of 48 are not a multiple of Q4_0's block of 32) rather than q4_0: "
+        "token_embd.weight, output.weight"
+    ]
+
+
+def test_a_file_that_appears_while_writing_is_never_replaced(tokenizer, tmp_path, monkeypatch):
+    src = make_checkpoint(tmp_path / "m", "llama", tokenizer)
+    out = tmp_path / "m.gguf"
+    original = gguf.GGUFWriter.write_kv_data_to_file
+
+    def someone_else_writes(self, *args, **kwargs):
+        out.write_bytes(b"someone's file")  # another process, between our check and our rename
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_kv_data_to_file", someone_else_writes)
+    with pytest.raises(FileExistsError, match="m.gguf already exists"):
+        write_gguf(src, out)
+    assert out.read_bytes() == b"someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.gguf"]  # no temporary left
