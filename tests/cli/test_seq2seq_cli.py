@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -286,3 +287,119 @@ def test_the_output_appears_complete_or_not_at_all(pairs, tokenizer_dir, tmp_pat
     # What a killed save leaves is no earlier run: the next run goes ahead without --overwrite.
     assert run(*argv)[0] == 0 and (tmp_path / "o" / "model.safetensors").is_file()
     assert not (tmp_path / "o" / lib.STAGING_DIR).exists()
+
+
+# -- the library under the command: its pieces at their edges ------------------------------------
+
+
+def test_noam_lr_is_the_papers_equation_3():
+    d, w = 512, 4000
+    assert lib.noam_lr(1, d, w) == pytest.approx(d**-0.5 * w**-1.5)  # the warm-up's first step
+    assert lib.noam_lr(w, d, w) == pytest.approx(d**-0.5 * w**-0.5)  # the peak, where the two meet
+    assert lib.noam_lr(4 * w, d, w) == pytest.approx(d**-0.5 * (4 * w) ** -0.5)  # then 1/sqrt(step)
+    assert lib.noam_lr(w, d, w, factor=2.0) == pytest.approx(2 * d**-0.5 * w**-0.5)
+    assert lib.noam_lr(0, d, w) == lib.noam_lr(1, d, w)  # steps count from 1
+
+
+def test_pair_files_are_checked_kind_rows_and_values(tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
+    assert lib.load_pairs(str(one))["target"] == ["b"]  # one row is enough
+    (tmp_path / "notes.txt").write_text("a\tb\n")
+    (tmp_path / "more.csv").write_text("source,target\nc,d\n")
+    for files in ([str(tmp_path / "notes.txt")], [str(one), str(tmp_path / "more.csv")]):
+        with pytest.raises(lib.UserError, match="use .jsonl, .json or .csv files, all of one kind"):
+            lib.load_pairs(files)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": "c", "target": 5}) + "\n")
+    with pytest.raises(lib.UserError, match="row 2 has 5 as 'target', not text"):
+        lib.load_pairs(str(bad))
+    # Files with no rows: datasets raises ValueError or StopIteration on them; the user gets one line.
+    for name, text in (("header.csv", "source,target\n"), ("empty.jsonl", ""), ("list.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(lib.UserError, match=f"{name}: no rows"):
+            lib.load_pairs(str(tmp_path / name))
+
+
+def test_pairs_are_cut_to_their_lengths_and_targets_end_with_eos_not_bos(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    long = " ".join(WORDS * 3)
+    data = lib.tokenize_pairs(datasets.Dataset.from_dict({"source": [long], "target": [long]}), tok, "source",
+                              "target", max_source_length=5, max_target_length=6)  # fmt: skip
+    assert data["input_ids"][0] == tok(long, truncation=True, max_length=5)["input_ids"]
+    assert len(data["input_ids"][0]) == 5
+    assert data["labels"][0] == tok(long, add_special_tokens=False)["input_ids"][:5] + [tok.eos_token_id]
+
+
+def _tiny_seq2seq(tok) -> ScratchformerForConditionalGeneration:
+    torch.manual_seed(0)
+    return ScratchformerForConditionalGeneration(lib.new_model_config(
+        tok, size="tiny", hidden_size=32, encoder_layers=1, decoder_layers=1, max_position_embeddings=64))  # fmt: skip
+
+
+def test_generated_texts_are_greedy_and_without_special_tokens(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = _tiny_seq2seq(tok).eval()
+    sources = ["list dict for", "while class", "def return import list"]
+    enc = tok(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    torch.manual_seed(1)  # sampling would draw other tokens than the argmax of a random model
+    assert lib.generate_texts(model, tok, sources, max_new_tokens=12) == tok.batch_decode(ids, skip_special_tokens=True)
+    assert tok.decode(ids[0]) != tok.decode(ids[0], skip_special_tokens=True)  # the start token is one
+
+
+def test_a_checkpoint_brings_its_tokenizer_unless_one_is_given(tokenizer_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    _tiny_seq2seq(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    _, loaded, base = lib.model_and_tokenizer(tmp_path / "m", None, seed=0)
+    assert base == str(tmp_path / "m") and loaded.padding_side == "right" and len(loaded) == len(tok)
+    other = train_bpe(["quite other text"] * 20, vocab_size=270, show_progress=False)
+    _, given, _ = lib.model_and_tokenizer(tmp_path / "m", other, seed=0)
+    assert len(given) == len(other) != len(tok)
+
+
+def test_lengths_default_to_the_models_positions_and_stop_there():
+    config = ScratchformerSeq2SeqConfig(vocab_size=50, hidden_size=16, encoder_layers=1, decoder_layers=1,
+                                        num_attention_heads=2, intermediate_size=32,
+                                        max_position_embeddings=64)  # fmt: skip
+    assert lib.pair_lengths(config, None, None) == (64, 64)
+    assert lib.pair_lengths(config, 64, 64) == (64, 64)
+    with pytest.raises(lib.UserError, match="65/10: the model has positions for 64 tokens"):
+        lib.pair_lengths(config, 65, 10)
+
+
+def test_the_papers_schedule_needs_a_warm_up_of_at_least_one_step(tmp_path):
+    def arguments(warmup):
+        return lib.trainer_arguments({}, tmp_path, 32, 0.1, inverse_sqrt_schedule=True, warmup_steps=warmup)
+
+    assert arguments(1).lr_scheduler_type is not None
+    for warmup in (0, 0.5):
+        with pytest.raises(lib.UserError, match="must be >= 1"):
+            arguments(warmup)
+
+
+def test_the_library_call_from_python(pairs, tokenizer_dir, tmp_path):
+    """`finetune_seq2seq` called from Python with a dataset, its defaults, into a folder whose parents do
+    not exist yet, keeping the checkpoints the caller asked Trainer for; then the same folder again,
+    refused without overwrite."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    train = lib.load_pairs(pairs["train"])
+    out = tmp_path / "new" / "nested" / "run"
+    args = {"output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 8, "save_strategy": "steps",
+            "save_steps": 1}  # fmt: skip
+    _, r = lib.finetune_seq2seq(lib.new_model_config(tok, size="tiny", hidden_size=32, encoder_layers=1,
+                                                     decoder_layers=1, max_position_embeddings=64),
+                                train, eval_dataset=lib.load_pairs(pairs["dev"]), tokenizer=tok,
+                                training_args=args)  # fmt: skip
+    assert r["data"] == "a datasets.Dataset given in Python" and r["has_loss_curve"] is False
+    assert r["hyperparameters"]["schedule"] == "linear warm-up and decay"
+    assert r["generation"]["do_sample"] is False and r["generation"]["num_beams"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "model.safetensors").is_file() and not (out / "loss_curve.png").exists()
+    with pytest.raises(lib.UserError, match="exists and is not empty; choose another --output_dir or pass --overwrite"):
+        lib.finetune_seq2seq(out, train, training_args=args)
+    with pytest.raises(lib.UserError, match="exists and is not empty"):
+        lib.check_output_dir(out)  # the check alone refuses too, unless told to overwrite
+    lib.check_output_dir(out, overwrite=True)

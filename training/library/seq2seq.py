@@ -229,7 +229,16 @@ def load_pairs(files: str | Sequence[str], source_column: str = "source", target
     kinds = {KINDS.get(Path(f).suffix) for f in files}
     if None in kinds or len(kinds) != 1:
         raise UserError(f"{flag} {' '.join(files)}: use .jsonl, .json or .csv files, all of one kind")
-    data = load_dataset(kinds.pop(), data_files=files, split="train")
+    try:
+        data = load_dataset(kinds.pop(), data_files=files, split="train")
+    except StopIteration:  # datasets' json reader on an empty file
+        data = None
+    except ValueError as e:  # a CSV header alone, a JSON `[]`: no rows for datasets to make a split of
+        if "corresponds to no data" not in str(e):
+            raise
+        data = None
+    if data is None or len(data) == 0:
+        raise UserError(f"{flag} {' '.join(files)}: no rows")
     for column, option in ((source_column, "--source_column"), (target_column, "--target_column")):
         if column not in data.column_names:
             raise UserError(
@@ -239,8 +248,6 @@ def load_pairs(files: str | Sequence[str], source_column: str = "source", target
         bad = next((i for i, v in enumerate(data[column]) if not isinstance(v, str)), None)
         if bad is not None:
             raise UserError(f"{flag}: row {bad + 1} has {data[column][bad]!r} as {column!r}, not text")
-    if len(data) == 0:
-        raise UserError(f"{flag} {' '.join(files)}: no rows")
     return data
 
 
