@@ -4,11 +4,12 @@
     python benchmarks/mutant_check.py training/library/packing.py 437 '>= self.limit' '> self.limit' \
         -- tests/training/test_packing.py
 
-replaces the first `OLD` on line `LINE` of the file with `NEW`, runs the tests (fast ones, stopping at the
-first failure) and prints KILLED (a test failed), SURVIVED (all passed) or ERROR, with the failing test.
-The file is restored afterwards, whatever happens. A list of checks can be kept one per line (the
-arguments as above) and run with `--from FILE`: benchmarks/results/mutant_checks.txt is the list of
-the last round, with the verdicts it printed.
+replaces the first `OLD` on line `LINE` of the file with `NEW` (LINE 0: the one line that holds `OLD`,
+which outlives edits above it), runs the tests (the fast ones of the files given, or exactly the tests
+named with `file::test`, stopping at the first failure) and prints KILLED (a test failed), SURVIVED
+(all passed) or ERROR, with the failing test. The file is restored afterwards, whatever happens.
+A list of checks can be kept one per line (the arguments as above) and run with `--from FILE`:
+benchmarks/results/mutant_checks.txt is the list of the last round, with the verdicts it printed.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ def check(path: str, line: int, old: str, new: str, tests: list[str], timeout: i
     file = ROOT / path
     text = file.read_text(encoding="utf-8")
     lines = text.split("\n")
+    if line == 0:
+        holding = [i + 1 for i, ln in enumerate(lines) if old in ln]
+        if len(holding) != 1:
+            return f"ERROR {path}: {old!r} is on lines {holding}, not on one; give the line"
+        line = holding[0]
     if old not in lines[line - 1]:
         return f"ERROR {path}:{line}: {old!r} is not on that line: {lines[line - 1].strip()!r}"
     lines[line - 1] = lines[line - 1].replace(old, new, 1)
     start = time.time()
     try:
         file.write_text("\n".join(lines), encoding="utf-8")
+        # Fast tests only, unless the tests are named one by one (a slow test named is meant to run).
+        marks = [] if all("::" in t for t in tests) else ["-m", "not slow and not long"]
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0",
-             "-m", "not slow and not long", *tests],
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0", *marks, *tests],
             cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
         verdict = {0: "SURVIVED", 1: "KILLED"}.get(run.returncode, f"ERROR(rc={run.returncode})")
