@@ -311,9 +311,13 @@ def test_pair_files_are_checked_kind_rows_and_values(tmp_path):
         with pytest.raises(lib.UserError, match="use .jsonl, .json or .csv files, all of one kind"):
             lib.load_pairs(files)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": "c", "target": 5}) + "\n")
-    with pytest.raises(lib.UserError, match="row 2 has 5 as 'target', not text"):
+    bad.write_text(json.dumps({"source": "a", "target": 5}) + "\n")
+    with pytest.raises(lib.UserError, match="row 1 has 5 as 'target', not text"):
         lib.load_pairs(str(bad))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"source": "a", "target": "b"}) + '\n{"source": "c", "target": \n')
+    with pytest.raises(lib.UserError, match="broken.jsonl: could not read it as json: "):
+        lib.load_pairs(str(broken))
     # Files with no rows: datasets raises ValueError or StopIteration on them; the user gets one line.
     for name, text in (("header.csv", "source,target\n"), ("empty.jsonl", ""), ("list.json", "[]")):
         (tmp_path / name).write_text(text)

@@ -229,13 +229,16 @@ def load_pairs(files: str | Sequence[str], source_column: str = "source", target
     kinds = {KINDS.get(Path(f).suffix) for f in files}
     if None in kinds or len(kinds) != 1:
         raise UserError(f"{flag} {' '.join(files)}: use .jsonl, .json or .csv files, all of one kind")
+    kind = kinds.pop()
     try:
-        data = load_dataset(kinds.pop(), data_files=files, split="train")
+        data = load_dataset(kind, data_files=files, split="train")
     except StopIteration:  # datasets' json reader on an empty file
         data = None
-    except ValueError as e:  # a CSV header alone, a JSON `[]`: no rows for datasets to make a split of
-        if "corresponds to no data" not in str(e):
-            raise
+    except Exception as e:
+        if "corresponds to no data" not in str(e):  # else a CSV header alone, a JSON `[]`: no rows
+            cause = e.__cause__ or e  # datasets wraps the parser's error in a message that names neither
+            raise UserError(f"{flag} {' '.join(files)}: could not read it as {kind}: "
+                            f"{type(cause).__name__}: {cause}") from e  # fmt: skip
         data = None
     if data is None or len(data) == 0:
         raise UserError(f"{flag} {' '.join(files)}: no rows")
