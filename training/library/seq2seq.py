@@ -235,8 +235,9 @@ def load_pairs(files: str | Sequence[str], source_column: str = "source", target
     except StopIteration:  # datasets' json reader on an empty file
         data = None
     except Exception as e:
-        if "corresponds to no data" not in str(e):  # else a CSV header alone, a JSON `[]`: no rows
-            cause = e.__cause__ or e  # datasets wraps the parser's error in a message that names neither
+        cause = e.__cause__ or e  # datasets wraps the parser's error in a message that names neither
+        # No rows: a CSV header alone or a JSON `[]` ("corresponds to no data"); an empty .jsonl on datasets 3.
+        if "corresponds to no data" not in str(e) and type(cause).__name__ != "SchemaInferenceError":
             raise UserError(f"{flag} {' '.join(files)}: could not read it as {kind}: "
                             f"{type(cause).__name__}: {cause}") from e  # fmt: skip
         data = None
