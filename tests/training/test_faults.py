@@ -358,14 +358,3 @@ def test_resume_reads_accelerate_state_with_weights_only(corpus, tokenizer_dir, 
     monkeypatch.setattr(torch, "load", load)
     train(dataclasses.replace(cfg, max_train_steps=3, resume="auto"))
     assert seen and all(w is True for w in seen), seen
-
-
-def test_resume_drops_log_records_past_the_checkpoint_and_a_torn_line(tmp_path):
-    from scratchformer.training.library.run_dir import truncate_jsonl as _truncate_jsonl
-
-    log = tmp_path / "metrics.jsonl"
-    records = [{"step": s, "loss": 5.0 - s} for s in range(1, 6)]
-    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "lo')  # killed mid-line
-    _truncate_jsonl(log, after_step=3)
-    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # written aside, then renamed

@@ -18,7 +18,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.tokenization import END_ID
 from scratchformer.training.library.pretraining import train
-from scratchformer.training.library.run_dir import push_model_dir
 from scratchformer.training.pretrain import PICTURES, main
 
 # -- one run, looked at from every side -----------------------------------------------------------
@@ -290,26 +289,6 @@ def test_cli_reports_errors_in_one_line_without_a_traceback(corpus, tmp_path, ca
     code = main(as_flags(output_dir=tmp_path, train_files=str(tmp_path / "missing.txt"), report_to="none"))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no such file") and "Traceback" not in err
-
-
-def test_push_to_hub_uploads_the_model_directory(tmp_path, monkeypatch):
-    calls = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, exist_ok):
-            calls.append(("create", repo_id, exist_ok))
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload", folder_path, repo_id, commit_message))
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    url = push_model_dir(tmp_path, "me/tiny", step=7)
-    assert url == "https://huggingface.co/me/tiny"
-    assert calls == [
-        ("create", "me/tiny", True),
-        ("upload", str(tmp_path), "me/tiny", "scratchformer pretrain, step 7"),
-    ]
 
 
 def test_checkpoints_of_a_tied_model_log_one_line_each_and_no_shared_tensor_warning(corpus, tokenizer_dir, tmp_path,
