@@ -139,3 +139,71 @@ def test_the_text_generation_pipeline_with_its_defaults_returns_text(checkpoints
     assert result["generated_text"].startswith("the cat") and len(result["generated_text"]) > len("the cat")
     (chat,) = generator([{"role": "user", "content": "the dog?"}])
     assert chat["generated_text"][-1]["role"] == "assistant"
+
+
+# -- the two guards one call at a time: the boundaries, and what the batcher is handed ---------------
+
+
+def test_a_rotary_model_warns_from_the_first_token_past_its_context_not_at_it(tiny_config, caplog):
+    from scratchformer.modeling.modeling_scratchformer import PositionLimit
+
+    guard = PositionLimit(tiny_config(preset="llama"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert not guard(prompt(64), None).any()  # the 64th position is the context's last: silence
+        assert warnings_of(caplog) == []
+        assert not guard(prompt(65), None).any()  # past it: goes on, and says so once
+        assert not guard(prompt(66), None).any()
+    assert len(warnings_of(caplog)) == 1
+
+
+class _Manager:
+    """What `requests_within_positions` wraps: a continuous batching manager's add_request."""
+
+    def __init__(self, max_new_tokens: int | None):
+        self.generation_config = GenerationConfig(max_new_tokens=max_new_tokens)
+        self.asked = []
+
+    def add_request(self, input_ids, request_id=None, max_new_tokens=None):
+        self.asked.append((len(input_ids), max_new_tokens))
+        return request_id
+
+
+def test_continuous_batching_requests_are_bounded_by_the_table_at_its_exact_edge(tiny_config, caplog):
+    from scratchformer.modeling.modeling_scratchformer import requests_within_positions
+
+    config = tiny_config(preset="gpt2")  # learned positions, 64 rows
+    manager = requests_within_positions(_Manager(max_new_tokens=None), config)
+    assert requests_within_positions(manager, config) is manager  # handed back again: wrapped once
+    wrapped = manager.add_request
+    assert requests_within_positions(manager, config).add_request is wrapped
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        manager.add_request(list(range(13)), "fits", max_new_tokens=51)  # 13 + 51 = 64: exactly the table
+        assert warnings_of(caplog) == []
+        manager.add_request(list(range(11)), "over", max_new_tokens=54)  # 11 + 54 = 65: one too many
+        manager.add_request(list(range(17)), "unbounded")  # the batcher's default: no limit
+    assert manager.asked == [(13, 51), (11, 53), (17, 47)]
+    assert warnings_of(caplog)[0].startswith(
+        "Generation stopped at 64 tokens (a 11-token prompt and 53 new): this model's learned positions end there "
+        "(max_position_embeddings=64). Ask for at most 53 new tokens"
+    )
+    with pytest.raises(ValueError) as refused:
+        manager.add_request(list(range(65)), "too long")
+    assert str(refused.value) == (
+        "The prompt has 65 tokens, but this model's learned positions end at 64 (max_position_embeddings): shorten "
+        "it to at most 63 tokens, leaving room for the reply."
+    )
+
+
+def test_continuous_batching_warns_a_rotary_model_only_past_its_context(tiny_config, caplog):
+    from scratchformer.modeling.modeling_scratchformer import requests_within_positions
+
+    manager = requests_within_positions(_Manager(max_new_tokens=None), tiny_config(preset="llama"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        manager.add_request(list(range(19)), "fits", max_new_tokens=45)  # 19 + 45 = 64: the context exactly
+        assert warnings_of(caplog) == []
+        manager.add_request(list(range(23)), "over", max_new_tokens=42)  # 23 + 42 = 65
+        (message,) = warnings_of(caplog)
+        assert "Ask for at most 41 new tokens (max_new_tokens) after this 23-token prompt" in message
+        manager.add_request(list(range(29)), "unbounded")
+        assert "after this 29-token prompt" in warnings_of(caplog)[1]
+    assert manager.asked == [(19, 45), (23, 42), (29, None)]  # rotary positions go on: nothing is cut
