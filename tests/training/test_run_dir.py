@@ -20,7 +20,7 @@ from accelerate.tracking import GeneralTracker
 from safetensors import safe_open
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
-from scratchformer.modeling import ScratchformerConfig, ScratchformerForCausalLM
+from scratchformer.modeling import ScratchformerForCausalLM
 from scratchformer.tokenization import END_ID, SPECIAL_TOKENS
 from scratchformer.training.library import run_dir
 from scratchformer.training.library.errors import UserError
@@ -53,10 +53,15 @@ def said(caplog) -> list[str]:
     return [re.sub(r"^\[RANK \d+\] ", "", r.getMessage()) for r in caplog.records]
 
 
-def tiny_model(**overrides) -> ScratchformerForCausalLM:
-    torch.manual_seed(0)
-    fields = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
-    return ScratchformerForCausalLM(ScratchformerConfig(**{**fields, **overrides}))
+@pytest.fixture
+def tiny_model(tiny_config):
+    """`tiny_model(**overrides)`: conftest's tiny config as a causal LM, the same weights every time."""
+
+    def make(**overrides) -> ScratchformerForCausalLM:
+        torch.manual_seed(0)
+        return ScratchformerForCausalLM(tiny_config(**overrides))
+
+    return make
 
 
 def make_checkpoint(step: Path, state: dict | None = None) -> Path:
@@ -127,7 +132,7 @@ def test_accelerates_checkpoint_chatter_is_quieted_and_restored(caplog):
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
-def test_save_checkpoint_renames_when_done_keeps_the_newest_and_clears_leftovers(tmp_path):
+def test_save_checkpoint_renames_when_done_keeps_the_newest_and_clears_leftovers(tmp_path, tiny_model):
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(tiny_model())
     root = tmp_path / "checkpoints"
@@ -229,7 +234,7 @@ def test_the_flags_of_older_releases_are_completed_as_those_releases_ran():
 
 
 @pytest.fixture
-def saved_run(tmp_path):
+def saved_run(tmp_path, tiny_model):
     """A checkpoint of a tiny model (AdamW), with the run signature it was saved under."""
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(tiny_model())
@@ -342,7 +347,7 @@ def tokenizer(tokenizer_dir):
 
 
 def test_the_model_directory_is_what_stock_transformers_loads_and_an_earlier_one_is_kept(
-    tmp_path, tokenizer, monkeypatch
+    tmp_path, tokenizer, monkeypatch, tiny_model
 ):
     monkeypatch.setattr(run_dir, "render_model_card", lambda *a: "the card\n")  # its content: test_pretrain.py
     accelerator = Accelerator(cpu=True)
@@ -369,7 +374,7 @@ def test_the_model_directory_is_what_stock_transformers_loads_and_an_earlier_one
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", aside[0].name])
 
 
-def test_tied_weights_gathered_as_separate_copies_are_stored_once(tmp_path, tokenizer, monkeypatch):
+def test_tied_weights_gathered_as_separate_copies_are_stored_once(tmp_path, tokenizer, monkeypatch, tiny_model):
     """Under FSDP, `get_state_dict` gathers the shards into new tensors, the tied LM head a copy of the
     embedding, which save_pretrained would store twice (the real two-process run: test_pretrain_fsdp.py)."""
     monkeypatch.setattr(run_dir, "render_model_card", lambda *a: "the card\n")
@@ -386,7 +391,9 @@ def test_tied_weights_gathered_as_separate_copies_are_stored_once(tmp_path, toke
     assert torch.equal(ScratchformerForCausalLM.from_pretrained(final).lm_head.weight, untied.lm_head.weight)
 
 
-def test_a_full_disk_while_writing_the_model_leaves_the_earlier_one_and_says_so(tmp_path, tokenizer, monkeypatch):
+def test_a_full_disk_while_writing_the_model_leaves_the_earlier_one_and_says_so(
+    tmp_path, tokenizer, monkeypatch, tiny_model
+):
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")  # before anything was written
 
@@ -410,7 +417,7 @@ def _tokenizer_without_end_of_turn() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocabulary), unk_token="<unk>")
 
 
-def test_generation_ends_at_eos_and_at_the_end_of_a_chat_turn(tokenizer):
+def test_generation_ends_at_eos_and_at_the_end_of_a_chat_turn(tokenizer, tiny_model):
     config = tiny_model().config
     end = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[END_ID])
     eos = config.eos_token_id
